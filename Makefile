@@ -1,0 +1,46 @@
+# One task runner. Every target creates the virtualenv and node_modules on first use.
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+STAMP := $(VENV)/.installed
+
+.PHONY: run test gen fmt lint typecheck bench install
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+install: $(STAMP) node_modules/.installed
+
+run: $(STAMP)
+	$(VENV)/bin/jobcontrol-server
+
+test: install
+	$(PY) -m pytest
+
+gen: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+fmt: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+	$(BUF) format -w
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	$(PY) scripts/gen_protos.py --check
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy -p jobcontrol
+
+bench: $(STAMP)
+	$(PY) -m bench

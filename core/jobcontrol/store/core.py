@@ -1,0 +1,506 @@
+"""The SQL core: the JobStore operations, written once for every driver.
+
+Each operation is a function of one transaction (`Tx`). Changes to jobs go through the
+pure state machine in `jobcontrol.jobs` and are saved together with their event; only
+the claim is a single SQL statement, because it must be atomic without a lock held
+across round trips.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from jobcontrol import jobs
+from jobcontrol.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    JobNotFound,
+    LeaseLost,
+    WorkerNotFound,
+)
+from jobcontrol.ids import new_id, parse_id
+from jobcontrol.jobs import EventKind, Job, JobError, JobEvent, JobSpec, JobState, Progress
+from jobcontrol.retry import DEFAULT_RETRY_POLICY, RetryPolicy
+from jobcontrol.store import sql
+from jobcontrol.store.database import Database, Tx
+from jobcontrol.store.paging import PageCursor, decode_token, effective_page_size, encode_token
+from jobcontrol.store.protocol import (
+    MAX_BATCH_SIZE,
+    HeartbeatAck,
+    JobFilter,
+    JobPage,
+    PruneResult,
+    ReapResult,
+    Submitted,
+)
+from jobcontrol.store.rows import (
+    dump_json,
+    event_from_row,
+    event_row,
+    from_us,
+    job_from_row,
+    job_to_row,
+    to_us,
+    worker_from_row,
+)
+from jobcontrol.validation import (
+    DEFAULT_LIMITS,
+    Limits,
+    encode_json,
+    validate_labels,
+    validate_progress,
+    validate_reason,
+    validate_spec,
+    validate_type,
+)
+from jobcontrol.workers import Worker, WorkerInfo, WorkerState
+
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+
+MAX_ERROR_CODE_LENGTH = 64
+MAX_ERROR_MESSAGE_LENGTH = 4096
+MAX_EVENTS_PER_READ = 10_000
+MAX_WORKER_TEXT_LENGTH = 256
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def request_hash(spec: JobSpec) -> str:
+    """Fingerprint of a submission, to tell a repeated request from a different one
+    under the same idempotency key."""
+    canonical = json.dumps(
+        {
+            "type": spec.type,
+            "payload": spec.payload,
+            "priority": spec.priority,
+            "run_after": None if spec.run_after is None else to_us(spec.run_after),
+            "delay_us": None if spec.delay is None else spec.delay // timedelta(microseconds=1),
+            "max_attempts": spec.max_attempts or jobs.DEFAULT_MAX_ATTEMPTS,
+            "timeout_us": None
+            if spec.timeout is None
+            else spec.timeout // timedelta(microseconds=1),
+            "labels": dict(spec.labels),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class SqlJobStore:
+    """A `JobStore` over any `Database` driver."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Clock = utc_now,
+        retry_policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._retry_policy = retry_policy
+        self._limits = limits
+
+    async def _write(self, fn: Callable[[Tx], T]) -> T:
+        return await self._db.run(fn, write=True)
+
+    async def _read(self, fn: Callable[[Tx], T]) -> T:
+        return await self._db.run(fn, write=False)
+
+    # ---- clients -------------------------------------------------------------------
+
+    async def create_job(self, spec: JobSpec) -> Submitted:
+        validate_spec(spec, self._limits)
+        (submitted,) = await self._create([(spec, request_hash(spec))])
+        return submitted
+
+    async def create_jobs(self, specs: Sequence[JobSpec]) -> list[Submitted]:
+        if not 1 <= len(specs) <= MAX_BATCH_SIZE:
+            raise InvalidArgument(
+                "requests", f"must hold between 1 and {MAX_BATCH_SIZE} jobs, got {len(specs)}"
+            )
+        for index, spec in enumerate(specs):
+            try:
+                validate_spec(spec, self._limits)
+            except InvalidArgument as error:
+                raise InvalidArgument(
+                    f"requests[{index}].{error.field}", error.description
+                ) from None
+        return await self._create([(spec, request_hash(spec)) for spec in specs])
+
+    async def _create(self, prepared: list[tuple[JobSpec, str]]) -> list[Submitted]:
+        def create(tx: Tx) -> list[Submitted]:
+            now = self._clock()
+            out = []
+            for spec, digest in prepared:
+                if spec.idempotency_key is not None:
+                    rows = tx.execute(
+                        sql.SELECT_JOB_BY_IDEMPOTENCY_KEY,
+                        {"idempotency_key": spec.idempotency_key},
+                    )
+                    if rows:
+                        if rows[0]["request_hash"] != digest:
+                            raise AlreadyExists(
+                                f"idempotency_key {spec.idempotency_key!r} was already used for "
+                                f"a different request (job {rows[0]['id']}); use a new key"
+                            )
+                        out.append(Submitted(job_from_row(rows[0]), created=False))
+                        continue
+                job, kind = jobs.submit(spec, job_id=new_id(), now=now)
+                tx.execute(sql.INSERT_JOB, {**job_to_row(job), "request_hash": digest})
+                tx.execute(sql.INSERT_EVENT, event_row(job, kind))
+                out.append(Submitted(job, created=True))
+            return out
+
+        return await self._write(create)
+
+    async def get_job(self, job_id: str) -> Job:
+        job_id = parse_id(job_id)
+
+        def get(tx: Tx) -> Job:
+            job = _load(tx, job_id)
+            if job.state is JobState.PENDING:
+                positions = _queue_positions(tx, [job_id], to_us(self._clock()))
+                return _with_position(job, positions)
+            return job
+
+        return await self._read(get)
+
+    async def list_jobs(
+        self, *, job_filter: JobFilter, page_size: int = 0, page_token: str = ""
+    ) -> JobPage:
+        limit = effective_page_size(page_size)
+        cursor = decode_token(page_token, job_filter)
+        for job_type in job_filter.types:
+            validate_type(job_type, field="filter.types")
+        validate_labels(job_filter.labels, field="filter.labels")
+        params = {
+            "states": dump_json(sorted(job_filter.states)) if job_filter.states else None,
+            "types": dump_json(sorted(job_filter.types)) if job_filter.types else None,
+            "labels": dump_json(job_filter.labels) if job_filter.labels else None,
+            "before_id": cursor.before_id if cursor else None,
+            "limit": limit + 1,
+        }
+
+        def list_page(tx: Tx) -> JobPage:
+            rows = tx.execute(sql.LIST_JOBS, params)
+            page = [job_from_row(row) for row in rows[:limit]]
+            positions = _queue_positions(
+                tx, [j.id for j in page if j.state is JobState.PENDING], to_us(self._clock())
+            )
+            page = [_with_position(j, positions) for j in page]
+            token = ""
+            if len(rows) > limit:
+                token = encode_token(PageCursor(page[-1].id, job_filter.fingerprint()))
+            return JobPage(jobs=page, next_page_token=token)
+
+        return await self._read(list_page)
+
+    async def cancel_job(self, job_id: str, *, reason: str = "") -> Job:
+        job_id = parse_id(job_id)
+        validate_reason(reason)
+
+        def cancel(tx: Tx) -> Job:
+            job = _load(tx, job_id)
+            change = jobs.request_cancel(job, reason=reason, now=self._clock())
+            return job if change is None else _save(tx, change)
+
+        return await self._write(cancel)
+
+    async def retry_job(self, job_id: str) -> Job:
+        job_id = parse_id(job_id)
+        return await self._write(
+            lambda tx: _save(tx, jobs.retry(_load(tx, job_id), now=self._clock()))
+        )
+
+    async def queue_positions(self, job_ids: Sequence[str]) -> dict[str, int]:
+        ids = [parse_id(job_id) for job_id in job_ids]
+        if not ids:
+            return {}
+        return await self._read(lambda tx: _queue_positions(tx, ids, to_us(self._clock())))
+
+    # ---- workers -------------------------------------------------------------------
+
+    async def claim_jobs(
+        self, *, worker_id: str, types: Sequence[str], limit: int, lease_timeout: timedelta
+    ) -> list[Job]:
+        if limit < 0:
+            raise InvalidArgument("limit", f"must not be negative, got {limit}")
+        if lease_timeout <= timedelta(0):
+            raise InvalidArgument("lease_timeout", f"must be positive, got {lease_timeout}")
+        for job_type in types:
+            validate_type(job_type, field="types")
+        if limit == 0 or not types:
+            return []
+        types_json = dump_json(sorted(set(types)))
+
+        def claim(tx: Tx) -> list[Job]:
+            now_us = to_us(self._clock())
+            rows = tx.execute(
+                sql.CLAIM_JOBS,
+                {
+                    "worker_id": worker_id,
+                    "types": types_json,
+                    "limit": limit,
+                    "now_us": now_us,
+                    "lease_expire_us": now_us + lease_timeout // timedelta(microseconds=1),
+                },
+            )
+            claimed = sorted(
+                (job_from_row(row) for row in rows),
+                key=lambda j: (-j.priority, j.run_after, j.create_time, j.id),
+            )
+            tx.executemany(sql.INSERT_EVENT, [event_row(j, EventKind.STARTED) for j in claimed])
+            return claimed
+
+        return await self._write(claim)
+
+    async def heartbeat_job(
+        self, *, job_id: str, lease_id: str, lease_timeout: timedelta
+    ) -> HeartbeatAck:
+        if lease_timeout <= timedelta(0):
+            raise InvalidArgument("lease_timeout", f"must be positive, got {lease_timeout}")
+
+        def heartbeat(tx: Tx) -> HeartbeatAck:
+            expire_us = to_us(self._clock()) + lease_timeout // timedelta(microseconds=1)
+            rows = tx.execute(
+                sql.HEARTBEAT_JOB,
+                {"id": job_id, "lease_id": lease_id, "lease_expire_us": expire_us},
+            )
+            if not rows:
+                raise LeaseLost(job_id, lease_id)
+            return HeartbeatAck(
+                cancel_requested=bool(rows[0]["cancel_requested"]),
+                lease_expire_time=from_us(rows[0]["lease_expire_us"]),
+            )
+
+        return await self._write(heartbeat)
+
+    async def report_progress(self, *, job_id: str, lease_id: str, progress: Progress) -> Job:
+        validate_progress(progress)
+        return await self._fenced(
+            job_id, lease_id, lambda job, now: jobs.report_progress(job, progress, now=now)
+        )
+
+    async def complete_job(self, *, job_id: str, lease_id: str, result: Mapping[str, Any]) -> Job:
+        encode_json(result, field="result", max_bytes=self._limits.max_payload_bytes)
+        return await self._fenced(
+            job_id, lease_id, lambda job, now: jobs.succeed(job, result, now=now)
+        )
+
+    async def fail_job(self, *, job_id: str, lease_id: str, error: JobError) -> Job:
+        error = JobError(
+            code=error.code[:MAX_ERROR_CODE_LENGTH] or jobs.ErrorCode.HANDLER_ERROR,
+            message=error.message[:MAX_ERROR_MESSAGE_LENGTH],
+            retryable=error.retryable,
+        )
+        return await self._fenced(
+            job_id,
+            lease_id,
+            lambda job, now: jobs.fail(job, error, now=now, policy=self._retry_policy),
+        )
+
+    async def record_cancelled(self, *, job_id: str, lease_id: str) -> Job:
+        return await self._fenced(
+            job_id, lease_id, lambda job, now: jobs.confirm_cancelled(job, now=now)
+        )
+
+    async def release_job(self, *, job_id: str, lease_id: str) -> Job:
+        return await self._fenced(job_id, lease_id, lambda job, now: jobs.release(job, now=now))
+
+    async def _fenced(
+        self, job_id: str, lease_id: str, change: Callable[[Job, datetime], jobs.Change]
+    ) -> Job:
+        """Apply a worker's change only if it still holds the job's lease."""
+
+        def write(tx: Tx) -> Job:
+            rows = tx.execute(sql.SELECT_JOB, {"id": job_id})
+            job = job_from_row(rows[0]) if rows else None
+            if job is None or job.state is not JobState.RUNNING or job.lease_id != lease_id:
+                raise LeaseLost(job_id, lease_id)
+            return _save(tx, change(job, self._clock()))
+
+        return await self._write(write)
+
+    async def register_worker(self, info: WorkerInfo) -> Worker:
+        for name, value in (("name", info.name), ("host", info.host)):
+            if not value or len(value) > MAX_WORKER_TEXT_LENGTH:
+                raise InvalidArgument(
+                    name, f"must be 1 to {MAX_WORKER_TEXT_LENGTH} characters, got {len(value)}"
+                )
+        if info.concurrency < 1:
+            raise InvalidArgument("concurrency", f"must be at least 1, got {info.concurrency}")
+        for job_type in info.job_types:
+            validate_type(job_type, field="job_types")
+        params = {
+            "id": new_id(),
+            "name": info.name,
+            "host": info.host,
+            "pid": info.pid,
+            "job_types": dump_json(sorted(set(info.job_types))),
+            "concurrency": info.concurrency,
+        }
+
+        def register(tx: Tx) -> Worker:
+            rows = tx.execute(sql.INSERT_WORKER, {**params, "now_us": to_us(self._clock())})
+            return worker_from_row(rows[0])
+
+        return await self._write(register)
+
+    async def heartbeat_worker(self, worker_id: str) -> Worker:
+        return await self._update_worker(sql.HEARTBEAT_WORKER, worker_id, {})
+
+    async def drain_worker(self, worker_id: str) -> Worker:
+        return await self._update_worker(
+            sql.SET_WORKER_STATE, worker_id, {"state": WorkerState.DRAINING.value}
+        )
+
+    async def deregister_worker(self, worker_id: str) -> Worker:
+        return await self._update_worker(
+            sql.SET_WORKER_STATE, worker_id, {"state": WorkerState.STOPPED.value}
+        )
+
+    async def _update_worker(
+        self, statement: str, worker_id: str, params: dict[str, Any]
+    ) -> Worker:
+        def update(tx: Tx) -> Worker:
+            rows = tx.execute(
+                statement, {**params, "id": worker_id, "now_us": to_us(self._clock())}
+            )
+            if not rows:
+                raise WorkerNotFound(worker_id)
+            return worker_from_row(rows[0])
+
+        return await self._write(update)
+
+    async def list_workers(self, *, include_stopped: bool = False) -> list[Worker]:
+        def list_all(tx: Tx) -> list[Worker]:
+            rows = tx.execute(sql.SELECT_WORKERS, {"include_stopped": int(include_stopped)})
+            ids = [row["id"] for row in rows]
+            running: dict[str, list[str]] = {}
+            if ids:
+                for job_row in tx.execute(sql.RUNNING_JOBS_BY_WORKER, {"ids": dump_json(ids)}):
+                    running.setdefault(job_row["worker_id"], []).append(job_row["id"])
+            return [worker_from_row(row, tuple(running.get(row["id"], ()))) for row in rows]
+
+        return await self._read(list_all)
+
+    # ---- events --------------------------------------------------------------------
+
+    async def list_events(
+        self, *, after_sequence: int, limit: int = 1000, job_id: str | None = None
+    ) -> list[JobEvent]:
+        if after_sequence < 0:
+            raise InvalidArgument("after_sequence", f"must not be negative, got {after_sequence}")
+        params: dict[str, Any] = {
+            "after_seq": after_sequence,
+            "limit": max(1, min(limit, MAX_EVENTS_PER_READ)),
+        }
+        statement = sql.SELECT_EVENTS
+        if job_id is not None:
+            params["job_id"] = parse_id(job_id)
+            statement = sql.SELECT_JOB_EVENTS
+        return await self._read(
+            lambda tx: [event_from_row(row) for row in tx.execute(statement, params)]
+        )
+
+    async def last_sequence(self, *, job_id: str | None = None) -> int:
+        if job_id is None:
+            return await self._read(lambda tx: int(tx.execute(sql.LAST_SEQUENCE)[0]["seq"]))
+        params = {"job_id": parse_id(job_id)}
+        return await self._read(lambda tx: int(tx.execute(sql.LAST_JOB_SEQUENCE, params)[0]["seq"]))
+
+    # ---- housekeeping --------------------------------------------------------------
+
+    async def reap(self, *, limit: int = 500) -> ReapResult:
+        def reap(tx: Tx) -> ReapResult:
+            now = self._clock()
+            result = ReapResult()
+            rows = tx.execute(sql.REAPABLE_JOBS, {"now_us": to_us(now), "limit": limit})
+            for row in rows:
+                job = job_from_row(row)
+                if job.cancel_requested:
+                    change = jobs.confirm_cancelled(job, now=now)
+                elif job.lease_expire_time is not None and job.lease_expire_time < now:
+                    change = jobs.expire_lease(job, now=now, policy=self._retry_policy)
+                else:
+                    change = jobs.time_out(job, now=now, policy=self._retry_policy)
+                saved = _save(tx, change)
+                bucket = {
+                    JobState.PENDING: result.retried,
+                    JobState.FAILED: result.failed,
+                    JobState.CANCELLED: result.cancelled,
+                }[saved.state]
+                bucket.append(saved.id)
+            return result
+
+        return await self._write(reap)
+
+    async def mark_lost_workers(self, *, silent_for: timedelta) -> list[str]:
+        def mark(tx: Tx) -> list[str]:
+            cutoff = to_us(self._clock() - silent_for)
+            return [row["id"] for row in tx.execute(sql.MARK_LOST_WORKERS, {"cutoff_us": cutoff})]
+
+        return await self._write(mark)
+
+    async def prune(self, *, older_than: timedelta, limit: int = 1000) -> PruneResult:
+        def prune(tx: Tx) -> PruneResult:
+            cutoff = to_us(self._clock() - older_than)
+            ids = [
+                row["id"]
+                for row in tx.execute(sql.PRUNABLE_JOB_IDS, {"cutoff_us": cutoff, "limit": limit})
+            ]
+            events = jobs_deleted = 0
+            if ids:
+                ids_json = dump_json(ids)
+                events = len(tx.execute(sql.DELETE_EVENTS_OF_JOBS, {"ids": ids_json}))
+                jobs_deleted = len(tx.execute(sql.DELETE_JOBS, {"ids": ids_json}))
+            workers = len(tx.execute(sql.DELETE_OLD_WORKERS, {"cutoff_us": cutoff}))
+            return PruneResult(jobs=jobs_deleted, events=events, workers=workers)
+
+        return await self._write(prune)
+
+    async def ping(self) -> None:
+        await self._read(lambda tx: tx.execute(sql.PING))
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+def _load(tx: Tx, job_id: str) -> Job:
+    rows = tx.execute(sql.SELECT_JOB, {"id": job_id})
+    if not rows:
+        raise JobNotFound(job_id)
+    return job_from_row(rows[0])
+
+
+def _save(tx: Tx, change: jobs.Change) -> Job:
+    job, kind = change
+    tx.execute(sql.UPDATE_JOB, job_to_row(job))
+    tx.execute(sql.INSERT_EVENT, event_row(job, kind))
+    return job
+
+
+def _queue_positions(tx: Tx, ids: list[str], now_us: int) -> dict[str, int]:
+    if not ids:
+        return {}
+    rows = tx.execute(sql.QUEUE_POSITIONS, {"ids": dump_json(ids), "now_us": now_us})
+    return {row["id"]: int(row["position"]) for row in rows}
+
+
+def _with_position(job: Job, positions: Mapping[str, int]) -> Job:
+    position = positions.get(job.id)
+    if position is None:
+        return job
+    return dataclasses.replace(job, queue_position=position)

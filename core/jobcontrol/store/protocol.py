@@ -1,0 +1,153 @@
+"""What every store driver offers: the `JobStore` protocol and the values it returns.
+
+Every method that changes a job runs as one transaction that also appends the event
+describing the change to `job_events`. Worker writes name the lease they hold; a stale
+lease changes nothing and raises `LeaseLost`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from jobcontrol.jobs import Job, JobError, JobEvent, JobSpec, JobState, Progress
+from jobcontrol.workers import Worker, WorkerInfo
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+MAX_BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Empty fields match everything; fields combine with AND."""
+
+    states: frozenset[JobState] = frozenset()
+    types: frozenset[str] = frozenset()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """Stable digest, so a page token can only be reused with the filter it came from."""
+        canonical = json.dumps(
+            [sorted(self.states), sorted(self.types), sorted(self.labels.items())],
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[Job]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    cancel_requested: bool
+    lease_expire_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReapResult:
+    """Jobs the reaper moved, by what became of them."""
+
+    retried: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return len(self.retried) + len(self.failed) + len(self.cancelled)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    jobs: int
+    events: int
+    workers: int
+
+
+class JobStore(Protocol):
+    # Clients
+    async def create_job(self, spec: JobSpec) -> Submitted: ...
+
+    async def create_jobs(self, specs: Sequence[JobSpec]) -> list[Submitted]:
+        """All or nothing, in one transaction."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job: ...
+
+    async def list_jobs(
+        self, *, job_filter: JobFilter, page_size: int = 0, page_token: str = ""
+    ) -> JobPage: ...
+
+    async def cancel_job(self, job_id: str, *, reason: str = "") -> Job: ...
+
+    async def retry_job(self, job_id: str) -> Job: ...
+
+    async def queue_positions(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """Positions of the PENDING jobs among these, in one query."""
+        ...
+
+    # Workers
+    async def claim_jobs(
+        self, *, worker_id: str, types: Sequence[str], limit: int, lease_timeout: timedelta
+    ) -> list[Job]: ...
+
+    async def heartbeat_job(
+        self, *, job_id: str, lease_id: str, lease_timeout: timedelta
+    ) -> HeartbeatAck: ...
+
+    async def report_progress(self, *, job_id: str, lease_id: str, progress: Progress) -> Job: ...
+
+    async def complete_job(
+        self, *, job_id: str, lease_id: str, result: Mapping[str, Any]
+    ) -> Job: ...
+
+    async def fail_job(self, *, job_id: str, lease_id: str, error: JobError) -> Job: ...
+
+    async def record_cancelled(self, *, job_id: str, lease_id: str) -> Job: ...
+
+    async def release_job(self, *, job_id: str, lease_id: str) -> Job: ...
+
+    async def register_worker(self, info: WorkerInfo) -> Worker: ...
+
+    async def heartbeat_worker(self, worker_id: str) -> Worker: ...
+
+    async def drain_worker(self, worker_id: str) -> Worker: ...
+
+    async def deregister_worker(self, worker_id: str) -> Worker: ...
+
+    async def list_workers(self, *, include_stopped: bool = False) -> list[Worker]: ...
+
+    # Events
+    async def list_events(
+        self, *, after_sequence: int, limit: int = 1000, job_id: str | None = None
+    ) -> list[JobEvent]: ...
+
+    async def last_sequence(self, *, job_id: str | None = None) -> int: ...
+
+    # Housekeeping
+    async def reap(self, *, limit: int = 500) -> ReapResult:
+        """Expired leases, timed-out attempts, cancelled jobs of dead workers."""
+        ...
+
+    async def mark_lost_workers(self, *, silent_for: timedelta) -> list[str]: ...
+
+    async def prune(self, *, older_than: timedelta, limit: int = 1000) -> PruneResult: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers."""
+        ...
+
+    async def close(self) -> None: ...

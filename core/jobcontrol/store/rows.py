@@ -1,0 +1,180 @@
+"""Conversion between database rows and domain values: the one place that knows both.
+
+An event stores the job row as JSON, so an event decodes through the same code as a job.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jobcontrol.jobs import EventKind, Job, JobError, JobEvent, JobState, Progress
+from jobcontrol.store.database import Row
+from jobcontrol.workers import Worker, WorkerState
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+JOB_COLUMNS = (
+    "id",
+    "type",
+    "payload",
+    "state",
+    "priority",
+    "labels",
+    "attempt",
+    "max_attempts",
+    "create_us",
+    "update_us",
+    "run_after_us",
+    "progress_percent",
+    "progress_stage",
+    "progress_message",
+    "result",
+    "error_code",
+    "error_message",
+    "error_retryable",
+    "cancel_requested",
+    "cancel_reason",
+    "worker_id",
+    "lease_id",
+    "lease_expire_us",
+    "timeout_us",
+    "deadline_us",
+    "idempotency_key",
+    "start_us",
+    "end_us",
+)
+
+
+def to_us(value: datetime) -> int:
+    return (value - EPOCH) // _MICROSECOND
+
+
+def from_us(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=value)
+
+
+def _opt_to_us(value: datetime | None) -> int | None:
+    return None if value is None else to_us(value)
+
+
+def _opt_from_us(value: int | None) -> datetime | None:
+    return None if value is None else from_us(value)
+
+
+def dump_json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def job_to_row(job: Job) -> dict[str, Any]:
+    timeout_us = None if job.timeout is None else job.timeout // _MICROSECOND
+    deadline_us = None
+    if job.state is JobState.RUNNING and timeout_us is not None and job.start_time is not None:
+        deadline_us = to_us(job.start_time) + timeout_us
+    error = job.error
+    return {
+        "id": job.id,
+        "type": job.type,
+        "payload": dump_json(job.payload),
+        "state": job.state.value,
+        "priority": job.priority,
+        "labels": dump_json(job.labels),
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "create_us": to_us(job.create_time),
+        "update_us": to_us(job.update_time),
+        "run_after_us": to_us(job.run_after),
+        "progress_percent": job.progress.percent,
+        "progress_stage": job.progress.stage,
+        "progress_message": job.progress.message,
+        "result": None if job.result is None else dump_json(job.result),
+        "error_code": error.code if error else None,
+        "error_message": error.message if error else None,
+        "error_retryable": int(error.retryable) if error else None,
+        "cancel_requested": int(job.cancel_requested),
+        "cancel_reason": job.cancel_reason,
+        "worker_id": job.worker_id,
+        "lease_id": job.lease_id,
+        "lease_expire_us": _opt_to_us(job.lease_expire_time),
+        "timeout_us": timeout_us,
+        "deadline_us": deadline_us,
+        "idempotency_key": job.idempotency_key,
+        "start_us": _opt_to_us(job.start_time),
+        "end_us": _opt_to_us(job.end_time),
+    }
+
+
+def job_from_row(row: Row) -> Job:
+    error = None
+    if row["error_code"] is not None:
+        error = JobError(
+            code=row["error_code"],
+            message=row["error_message"] or "",
+            retryable=bool(row["error_retryable"]),
+        )
+    return Job(
+        id=row["id"],
+        type=row["type"],
+        payload=json.loads(row["payload"]),
+        state=JobState(row["state"]),
+        priority=row["priority"],
+        labels=json.loads(row["labels"]),
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        create_time=from_us(row["create_us"]),
+        update_time=from_us(row["update_us"]),
+        run_after=from_us(row["run_after_us"]),
+        progress=Progress(
+            percent=float(row["progress_percent"]),
+            stage=row["progress_stage"],
+            message=row["progress_message"],
+        ),
+        result=None if row["result"] is None else json.loads(row["result"]),
+        error=error,
+        cancel_requested=bool(row["cancel_requested"]),
+        cancel_reason=row["cancel_reason"],
+        worker_id=row["worker_id"],
+        lease_id=row["lease_id"],
+        lease_expire_time=_opt_from_us(row["lease_expire_us"]),
+        timeout=None if row["timeout_us"] is None else timedelta(microseconds=row["timeout_us"]),
+        idempotency_key=row["idempotency_key"],
+        start_time=_opt_from_us(row["start_us"]),
+        end_time=_opt_from_us(row["end_us"]),
+    )
+
+
+def event_row(job: Job, kind: EventKind) -> dict[str, Any]:
+    row = job_to_row(job)
+    return {
+        "job_id": job.id,
+        "kind": kind.value,
+        "time_us": row["update_us"],
+        "job": dump_json(row),
+    }
+
+
+def event_from_row(row: Row) -> JobEvent:
+    return JobEvent(
+        sequence=row["seq"],
+        kind=EventKind(row["kind"]),
+        time=from_us(row["time_us"]),
+        job=job_from_row(json.loads(row["job"])),
+    )
+
+
+def worker_from_row(row: Row, current_job_ids: tuple[str, ...] = ()) -> Worker:
+    return Worker(
+        id=row["id"],
+        name=row["name"],
+        host=row["host"],
+        pid=row["pid"],
+        job_types=tuple(json.loads(row["job_types"])),
+        concurrency=row["concurrency"],
+        state=WorkerState(row["state"]),
+        start_time=from_us(row["start_us"]),
+        heartbeat_time=from_us(row["heartbeat_us"]),
+        stop_time=_opt_from_us(row["stop_us"]),
+        current_job_ids=current_job_ids,
+    )

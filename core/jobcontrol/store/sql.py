@@ -1,0 +1,172 @@
+"""Every SQL statement the store runs, by name. Both drivers run these unchanged.
+
+Lists of values travel as one JSON array parameter (`json_each`), so each statement's
+text is fixed whatever the number of ids or types.
+"""
+
+from __future__ import annotations
+
+from jobcontrol.store.rows import JOB_COLUMNS
+
+_TERMINAL = "('SUCCEEDED', 'FAILED', 'CANCELLED')"
+
+SELECT_JOB = "SELECT * FROM jobs WHERE id = :id"
+
+SELECT_JOB_BY_IDEMPOTENCY_KEY = "SELECT * FROM jobs WHERE idempotency_key = :idempotency_key"
+
+INSERT_JOB = (
+    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}, request_hash)"
+    f" VALUES ({', '.join(':' + c for c in JOB_COLUMNS)}, :request_hash)"
+)
+
+UPDATE_JOB = (
+    "UPDATE jobs SET "
+    + ", ".join(f"{c} = :{c}" for c in JOB_COLUMNS if c != "id")
+    + " WHERE id = :id"
+)
+
+INSERT_EVENT = (
+    "INSERT INTO job_events (job_id, kind, time_us, job) VALUES (:job_id, :kind, :time_us, :job)"
+)
+
+# The claim: one statement picks the best claimable jobs and starts an attempt on each
+# with a fresh lease id. Mirrors `jobcontrol.jobs.start`.
+CLAIM_JOBS = """
+UPDATE jobs SET
+    state = 'RUNNING',
+    attempt = attempt + 1,
+    worker_id = :worker_id,
+    lease_id = lower(hex(randomblob(16))),
+    lease_expire_us = :lease_expire_us,
+    start_us = :now_us,
+    update_us = :now_us,
+    deadline_us = CASE WHEN timeout_us IS NULL THEN NULL ELSE :now_us + timeout_us END,
+    progress_percent = 0,
+    progress_stage = '',
+    progress_message = ''
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE state = 'PENDING'
+      AND type IN (SELECT value FROM json_each(:types))
+      AND run_after_us <= :now_us
+    ORDER BY priority DESC, run_after_us, create_us, id
+    LIMIT :limit
+)
+RETURNING *
+"""
+
+# Heartbeats change no visible state, so they write no event.
+HEARTBEAT_JOB = """
+UPDATE jobs SET lease_expire_us = :lease_expire_us
+WHERE id = :id AND lease_id = :lease_id AND state = 'RUNNING'
+RETURNING cancel_requested, lease_expire_us
+"""
+
+LIST_JOBS = """
+SELECT * FROM jobs
+WHERE (:states IS NULL OR state IN (SELECT value FROM json_each(:states)))
+  AND (:types IS NULL OR type IN (SELECT value FROM json_each(:types)))
+  AND (:labels IS NULL OR NOT EXISTS (
+        SELECT 1 FROM json_each(:labels) AS wanted
+        WHERE NOT EXISTS (
+            SELECT 1 FROM json_each(jobs.labels) AS have
+            WHERE have.key = wanted.key AND have.value = wanted.value)))
+  AND (:before_id IS NULL OR id < :before_id)
+ORDER BY id DESC
+LIMIT :limit
+"""
+
+# For each given PENDING job: how many claimable jobs of its type a claim would take
+# first (the claim's order: priority DESC, run_after, create, id).
+QUEUE_POSITIONS = """
+SELECT t.id AS id, (
+    SELECT count(*) FROM jobs AS o
+    WHERE o.state = 'PENDING' AND o.type = t.type AND o.run_after_us <= :now_us
+      AND (o.priority > t.priority
+           OR (o.priority = t.priority
+               AND (o.run_after_us, o.create_us, o.id) < (t.run_after_us, t.create_us, t.id)))
+) AS position
+FROM jobs AS t
+WHERE t.id IN (SELECT value FROM json_each(:ids)) AND t.state = 'PENDING'
+"""
+
+# Running jobs the reaper must move: lease expired, attempt past its deadline, or a
+# cancellation whose worker has stopped or been lost.
+REAPABLE_JOBS = """
+SELECT * FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE state = 'RUNNING' AND lease_expire_us < :now_us
+    UNION
+    SELECT id FROM jobs WHERE state = 'RUNNING' AND deadline_us < :now_us
+    UNION
+    SELECT id FROM jobs WHERE state = 'RUNNING' AND cancel_requested = 1
+        AND worker_id IN (SELECT id FROM workers WHERE state IN ('STOPPED', 'LOST'))
+)
+LIMIT :limit
+"""
+
+SELECT_EVENTS = """
+SELECT seq, job_id, kind, time_us, job FROM job_events
+WHERE seq > :after_seq ORDER BY seq LIMIT :limit
+"""
+
+SELECT_JOB_EVENTS = """
+SELECT seq, job_id, kind, time_us, job FROM job_events
+WHERE job_id = :job_id AND seq > :after_seq ORDER BY seq LIMIT :limit
+"""
+
+LAST_SEQUENCE = "SELECT coalesce(max(seq), 0) AS seq FROM job_events"
+
+LAST_JOB_SEQUENCE = "SELECT coalesce(max(seq), 0) AS seq FROM job_events WHERE job_id = :job_id"
+
+PRUNABLE_JOB_IDS = f"""
+SELECT id FROM jobs WHERE end_us < :cutoff_us AND state IN {_TERMINAL}
+ORDER BY end_us LIMIT :limit
+"""
+
+DELETE_EVENTS_OF_JOBS = "DELETE FROM job_events WHERE job_id IN (SELECT value FROM json_each(:ids))"
+
+DELETE_JOBS = "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))"
+
+DELETE_OLD_WORKERS = (
+    "DELETE FROM workers WHERE state IN ('STOPPED', 'LOST') AND heartbeat_us < :cutoff_us"
+)
+
+INSERT_WORKER = """
+INSERT INTO workers (id, name, host, pid, job_types, concurrency, state, start_us, heartbeat_us)
+VALUES (:id, :name, :host, :pid, :job_types, :concurrency, 'ACTIVE', :now_us, :now_us)
+RETURNING *
+"""
+
+HEARTBEAT_WORKER = """
+UPDATE workers SET heartbeat_us = :now_us,
+    state = CASE WHEN state = 'LOST' THEN 'ACTIVE' ELSE state END
+WHERE id = :id AND state != 'STOPPED'
+RETURNING *
+"""
+
+SET_WORKER_STATE = """
+UPDATE workers SET state = :state, heartbeat_us = :now_us,
+    stop_us = CASE WHEN :state = 'STOPPED' THEN :now_us ELSE stop_us END
+WHERE id = :id
+RETURNING *
+"""
+
+SELECT_WORKERS = """
+SELECT * FROM workers
+WHERE :include_stopped OR state IN ('ACTIVE', 'DRAINING')
+ORDER BY start_us DESC, id DESC
+"""
+
+RUNNING_JOBS_BY_WORKER = """
+SELECT worker_id, id FROM jobs
+WHERE state = 'RUNNING' AND worker_id IN (SELECT value FROM json_each(:ids))
+ORDER BY start_us, id
+"""
+
+MARK_LOST_WORKERS = """
+UPDATE workers SET state = 'LOST'
+WHERE state IN ('ACTIVE', 'DRAINING') AND heartbeat_us < :cutoff_us
+RETURNING id
+"""
+
+PING = "SELECT 1 AS ok"

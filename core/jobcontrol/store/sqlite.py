@@ -1,0 +1,152 @@
+"""The SQLite driver: a local file in WAL mode, safe for many processes on one machine.
+
+One connection per store, used from one thread, so a transaction never spans threads.
+Write transactions take the write lock up front (BEGIN IMMEDIATE): a deferred one that
+upgrades later can fail with SQLITE_BUSY no matter how long it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from jobcontrol.errors import StoreUnavailable
+from jobcontrol.store.core import Clock, SqlJobStore, utc_now
+from jobcontrol.store.database import Params, Row
+from jobcontrol.store.rows import to_us
+from jobcontrol.store.schema import apply_migrations
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Primary result codes (https://sqlite.org/rescode.html).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_RETRYABLE = frozenset({_SQLITE_BUSY, _SQLITE_LOCKED})
+_UNAVAILABLE = frozenset(
+    {
+        3,  # PERM
+        8,  # READONLY
+        10,  # IOERR
+        11,  # CORRUPT
+        13,  # FULL
+        14,  # CANTOPEN
+        15,  # PROTOCOL
+        26,  # NOTADB
+    }
+)
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Params = ()) -> list[Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def executemany(self, sql: str, params: Sequence[Params]) -> None:
+        if params:
+            self._conn.executemany(sql, params)
+
+
+class SqliteDatabase:
+    """Connection and transaction plumbing for one SQLite file."""
+
+    def __init__(
+        self, path: str | Path, *, busy_timeout: float = 5.0, lock_wait: float = 30.0
+    ) -> None:
+        self._path = str(path)
+        self._busy_timeout = busy_timeout
+        self._lock_wait = lock_wait
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobcontrol-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self._path,
+                timeout=self._busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.row_factory = sqlite3.Row
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _run_sync(self, fn: Callable[[_SqliteTx], T], write: bool) -> T:
+        deadline = time.monotonic() + self._lock_wait
+        delay = 0.002
+        while True:
+            try:
+                return self._attempt(fn, write)
+            except sqlite3.Error as error:
+                code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+                if code in _RETRYABLE and time.monotonic() < deadline:
+                    time.sleep(delay * random.uniform(0.5, 1.5))
+                    delay = min(delay * 2, 0.1)
+                    continue
+                if code in _RETRYABLE or code in _UNAVAILABLE or self._conn is None:
+                    self._discard_connection()
+                    raise StoreUnavailable(
+                        f"SQLite store {self._path} is unavailable: {error}"
+                    ) from error
+                raise
+
+    def _attempt(self, fn: Callable[[_SqliteTx], T], write: bool) -> T:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = fn(_SqliteTx(conn))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def _discard_connection(self) -> None:
+        """Start over with a fresh connection next time: after an I/O error the old one
+        may hold a stale view (a replaced or repaired file)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                log.debug("closing a failed SQLite connection", exc_info=True)
+            self._conn = None
+
+    async def run(self, fn: Callable[[Any], T], *, write: bool) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._run_sync, fn, write)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._discard_connection)
+        self._executor.shutdown(wait=True)
+
+
+class SqliteJobStore(SqlJobStore):
+    """The JobStore on a local SQLite file (`JOB_STORE_BACKEND=local`)."""
+
+    @classmethod
+    async def open(
+        cls, path: str | Path, *, clock: Clock = utc_now, **options: Any
+    ) -> SqliteJobStore:
+        db = SqliteDatabase(path)
+        applied = await db.run(lambda tx: apply_migrations(tx, now_us=to_us(clock())), write=True)
+        if applied:
+            log.info("applied schema migrations %s to %s", applied, path)
+        return cls(db, clock=clock, **options)
