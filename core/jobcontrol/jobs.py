@@ -171,6 +171,13 @@ def _move(job: Job, to: JobState, now: datetime, **changes: Any) -> Job:
     return dataclasses.replace(job, state=to, update_time=now, **changes)
 
 
+def _require(job: Job, state: JobState, action: str) -> None:
+    """Transitions that share a target state (RUNNING -> RUNNING for progress, PENDING ->
+    RUNNING for a claim) must also start from the right state."""
+    if job.state is not state:
+        raise InvalidTransition(f"job {job.id} is {job.state}; only a {state} job can {action}")
+
+
 def submit(spec: JobSpec, *, job_id: str, now: datetime) -> Change:
     run_after = spec.run_after or (now + spec.delay if spec.delay else now)
     job = Job(
@@ -195,6 +202,7 @@ def start(
     job: Job, *, worker_id: str, lease_id: str, lease_expire_time: datetime, now: datetime
 ) -> Change:
     """A claim: a new attempt with a fresh lease (the fencing token)."""
+    _require(job, JobState.PENDING, "be claimed")
     return _move(
         job,
         JobState.RUNNING,
@@ -209,6 +217,7 @@ def start(
 
 
 def report_progress(job: Job, progress: Progress, *, now: datetime) -> Change:
+    _require(job, JobState.RUNNING, "report progress")
     return _move(job, JobState.RUNNING, now, progress=progress), EventKind.PROGRESS
 
 
@@ -237,6 +246,7 @@ def fail(
 ) -> Change:
     """An attempt failed: back to PENDING after a backoff while attempts are left and the
     error is retryable, else FAILED."""
+    _require(job, JobState.RUNNING, "fail")
     if error.retryable and job.attempt < job.max_attempts:
         return _move(
             job,
@@ -252,12 +262,14 @@ def fail(
 
 def confirm_cancelled(job: Job, *, now: datetime) -> Change:
     """The worker stopped the handler (normally after a cancel request)."""
+    _require(job, JobState.RUNNING, "be confirmed cancelled by its worker")
     return _finish(job, JobState.CANCELLED, now), EventKind.CANCELLED
 
 
 def release(job: Job, *, now: datetime) -> Change:
     """A draining worker hands the job back; the attempt is not charged. A job whose
     cancellation was requested is cancelled instead: nobody wants it run again."""
+    _require(job, JobState.RUNNING, "be released")
     if job.cancel_requested:
         return confirm_cancelled(job, now=now)
     return _move(

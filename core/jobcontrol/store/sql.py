@@ -114,7 +114,10 @@ SELECT seq, job_id, kind, time_us, job FROM job_events
 WHERE job_id = :job_id AND seq > :after_seq ORDER BY seq LIMIT :limit
 """
 
-LAST_SEQUENCE = "SELECT coalesce(max(seq), 0) AS seq FROM job_events"
+# The highest sequence ever issued, even if retention pruned that event since.
+LAST_SEQUENCE = (
+    "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'job_events'), 0) AS seq"
+)
 
 LAST_JOB_SEQUENCE = "SELECT coalesce(max(seq), 0) AS seq FROM job_events WHERE job_id = :job_id"
 
@@ -123,12 +126,15 @@ SELECT id FROM jobs WHERE end_us < :cutoff_us AND state IN {_TERMINAL}
 ORDER BY end_us LIMIT :limit
 """
 
-DELETE_EVENTS_OF_JOBS = "DELETE FROM job_events WHERE job_id IN (SELECT value FROM json_each(:ids))"
+DELETE_EVENTS_OF_JOBS = (
+    "DELETE FROM job_events WHERE job_id IN (SELECT value FROM json_each(:ids)) RETURNING seq"
+)
 
-DELETE_JOBS = "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))"
+DELETE_JOBS = "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)) RETURNING id"
 
 DELETE_OLD_WORKERS = (
     "DELETE FROM workers WHERE state IN ('STOPPED', 'LOST') AND heartbeat_us < :cutoff_us"
+    " RETURNING id"
 )
 
 INSERT_WORKER = """

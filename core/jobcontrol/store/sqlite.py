@@ -143,10 +143,24 @@ class SqliteJobStore(SqlJobStore):
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, clock: Clock = utc_now, **options: Any
+        cls,
+        path: str | Path,
+        *,
+        clock: Clock = utc_now,
+        busy_timeout: float = 5.0,
+        lock_wait: float = 30.0,
+        **options: Any,
     ) -> SqliteJobStore:
-        db = SqliteDatabase(path)
-        applied = await db.run(lambda tx: apply_migrations(tx, now_us=to_us(clock())), write=True)
+        """Open (creating if needed) and migrate the file. `lock_wait` bounds how long a
+        transaction waits for other processes before StoreUnavailable."""
+        db = SqliteDatabase(path, busy_timeout=busy_timeout, lock_wait=lock_wait)
+        try:
+            applied = await db.run(
+                lambda tx: apply_migrations(tx, now_us=to_us(clock())), write=True
+            )
+        except BaseException:
+            await db.close()
+            raise
         if applied:
             log.info("applied schema migrations %s to %s", applied, path)
         return cls(db, clock=clock, **options)

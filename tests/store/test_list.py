@@ -1,0 +1,123 @@
+"""Contract: listing with filters, stable order and opaque page tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobcontrol.errors import InvalidArgument
+from jobcontrol.jobs import JobSpec, JobState
+from jobcontrol.store import JobFilter
+from jobcontrol.store.core import SqlJobStore
+from jobcontrol.store.protocol import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+
+
+async def _submit(store: SqlJobStore, n: int, **spec: object) -> list[str]:
+    results = await store.create_jobs(
+        [JobSpec(**{"type": "t", **spec}) for _ in range(n)]  # type: ignore[arg-type]
+    )
+    return [r.job.id for r in results]
+
+
+async def _all_pages(store: SqlJobStore, job_filter: JobFilter, page_size: int) -> list[str]:
+    ids: list[str] = []
+    token = ""
+    while True:
+        page = await store.list_jobs(job_filter=job_filter, page_size=page_size, page_token=token)
+        ids.extend(j.id for j in page.jobs)
+        if not page.next_page_token:
+            return ids
+        assert len(page.jobs) == page_size
+        token = page.next_page_token
+
+
+async def test_list_pages_through_every_job_newest_first(store: SqlJobStore):
+    ids = await _submit(store, 23)
+    listed = await _all_pages(store, JobFilter(), page_size=5)
+    assert listed == sorted(ids, reverse=True)
+
+
+async def test_pagination_stays_stable_while_jobs_are_inserted(store: SqlJobStore):
+    before = await _submit(store, 30)
+    first = await store.list_jobs(job_filter=JobFilter(), page_size=10)
+    await _submit(store, 15)  # newer jobs land before the cursor, never inside later pages
+    rest = await _all_pages_from(store, first.next_page_token, page_size=10)
+    seen = [j.id for j in first.jobs] + rest
+    assert seen == sorted(before, reverse=True)
+    assert len(set(seen)) == len(seen)
+
+
+async def _all_pages_from(store: SqlJobStore, token: str, *, page_size: int) -> list[str]:
+    ids: list[str] = []
+    while token:
+        page = await store.list_jobs(job_filter=JobFilter(), page_size=page_size, page_token=token)
+        ids.extend(j.id for j in page.jobs)
+        token = page.next_page_token
+    return ids
+
+
+async def test_list_filters_by_state_type_and_labels(store: SqlJobStore):
+    a = await _submit(store, 3, type="audio.transcode", labels={"team": "a", "env": "prod"})
+    b = await _submit(store, 2, type="audio.transcode", labels={"team": "b"})
+    c = await _submit(store, 4, type="demo.sleep", labels={"team": "a"})
+    cancelled = await store.cancel_job(c[0])
+    assert cancelled.state is JobState.CANCELLED
+
+    async def ids(f: JobFilter) -> set[str]:
+        return set(await _all_pages(store, f, page_size=2))
+
+    assert await ids(JobFilter(types=frozenset({"audio.transcode"}))) == set(a + b)
+    assert await ids(JobFilter(labels={"team": "a"})) == set(a + c)
+    assert await ids(JobFilter(labels={"team": "a", "env": "prod"})) == set(a)
+    assert await ids(JobFilter(labels={"team": "z"})) == set()
+    assert await ids(JobFilter(states=frozenset({JobState.CANCELLED}))) == {c[0]}
+    assert await ids(
+        JobFilter(states=frozenset({JobState.PENDING}), types=frozenset({"demo.sleep"}))
+    ) == set(c[1:])
+
+
+async def test_list_shows_queue_positions_of_pending_jobs(store: SqlJobStore):
+    ids = await _submit(store, 3)
+    page = await store.list_jobs(job_filter=JobFilter())
+    positions = {j.id: j.queue_position for j in page.jobs}
+    assert positions == {ids[0]: 0, ids[1]: 1, ids[2]: 2}
+
+
+@pytest.mark.parametrize(("asked", "expected"), [(0, DEFAULT_PAGE_SIZE), (5000, MAX_PAGE_SIZE)])
+async def test_page_size_zero_means_default_and_large_is_capped(
+    store: SqlJobStore, asked: int, expected: int
+):
+    await _submit(store, 1000)
+    await _submit(store, 100)
+    page = await store.list_jobs(job_filter=JobFilter(), page_size=asked)
+    assert len(page.jobs) == expected
+    assert page.next_page_token
+
+
+async def test_negative_page_size_is_refused(store: SqlJobStore):
+    with pytest.raises(InvalidArgument, match="between 0 and 1000, got -5"):
+        await store.list_jobs(job_filter=JobFilter(), page_size=-5)
+
+
+@pytest.mark.parametrize("token", ["garbage", "eyJ2IjogMn0", "%%%"])
+async def test_malformed_page_token_is_refused(store: SqlJobStore, token: str):
+    with pytest.raises(InvalidArgument) as caught:
+        await store.list_jobs(job_filter=JobFilter(), page_token=token)
+    assert caught.value.field == "page_token"
+
+
+async def test_page_token_reused_with_another_filter_is_refused(store: SqlJobStore):
+    await _submit(store, 5)
+    page = await store.list_jobs(job_filter=JobFilter(), page_size=2)
+    with pytest.raises(InvalidArgument, match="different filter"):
+        await store.list_jobs(
+            job_filter=JobFilter(types=frozenset({"t"})),
+            page_size=2,
+            page_token=page.next_page_token,
+        )
+
+
+async def test_last_page_has_an_empty_token(store: SqlJobStore):
+    await _submit(store, 4)
+    page = await store.list_jobs(job_filter=JobFilter(), page_size=4)
+    assert len(page.jobs) == 4
+    assert page.next_page_token == ""

@@ -1,0 +1,55 @@
+"""The SQLite driver's own duties: migrations, WAL, lock waits and unavailability."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from jobcontrol.errors import StoreUnavailable
+from jobcontrol.jobs import JobSpec
+from jobcontrol.store.schema import MIGRATIONS
+from jobcontrol.store.sqlite import SqliteJobStore
+
+
+async def test_migrations_are_recorded_and_applied_once(tmp_path: Path):
+    path = tmp_path / "jobs.db"
+    stores = await asyncio.gather(*(SqliteJobStore.open(path) for _ in range(4)))
+    for store in stores:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall()
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
+    assert mode == "wal"
+
+
+async def test_missing_directory_is_store_unavailable(tmp_path: Path):
+    with pytest.raises(StoreUnavailable, match="unavailable"):
+        await SqliteJobStore.open(tmp_path / "no" / "such" / "dir" / "jobs.db")
+
+
+async def test_a_lock_held_too_long_is_unavailable_then_recovers(tmp_path: Path):
+    path = tmp_path / "jobs.db"
+    store = await SqliteJobStore.open(path, busy_timeout=0.05, lock_wait=0.3)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await store.create_job(JobSpec(type="t"))
+        assert (await store.list_events(after_sequence=0)) == []  # reads still work in WAL
+        blocker.execute("ROLLBACK")
+        submitted = await store.create_job(JobSpec(type="t"))
+        assert (await store.get_job(submitted.job.id)).id == submitted.job.id
+    finally:
+        blocker.close()
+        await store.close()
+
+
+async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path):
+    path = tmp_path / "jobs.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreUnavailable):
+        await SqliteJobStore.open(path)

@@ -1,0 +1,206 @@
+"""Contract: heartbeat, progress, complete, fail, cancelled, release, all fenced by the lease."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+
+import pytest
+
+from jobcontrol.errors import InvalidArgument, LeaseLost
+from jobcontrol.jobs import EventKind, Job, JobError, JobSpec, JobState, Progress
+from jobcontrol.retry import DEFAULT_RETRY_POLICY
+from jobcontrol.store.core import SqlJobStore
+from tests.conftest import ManualClock
+
+LEASE = timedelta(seconds=30)
+
+
+async def running(store: SqlJobStore, **spec: object) -> Job:
+    await store.create_job(JobSpec(**{"type": "t", **spec}))  # type: ignore[arg-type]
+    (job,) = await store.claim_jobs(worker_id="w1", types=["t"], limit=1, lease_timeout=LEASE)
+    assert job.lease_id is not None
+    return job
+
+
+def lease(job: Job) -> dict[str, str]:
+    assert job.lease_id is not None
+    return {"job_id": job.id, "lease_id": job.lease_id}
+
+
+async def test_heartbeat_extends_the_lease(store: SqlJobStore, clock: ManualClock):
+    job = await running(store)
+    clock.advance(20)
+    ack = await store.heartbeat_job(**lease(job), lease_timeout=LEASE)
+    assert ack.lease_expire_time == clock() + LEASE
+    assert not ack.cancel_requested
+    assert (await store.get_job(job.id)).lease_expire_time == clock() + LEASE
+
+
+async def test_heartbeat_reports_a_cancel_request(store: SqlJobStore):
+    job = await running(store)
+    await store.cancel_job(job.id, reason="user changed their mind")
+    ack = await store.heartbeat_job(**lease(job), lease_timeout=LEASE)
+    assert ack.cancel_requested
+
+
+async def test_progress_is_recorded_with_an_event(store: SqlJobStore):
+    job = await running(store)
+    updated = await store.report_progress(
+        **lease(job), progress=Progress(42.5, "transcoding", "3 of 7 minutes")
+    )
+    assert updated.progress == Progress(42.5, "transcoding", "3 of 7 minutes")
+    event = (await store.list_events(after_sequence=0, job_id=job.id))[-1]
+    assert event.kind is EventKind.PROGRESS
+    assert event.job.progress.percent == 42.5
+
+
+@pytest.mark.parametrize(
+    ("progress", "field"),
+    [
+        (Progress(-1), "percent"),
+        (Progress(100.5), "percent"),
+        (Progress(float("nan")), "percent"),
+        (Progress(1, stage="x" * 65), "stage"),
+        (Progress(1, message="x" * 1025), "message"),
+    ],
+)
+async def test_progress_out_of_range_is_refused(store: SqlJobStore, progress: Progress, field: str):
+    job = await running(store)
+    with pytest.raises(InvalidArgument) as caught:
+        await store.report_progress(**lease(job), progress=progress)
+    assert caught.value.field == field
+
+
+async def test_complete_records_the_result(store: SqlJobStore, clock: ManualClock):
+    job = await running(store)
+    clock.advance(3)
+    done = await store.complete_job(**lease(job), result={"output": "/tmp/x.mp3", "bytes": 12})
+    assert done.state is JobState.SUCCEEDED
+    assert done.result == {"output": "/tmp/x.mp3", "bytes": 12}
+    assert done.end_time == clock()
+    assert done.progress.percent == 100
+    assert await store.get_job(job.id) == done
+
+
+async def test_retryable_failure_goes_back_to_pending_after_backoff(
+    store: SqlJobStore, clock: ManualClock
+):
+    job = await running(store)
+    failed = await store.fail_job(**lease(job), error=JobError("boom", "disk hiccup", True))
+    assert failed.state is JobState.PENDING
+    assert failed.error == JobError("boom", "disk hiccup", True)
+    delay = failed.run_after - clock()
+    assert (
+        DEFAULT_RETRY_POLICY.nominal_delay(1) / 2 <= delay <= DEFAULT_RETRY_POLICY.nominal_delay(1)
+    )
+    assert await store.claim_jobs(worker_id="w", types=["t"], limit=1, lease_timeout=LEASE) == []
+    clock.advance(delay)
+    (again,) = await store.claim_jobs(worker_id="w2", types=["t"], limit=1, lease_timeout=LEASE)
+    assert again.attempt == 2
+    assert again.lease_id != job.lease_id
+
+
+async def test_failure_on_the_last_attempt_is_final(store: SqlJobStore):
+    job = await running(store, max_attempts=1)
+    failed = await store.fail_job(**lease(job), error=JobError("boom", "still broken", True))
+    assert failed.state is JobState.FAILED
+    assert failed.end_time is not None
+
+
+async def test_permanent_failure_is_final_even_with_attempts_left(store: SqlJobStore):
+    job = await running(store, max_attempts=5)
+    failed = await store.fail_job(**lease(job), error=JobError("bad_input", "no such file", False))
+    assert failed.state is JobState.FAILED
+    assert failed.attempt == 1
+
+
+async def test_long_error_messages_are_truncated_not_refused(store: SqlJobStore):
+    job = await running(store, max_attempts=1)
+    failed = await store.fail_job(**lease(job), error=JobError("x" * 500, "m" * 100_000, True))
+    assert failed.error is not None
+    assert len(failed.error.message) == 4096
+    assert len(failed.error.code) == 64
+
+
+async def test_record_cancelled_finishes_the_job(store: SqlJobStore):
+    job = await running(store)
+    await store.cancel_job(job.id)
+    cancelled = await store.record_cancelled(**lease(job))
+    assert cancelled.state is JobState.CANCELLED
+    assert not cancelled.cancel_requested
+
+
+async def test_release_hands_the_job_back_without_charging_the_attempt(
+    store: SqlJobStore, clock: ManualClock
+):
+    job = await running(store)
+    released = await store.release_job(**lease(job))
+    assert released.state is JobState.PENDING
+    assert released.attempt == 0
+    assert released.run_after == clock()
+    (again,) = await store.claim_jobs(worker_id="w2", types=["t"], limit=1, lease_timeout=LEASE)
+    assert again.attempt == 1
+
+
+async def test_release_of_a_job_being_cancelled_cancels_it(store: SqlJobStore):
+    job = await running(store)
+    await store.cancel_job(job.id)
+    assert (await store.release_job(**lease(job))).state is JobState.CANCELLED
+
+
+async def _write_with(store: SqlJobStore, action: str, job: Job) -> None:
+    args = lease(job)
+    if action == "heartbeat":
+        await store.heartbeat_job(**args, lease_timeout=LEASE)
+    elif action == "progress":
+        await store.report_progress(**args, progress=Progress(50))
+    elif action == "complete":
+        await store.complete_job(**args, result={})
+    elif action == "fail":
+        await store.fail_job(**args, error=JobError("x", "y", True))
+    elif action == "cancelled":
+        await store.record_cancelled(**args)
+    elif action == "release":
+        await store.release_job(**args)
+
+
+ACTIONS = ["heartbeat", "progress", "complete", "fail", "cancelled", "release"]
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+async def test_stale_lease_after_reap_changes_nothing(
+    store: SqlJobStore, clock: ManualClock, action: str
+):
+    old = await running(store)
+    clock.advance(LEASE + timedelta(seconds=1))
+    reaped = await store.reap()
+    assert reaped.retried == [old.id]
+    clock.advance(timedelta(minutes=10))
+    (new,) = await store.claim_jobs(worker_id="w2", types=["t"], limit=1, lease_timeout=LEASE)
+    assert new.attempt == 2
+    before_job = await store.get_job(old.id)
+    before_seq = await store.last_sequence()
+    with pytest.raises(LeaseLost):
+        await _write_with(store, action, old)
+    assert await store.get_job(old.id) == before_job
+    assert await store.last_sequence() == before_seq
+    await store.complete_job(**lease(new), result={"ok": True})  # the new attempt still works
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+async def test_writes_after_the_job_finished_are_refused(store: SqlJobStore, action: str):
+    job = await running(store)
+    await store.complete_job(**lease(job), result={})
+    with pytest.raises(LeaseLost):
+        await _write_with(store, action, job)
+    assert (await store.get_job(job.id)).state is JobState.SUCCEEDED
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+async def test_writes_with_a_made_up_lease_are_refused(store: SqlJobStore, action: str):
+    job = await running(store)
+    forged = dataclasses.replace(job, lease_id="f" * 32)
+    with pytest.raises(LeaseLost):
+        await _write_with(store, action, forged)
+    assert (await store.get_job(job.id)) == job
