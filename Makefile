@@ -40,7 +40,7 @@ lint: install
 	$(PY) scripts/gen_protos.py --check
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy -p jobcontrol
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -1,11 +1,28 @@
-"""Shared fixtures: a controllable clock and real stores on real files."""
+"""Shared fixtures: a controllable clock, and real server processes on loopback that are
+always stopped (SIGTERM, then kill) when the test ends."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
 
+import grpc
 import pytest
+
+from jobcontrol.v1 import job_control_pb2_grpc
+
+T = TypeVar("T")
 
 
 class ManualClock:
@@ -30,3 +47,137 @@ class ManualClock:
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
+
+
+# ---- real server processes ---------------------------------------------------------
+
+BIN = Path(sys.executable).parent
+_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for endpoints that cannot report their own)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], T | None],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.01,
+    what: str = "",
+) -> T:
+    """Poll until `condition` returns something truthy, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+@dataclass
+class ServerProcess:
+    """A `jobcontrol-server` started as a user starts it, on an ephemeral port."""
+
+    process: subprocess.Popen[bytes]
+    address: str
+    store_path: Path
+    log_path: Path
+    metrics_address: str | None = None
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown path runs."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+def start_server(
+    directory: Path,
+    *,
+    store_path: Path | None = None,
+    args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    metrics: bool = False,
+    name: str = "server",
+) -> ServerProcess:
+    store_path = store_path or directory / "jobs.db"
+    log_path = directory / f"{name}-{time.monotonic_ns()}.log"
+    metrics_address = f"127.0.0.1:{free_port()}" if metrics else None
+    command = [
+        str(BIN / "jobcontrol-server"),
+        "--listen",
+        "127.0.0.1:0",
+        "--store-path",
+        str(store_path),
+        *(["--metrics-listen", metrics_address] if metrics_address else []),
+        *args,
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+    _started.append(process)
+
+    def listening() -> str | None:
+        text = log_path.read_text(errors="replace")
+        found = _LISTENING.search(text)
+        if found:
+            return f"{found.group(1)}:{found.group(2)}"
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{text}")
+        return None
+
+    address = wait_for(listening, timeout=30, what="the server to listen")
+    return ServerProcess(process, address, store_path, log_path, metrics_address)
+
+
+_started: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_process_left_behind() -> Iterator[None]:
+    yield
+    for process in _started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    started = start_server(tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.fixture
+def stub(server: ServerProcess) -> Iterator[job_control_pb2_grpc.JobControlStub]:
+    with server.channel() as channel:
+        yield job_control_pb2_grpc.JobControlStub(channel)

@@ -133,3 +133,24 @@ async def test_a_failed_event_insert_leaves_no_change_behind(
     assert [j.id for j in page.jobs] == [job.id]
     assert (await store.get_job(job.id)).state is JobState.PENDING
     assert await store.last_sequence() == 1
+
+
+async def test_latest_events_snapshot_many_jobs_in_one_read(store: SqlJobStore):
+    a = (await store.create_job(JobSpec(type="t"))).job
+    b = (await store.create_job(JobSpec(type="t"))).job
+    await store.cancel_job(b.id)
+    latest = await store.latest_events([a.id, b.id, a.id])
+    assert latest[a.id].kind is EventKind.SUBMITTED
+    assert latest[a.id].job.queue_position == 0
+    assert latest[b.id].kind is EventKind.CANCELLED
+    assert latest[b.id].sequence == await store.last_sequence(job_id=b.id)
+    assert await store.latest_events([]) == {}
+
+
+async def test_jobs_are_counted_by_state(store: SqlJobStore):
+    await store.create_jobs([JobSpec(type="t") for _ in range(3)])
+    await store.claim_jobs(worker_id="w", types=["t"], limit=1, lease_timeout=LEASE)
+    counts = await store.count_jobs_by_state()
+    assert counts[JobState.PENDING] == 2
+    assert counts[JobState.RUNNING] == 1
+    assert counts[JobState.FAILED] == 0

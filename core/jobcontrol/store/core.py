@@ -421,6 +421,32 @@ class SqlJobStore:
         params = {"job_id": parse_id(job_id)}
         return await self._read(lambda tx: int(tx.execute(sql.LAST_JOB_SEQUENCE, params)[0]["seq"]))
 
+    async def latest_events(self, job_ids: Sequence[str]) -> dict[str, JobEvent]:
+        ids = sorted({parse_id(job_id) for job_id in job_ids})
+        if not ids:
+            return {}
+
+        def latest(tx: Tx) -> dict[str, JobEvent]:
+            rows = tx.execute(sql.LATEST_JOB_EVENTS, {"ids": dump_json(ids)})
+            events = {row["job_id"]: event_from_row(row) for row in rows}
+            pending = [i for i, e in events.items() if e.job.state is JobState.PENDING]
+            positions = _queue_positions(tx, pending, to_us(self._clock()))
+            return {
+                job_id: dataclasses.replace(event, job=_with_position(event.job, positions))
+                for job_id, event in events.items()
+            }
+
+        return await self._read(latest)
+
+    async def count_jobs_by_state(self) -> dict[JobState, int]:
+        def count(tx: Tx) -> dict[JobState, int]:
+            counts = dict.fromkeys(JobState, 0)
+            for row in tx.execute(sql.COUNT_JOBS_BY_STATE):
+                counts[JobState(row["state"])] = int(row["jobs"])
+            return counts
+
+        return await self._read(count)
+
     # ---- housekeeping --------------------------------------------------------------
 
     async def reap(self, *, limit: int = 500) -> ReapResult:

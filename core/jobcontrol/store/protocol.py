@@ -135,7 +135,16 @@ class JobStore(Protocol):
         self, *, after_sequence: int, limit: int = 1000, job_id: str | None = None
     ) -> list[JobEvent]: ...
 
-    async def last_sequence(self, *, job_id: str | None = None) -> int: ...
+    async def last_sequence(self, *, job_id: str | None = None) -> int:
+        """The highest sequence issued (for one job: of its events)."""
+        ...
+
+    async def latest_events(self, job_ids: Sequence[str]) -> dict[str, JobEvent]:
+        """Each job's newest event, with queue positions for PENDING jobs: consistent
+        snapshots for many watchers in one read."""
+        ...
+
+    async def count_jobs_by_state(self) -> dict[JobState, int]: ...
 
     # Housekeeping
     async def reap(self, *, limit: int = 500) -> ReapResult:

@@ -93,6 +93,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX workers_by_state ON workers (state, heartbeat_us)",
         ),
     ),
+    Migration(
+        2,
+        "jobs by state, for counting and listing by state",
+        ("CREATE INDEX jobs_by_state ON jobs (state, id)",),
+    ),
 )
 
 _CREATE_MIGRATIONS_TABLE = """

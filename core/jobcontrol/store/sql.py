@@ -115,6 +115,18 @@ WHERE job_id = :job_id AND seq > :after_seq ORDER BY seq LIMIT :limit
 """
 
 # The highest sequence ever issued, even if retention pruned that event since.
+# The newest event of each given job: a job's snapshot together with its sequence.
+LATEST_JOB_EVENTS = """
+SELECT e.seq, e.job_id, e.kind, e.time_us, e.job FROM job_events AS e
+JOIN (
+    SELECT job_id, max(seq) AS seq FROM job_events
+    WHERE job_id IN (SELECT value FROM json_each(:ids))
+    GROUP BY job_id
+) AS latest ON e.seq = latest.seq
+"""
+
+COUNT_JOBS_BY_STATE = "SELECT state, count(*) AS jobs FROM jobs GROUP BY state"
+
 LAST_SEQUENCE = (
     "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'job_events'), 0) AS seq"
 )

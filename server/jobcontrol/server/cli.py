@@ -1,10 +1,124 @@
-"""`jobcontrol-server`: declared now so the command exists; its runtime arrives in a later issue."""
+"""`jobcontrol-server`: flags, environment, logging; see DESIGN §5."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
+import os
+import re
 import sys
+from datetime import timedelta
+from pathlib import Path
+
+from jobcontrol.errors import JobControlError
+from jobcontrol.server.app import ServerConfig, TlsConfig, serve
+from jobcontrol.server.auth import load_tokens
+from jobcontrol.server.housekeeping import HousekeepingConfig
+from jobcontrol.store import StoreConfig
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
-def main() -> int:
-    print("jobcontrol-server is not built yet: it arrives with a later issue", file=sys.stderr)
-    return 2
+def duration(text: str) -> timedelta:
+    """`90`, `1.5s`, `250ms`, `5m`, `2h`, `7d`."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s, 5m, 7d)")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parser() -> argparse.ArgumentParser:
+    env = os.environ
+    p = argparse.ArgumentParser(
+        prog="jobcontrol-server",
+        description="Serve jobcontrol.v1.JobControl (plus health and reflection) on one store.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--listen",
+        default=env.get("JOBCONTROL_LISTEN", "127.0.0.1:50051"),
+        help="host:port to serve on; port 0 picks a free one (env JOBCONTROL_LISTEN)",
+    )
+    StoreConfig.add_arguments(p)
+    p.add_argument(
+        "--metrics-listen",
+        default=env.get("JOBCONTROL_METRICS_LISTEN"),
+        help="host:port for the Prometheus /metrics endpoint (env JOBCONTROL_METRICS_LISTEN)",
+    )
+    p.add_argument(
+        "--auth-tokens-file",
+        default=env.get("JOBCONTROL_AUTH_TOKENS_FILE"),
+        help="file of accepted bearer tokens, one per line (env JOBCONTROL_AUTH_TOKENS_FILE; "
+        "a single token can also come from env JOBCONTROL_AUTH_TOKEN)",
+    )
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
+    p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    p.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certs (mTLS)")
+    p.add_argument(
+        "--tail-interval",
+        type=duration,
+        default=duration("50ms"),
+        help="how often to read events written by other processes while someone watches",
+    )
+    p.add_argument("--reap-interval", type=duration, default=duration("1s"))
+    p.add_argument(
+        "--worker-lost-after",
+        type=duration,
+        default=duration("60s"),
+        help="mark a worker LOST after this long without a heartbeat",
+    )
+    p.add_argument(
+        "--retention",
+        type=duration,
+        default=duration("7d"),
+        help="prune finished jobs and their events older than this",
+    )
+    p.add_argument("--prune-interval", type=duration, default=duration("1h"))
+    p.add_argument("--log-level", default=env.get("JOBCONTROL_LOG_LEVEL", "INFO"))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("jobcontrol-server: --tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise SystemExit("jobcontrol-server: --tls-client-ca needs --tls-cert and --tls-key")
+    try:
+        tokens = load_tokens(os.environ.get("JOBCONTROL_AUTH_TOKEN"), args.auth_tokens_file)
+    except OSError as error:
+        raise SystemExit(f"jobcontrol-server: cannot read tokens file: {error}") from None
+    return ServerConfig(
+        listen=args.listen,
+        store=StoreConfig.from_args(args),
+        tokens=tuple(tokens),
+        tls=TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
+        metrics_listen=args.metrics_listen,
+        tail_interval=args.tail_interval.total_seconds(),
+        housekeeping=HousekeepingConfig(
+            reap_interval=args.reap_interval.total_seconds(),
+            worker_lost_after=args.worker_lost_after,
+            retention=args.retention,
+            prune_interval=args.prune_interval.total_seconds(),
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = config_from_args(args)
+    try:
+        asyncio.run(serve(config))
+    except JobControlError as error:
+        print(f"jobcontrol-server: {error.message}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:  # grpc: the port could not be bound
+        print(f"jobcontrol-server: {error}", file=sys.stderr)
+        return 1
+    return 0

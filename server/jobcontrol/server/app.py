@@ -1,0 +1,135 @@
+"""Assembles one server process: store, EventHub, gRPC service, health, reflection,
+auth, TLS, metrics and housekeeping; runs until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from jobcontrol.server.auth import BearerTokenAuth
+from jobcontrol.server.housekeeping import Housekeeper, HousekeepingConfig
+from jobcontrol.server.hub import EventHub
+from jobcontrol.server.metrics import Metrics, metered
+from jobcontrol.server.service import JobControlService
+from jobcontrol.store import StoreConfig, open_store
+from jobcontrol.v1 import job_control_pb2, job_control_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    store: StoreConfig = field(default_factory=StoreConfig)
+    tokens: tuple[str, ...] = ()
+    tls: TlsConfig | None = None
+    metrics_listen: str | None = None
+    tail_interval: float = 0.05
+    housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
+
+
+GRPC_OPTIONS = [
+    ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    client_ca = tls.client_ca.read_bytes() if tls.client_ca else None
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT arrives)."""
+    stop = stop or asyncio.Event()
+    metrics = Metrics()
+    store = metered(await open_store(config.store), metrics)
+    hub = EventHub(store, metrics=metrics, tail_interval=config.tail_interval)
+    await hub.start()
+
+    interceptors = []
+    if config.tokens:
+        interceptors.append(
+            BearerTokenAuth(
+                config.tokens,
+                on_denied=lambda method: metrics.observe_rpc(
+                    method, grpc.StatusCode.UNAUTHENTICATED, 0.0
+                ),
+            )
+        )
+    server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
+    job_control_pb2_grpc.add_JobControlServicer_to_server(  # type: ignore[no-untyped-call]
+        JobControlService(store, hub, metrics), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [
+            job_control_pb2.DESCRIPTOR.services_by_name["JobControl"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    if config.tls:
+        port = server.add_secure_port(config.listen, _credentials(config.tls))
+    else:
+        port = server.add_insecure_port(config.listen)
+    housekeeper = Housekeeper(store, hub, health_servicer, metrics, config.housekeeping)
+    await housekeeper.check_health()  # health answers SERVING from the first call
+    await server.start()
+    host = config.listen.rsplit(":", 1)[0]
+    log.info(
+        "listening on %s:%d (%s, store %s %s)",
+        host,
+        port,
+        "TLS" if config.tls else "plaintext",
+        config.store.backend,
+        config.store.path,
+    )
+    if config.metrics_listen:
+        metrics.serve(config.metrics_listen)
+        log.info("metrics on http://%s/metrics", config.metrics_listen)
+    housekeeper.start()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down: ending streams, finishing calls in flight")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await housekeeper.stop()
+        await hub.close()
+        await server.stop(SHUTDOWN_GRACE_SECONDS)
+        await store.close()
+        log.info("stopped")

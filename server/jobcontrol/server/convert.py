@@ -1,0 +1,215 @@
+"""Conversion between protobuf messages and domain values: the one module that knows both.
+
+Requests are turned into domain values here and nothing else; the store checks limits
+(type format, payload size, ranges), so every caller of the store gets the same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+
+from jobcontrol.errors import InvalidArgument
+from jobcontrol.jobs import EventKind, Job, JobEvent, JobSpec, JobState
+from jobcontrol.store import JobFilter
+from jobcontrol.v1 import job_control_pb2 as api
+from jobcontrol.v1 import job_pb2 as pb
+from jobcontrol.workers import Worker, WorkerState
+
+_STATE_TO_PB = {
+    JobState.PENDING: pb.JOB_STATE_PENDING,
+    JobState.RUNNING: pb.JOB_STATE_RUNNING,
+    JobState.SUCCEEDED: pb.JOB_STATE_SUCCEEDED,
+    JobState.FAILED: pb.JOB_STATE_FAILED,
+    JobState.CANCELLED: pb.JOB_STATE_CANCELLED,
+}
+_STATE_FROM_PB = {number: state for state, number in _STATE_TO_PB.items()}
+_KIND_TO_PB = {
+    EventKind.SNAPSHOT: pb.EVENT_KIND_SNAPSHOT,
+    EventKind.SUBMITTED: pb.EVENT_KIND_SUBMITTED,
+    EventKind.STARTED: pb.EVENT_KIND_STARTED,
+    EventKind.PROGRESS: pb.EVENT_KIND_PROGRESS,
+    EventKind.CANCEL_REQUESTED: pb.EVENT_KIND_CANCEL_REQUESTED,
+    EventKind.SUCCEEDED: pb.EVENT_KIND_SUCCEEDED,
+    EventKind.FAILED: pb.EVENT_KIND_FAILED,
+    EventKind.CANCELLED: pb.EVENT_KIND_CANCELLED,
+    EventKind.RETRY_SCHEDULED: pb.EVENT_KIND_RETRY_SCHEDULED,
+    EventKind.RELEASED: pb.EVENT_KIND_RELEASED,
+    EventKind.RETRIED: pb.EVENT_KIND_RETRIED,
+    EventKind.QUEUE_POSITION: pb.EVENT_KIND_QUEUE_POSITION,
+}
+_WORKER_STATE_TO_PB = {
+    WorkerState.ACTIVE: pb.WORKER_STATE_ACTIVE,
+    WorkerState.DRAINING: pb.WORKER_STATE_DRAINING,
+    WorkerState.STOPPED: pb.WORKER_STATE_STOPPED,
+    WorkerState.LOST: pb.WORKER_STATE_LOST,
+}
+_MAX_STRUCT_DEPTH = 32
+
+
+def spec_from_proto(request: api.SubmitJobRequest, *, field_prefix: str = "") -> JobSpec:
+    def field(name: str) -> str:
+        return field_prefix + name
+
+    return JobSpec(
+        type=request.type,
+        payload=struct_to_dict(request.payload, field=field("payload"))
+        if request.HasField("payload")
+        else {},
+        priority=request.priority,
+        idempotency_key=request.idempotency_key or None,
+        run_after=timestamp_to_datetime(request.run_after, field=field("run_after"))
+        if request.HasField("run_after")
+        else None,
+        delay=duration_to_timedelta(request.delay, field=field("delay"))
+        if request.HasField("delay")
+        else None,
+        max_attempts=request.max_attempts or None,
+        timeout=duration_to_timedelta(request.timeout, field=field("timeout"))
+        if request.HasField("timeout")
+        else None,
+        labels=dict(request.labels),
+    )
+
+
+def filter_from_proto(message: api.JobFilter) -> JobFilter:
+    states = set()
+    for number in message.states:
+        state = _STATE_FROM_PB.get(number)
+        if state is None:
+            allowed = ", ".join(pb.JobState.Name(n) for n in sorted(_STATE_FROM_PB))
+            raise InvalidArgument("filter.states", f"unknown state {number}; use one of {allowed}")
+        states.add(state)
+    return JobFilter(
+        states=frozenset(states), types=frozenset(message.types), labels=dict(message.labels)
+    )
+
+
+def struct_to_dict(message: struct_pb2.Struct, *, field: str) -> dict[str, Any]:
+    if _depth(message) > _MAX_STRUCT_DEPTH:
+        raise InvalidArgument(field, f"is nested deeper than {_MAX_STRUCT_DEPTH} levels")
+    return json_format.MessageToDict(message)
+
+
+def _depth(value: struct_pb2.Struct | struct_pb2.ListValue, level: int = 1) -> int:
+    """Nesting depth, measured without recursion so a hostile payload cannot blow the stack."""
+    deepest = level
+    stack: list[tuple[Any, int]] = [(value, level)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > _MAX_STRUCT_DEPTH:
+            return deepest
+        children = node.fields.values() if isinstance(node, struct_pb2.Struct) else node.values
+        for child in children:
+            kind = child.WhichOneof("kind")
+            if kind == "struct_value":
+                stack.append((child.struct_value, depth + 1))
+            elif kind == "list_value":
+                stack.append((child.list_value, depth + 1))
+    return deepest
+
+
+def dict_to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(value)
+    return message
+
+
+def timestamp_to_datetime(message: timestamp_pb2.Timestamp, *, field: str) -> datetime:
+    try:
+        return message.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument(
+            field, "must be a valid timestamp between years 0001 and 9999"
+        ) from None
+
+
+def duration_to_timedelta(message: duration_pb2.Duration, *, field: str) -> timedelta:
+    if (message.seconds < 0 < message.nanos) or (message.seconds > 0 > message.nanos):
+        raise InvalidArgument(field, "seconds and nanos must have the same sign")
+    try:
+        return message.ToTimedelta()
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "is out of range") from None
+
+
+def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    message = timestamp_pb2.Timestamp()
+    message.FromDatetime(value)
+    return message
+
+
+def _duration(value: timedelta | None) -> duration_pb2.Duration | None:
+    if value is None:
+        return None
+    message = duration_pb2.Duration()
+    message.FromTimedelta(value)
+    return message
+
+
+def job_to_proto(job: Job) -> pb.Job:
+    message = pb.Job(
+        id=job.id,
+        type=job.type,
+        payload=dict_to_struct(job.payload),
+        state=_STATE_TO_PB[job.state],
+        progress=pb.Progress(
+            percent=job.progress.percent, stage=job.progress.stage, message=job.progress.message
+        ),
+        attempt=job.attempt,
+        max_attempts=job.max_attempts,
+        priority=job.priority,
+        labels=dict(job.labels),
+        cancel_requested=job.cancel_requested,
+        cancel_reason=job.cancel_reason,
+        worker_id=job.worker_id or "",
+        idempotency_key=job.idempotency_key or "",
+        create_time=_timestamp(job.create_time),
+        update_time=_timestamp(job.update_time),
+        start_time=_timestamp(job.start_time),
+        end_time=_timestamp(job.end_time),
+        run_after=_timestamp(job.run_after),
+        lease_expire_time=_timestamp(job.lease_expire_time),
+        timeout=_duration(job.timeout),
+    )
+    if job.result is not None:
+        message.result.CopyFrom(dict_to_struct(job.result))
+    if job.error is not None:
+        message.error.CopyFrom(
+            pb.JobError(
+                code=job.error.code, message=job.error.message, retryable=job.error.retryable
+            )
+        )
+    if job.queue_position is not None:
+        message.queue_position = job.queue_position
+    return message
+
+
+def event_to_proto(event: JobEvent) -> pb.JobEvent:
+    return pb.JobEvent(
+        sequence=event.sequence,
+        kind=_KIND_TO_PB[event.kind],
+        time=_timestamp(event.time),
+        job=job_to_proto(event.job),
+    )
+
+
+def worker_to_proto(worker: Worker) -> pb.Worker:
+    return pb.Worker(
+        id=worker.id,
+        name=worker.name,
+        host=worker.host,
+        pid=worker.pid,
+        job_types=list(worker.job_types),
+        concurrency=worker.concurrency,
+        state=_WORKER_STATE_TO_PB[worker.state],
+        current_job_ids=list(worker.current_job_ids),
+        start_time=_timestamp(worker.start_time),
+        heartbeat_time=_timestamp(worker.heartbeat_time),
+    )

@@ -1,0 +1,113 @@
+"""Background duties of every server replica: reaping, retention, health, job counts.
+
+Each store operation here is idempotent and transactional, so every replica can run
+them at once; jitter keeps replicas from hitting the store in lock-step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from grpc_health.v1 import health, health_pb2
+
+from jobcontrol.errors import StoreUnavailable
+from jobcontrol.server.hub import EventHub
+from jobcontrol.server.metrics import Metrics
+from jobcontrol.store import JobStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "jobcontrol.v1.JobControl"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True, slots=True)
+class HousekeepingConfig:
+    reap_interval: float = 1.0
+    worker_lost_after: timedelta = timedelta(seconds=60)
+    retention: timedelta = timedelta(days=7)
+    prune_interval: float = 3600.0
+    health_interval: float = 1.0
+    job_count_interval: float = 15.0
+
+
+class Housekeeper:
+    def __init__(
+        self,
+        store: JobStore,
+        hub: EventHub,
+        health_servicer: health.aio.HealthServicer,
+        metrics: Metrics,
+        config: HousekeepingConfig,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._health = health_servicer
+        self._metrics = metrics
+        self._config = config
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        c = self._config
+        self._tasks = [
+            asyncio.create_task(self._every(c.health_interval, self.check_health), name="health"),
+            asyncio.create_task(self._every(c.reap_interval, self.reap), name="reaper"),
+            asyncio.create_task(self._every(c.prune_interval, self.prune), name="retention"),
+            asyncio.create_task(self._every(c.job_count_interval, self.count_jobs), name="counts"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._health.enter_graceful_shutdown()
+
+    async def _every(self, interval: float, duty: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await duty()
+            except StoreUnavailable as error:
+                log.warning("%s: %s", duty.__name__, error.message)
+                await self._set_health(NOT_SERVING)
+            except Exception:
+                log.exception("%s failed", duty.__name__)
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+
+    async def check_health(self) -> None:
+        await self._store.ping()
+        await self._set_health(SERVING)
+
+    async def reap(self) -> None:
+        result = await self._store.reap()
+        lost = await self._store.mark_lost_workers(silent_for=self._config.worker_lost_after)
+        if result.total:
+            log.info(
+                "reaped %d jobs (%d retried, %d failed, %d cancelled)",
+                result.total,
+                len(result.retried),
+                len(result.failed),
+                len(result.cancelled),
+            )
+            self._hub.wake()
+        if lost:
+            log.warning("marked %d silent workers LOST", len(lost), extra={"worker_ids": lost})
+
+    async def prune(self) -> None:
+        result = await self._store.prune(older_than=self._config.retention)
+        if result.jobs or result.workers:
+            log.info(
+                "pruned %d jobs, %d events, %d workers", result.jobs, result.events, result.workers
+            )
+
+    async def count_jobs(self) -> None:
+        self._metrics.set_job_counts(await self._store.count_jobs_by_state())

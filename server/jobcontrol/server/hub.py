@@ -1,0 +1,317 @@
+"""EventHub: one tailer per server process fans job events out to every watcher.
+
+The tailer reads `job_events` after the last sequence it saw and hands each event to
+the subscriptions that want it, so the store sees the same queries for one watcher or
+ten thousand. Snapshots for new watchers are loaded in batches, and queue positions of
+watched PENDING jobs are refreshed for all of them in one query per tick.
+
+Each subscription has a bounded buffer. A watcher that falls behind has its progress
+updates coalesced (a newer one replaces an older one of the same job); state changes
+are never dropped. When state changes alone overflow the buffer, the subscription ends
+and the watcher is told to resume from its last sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from jobcontrol.errors import StoreUnavailable
+from jobcontrol.jobs import EventKind, Job, JobEvent, JobState
+from jobcontrol.server.metrics import Metrics
+from jobcontrol.store import JobFilter, JobStore
+
+log = logging.getLogger(__name__)
+
+COALESCIBLE = frozenset({EventKind.PROGRESS, EventKind.QUEUE_POSITION})
+
+
+class WatchEnded(Exception):
+    """The subscription ended before the watcher did."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+OVERFLOW = "overflow"
+SHUTDOWN = "shutdown"
+
+
+def matches(job_filter: JobFilter, job: Job) -> bool:
+    return (
+        (not job_filter.states or job.state in job_filter.states)
+        and (not job_filter.types or job.type in job_filter.types)
+        and all(job.labels.get(k) == v for k, v in job_filter.labels.items())
+    )
+
+
+class Subscription:
+    """What one watcher is owed: a bounded, coalescing buffer of events."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str | None,
+        job_filter: JobFilter | None,
+        capacity: int,
+        metrics: Metrics,
+    ) -> None:
+        self.job_id = job_id
+        self.job_filter = job_filter
+        self._capacity = capacity
+        self._metrics = metrics
+        self._buffer: deque[JobEvent] = deque()
+        self._ready = asyncio.Event()
+        self._ended: str | None = None
+        self.last_job: Job | None = None
+        self.last_sequence = 0
+
+    def wants(self, event: JobEvent) -> bool:
+        if self.job_id is not None:
+            return event.job.id == self.job_id
+        return self.job_filter is None or matches(self.job_filter, event.job)
+
+    def prime(self, snapshot: JobEvent) -> None:
+        """Remember the job as the watcher last saw it, for queue-position updates."""
+        if snapshot.sequence >= self.last_sequence:
+            self.last_job = snapshot.job
+            self.last_sequence = snapshot.sequence
+
+    def push(self, event: JobEvent) -> None:
+        if self._ended is not None:
+            return
+        if event.sequence >= self.last_sequence:
+            self.last_job = event.job
+            self.last_sequence = event.sequence
+        if event.kind in COALESCIBLE and self._buffer:
+            newest = self._buffer[-1]
+            if newest.kind in COALESCIBLE and newest.job.id == event.job.id:
+                self._buffer[-1] = event
+                self._metrics.coalesced.inc()
+                self._ready.set()
+                return
+        self._buffer.append(event)
+        if len(self._buffer) > self._capacity and not self._drop_superseded():
+            self.end(OVERFLOW)
+        self._ready.set()
+
+    def _drop_superseded(self) -> bool:
+        """Drop the oldest coalescible event that a later event of its job supersedes."""
+        later_jobs: set[str] = set()
+        candidate = None
+        for index in range(len(self._buffer) - 1, -1, -1):
+            event = self._buffer[index]
+            if event.kind in COALESCIBLE and event.job.id in later_jobs:
+                candidate = index
+            later_jobs.add(event.job.id)
+        if candidate is None:
+            return False
+        del self._buffer[candidate]
+        self._metrics.coalesced.inc()
+        return True
+
+    def end(self, reason: str) -> None:
+        if self._ended is None:
+            self._ended = reason
+            self._buffer.clear()
+            self._ready.set()
+
+    async def next(self) -> JobEvent:
+        while True:
+            if self._ended is not None:
+                raise WatchEnded(self._ended)
+            if self._buffer:
+                return self._buffer.popleft()
+            self._ready.clear()
+            await self._ready.wait()
+
+
+class EventHub:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        metrics: Metrics,
+        tail_interval: float = 0.05,
+        idle_interval: float = 1.0,
+        position_interval: float = 1.0,
+        capacity: int = 1024,
+        batch: int = 1000,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._tail_interval = tail_interval
+        self._idle_interval = idle_interval
+        self._position_interval = position_interval
+        self._capacity = capacity
+        self._batch = batch
+        self._by_job: dict[str, set[Subscription]] = {}
+        self._filtered: set[Subscription] = set()
+        self._woken = asyncio.Event()
+        self._last = 0
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._snapshot_waiters: dict[str, list[asyncio.Future[JobEvent | None]]] = {}
+        self._snapshot_task: asyncio.Task[None] | None = None
+
+    @property
+    def position(self) -> int:
+        """The sequence of the last event fanned out."""
+        return self._last
+
+    async def start(self) -> None:
+        self._last = await self._store.last_sequence()
+        self._tasks = [
+            asyncio.create_task(self._tail(), name="event-hub-tail"),
+            asyncio.create_task(self._refresh_positions(), name="event-hub-positions"),
+        ]
+
+    async def close(self) -> None:
+        """End every subscription (watchers get UNAVAILABLE and resume elsewhere)."""
+        self._closed = True
+        for sub in self._subscriptions():
+            sub.end(SHUTDOWN)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def wake(self) -> None:
+        """This process just wrote: tail now instead of at the next interval."""
+        self._woken.set()
+
+    def subscribe(
+        self, *, job_id: str | None = None, job_filter: JobFilter | None = None
+    ) -> Subscription:
+        sub = Subscription(
+            job_id=job_id, job_filter=job_filter, capacity=self._capacity, metrics=self._metrics
+        )
+        if self._closed:
+            sub.end(SHUTDOWN)
+        elif job_id is not None:
+            self._by_job.setdefault(job_id, set()).add(sub)
+        else:
+            self._filtered.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        if sub.job_id is not None:
+            subs = self._by_job.get(sub.job_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._by_job[sub.job_id]
+        else:
+            self._filtered.discard(sub)
+
+    def _subscriptions(self) -> Iterable[Subscription]:
+        for subs in list(self._by_job.values()):
+            yield from list(subs)
+        yield from list(self._filtered)
+
+    @property
+    def watching(self) -> bool:
+        return bool(self._by_job or self._filtered)
+
+    async def snapshot(self, job_id: str) -> JobEvent | None:
+        """The job's newest event (None if it does not exist). Concurrent callers share
+        one store read."""
+        future: asyncio.Future[JobEvent | None] = asyncio.get_running_loop().create_future()
+        self._snapshot_waiters.setdefault(job_id, []).append(future)
+        if self._snapshot_task is None or self._snapshot_task.done():
+            self._snapshot_task = asyncio.create_task(self._load_snapshots())
+        return await future
+
+    async def _load_snapshots(self) -> None:
+        while self._snapshot_waiters:
+            waiters, self._snapshot_waiters = self._snapshot_waiters, {}
+            try:
+                events = await self._store.latest_events(list(waiters))
+            except Exception as error:  # handed to every waiter, which reports it
+                for futures in waiters.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(error)
+                continue
+            for job_id, futures in waiters.items():
+                for future in futures:
+                    if not future.done():
+                        future.set_result(events.get(job_id))
+
+    def _dispatch(self, event: JobEvent) -> None:
+        for sub in list(self._by_job.get(event.job.id, ())):
+            sub.push(event)
+        for sub in list(self._filtered):
+            if sub.wants(event):
+                sub.push(event)
+
+    async def _tail(self) -> None:
+        failures = 0
+        while True:
+            self._woken.clear()
+            try:
+                events = await self._store.list_events(after_sequence=self._last, limit=self._batch)
+            except StoreUnavailable as error:
+                failures += 1
+                log.warning("event tail: %s", error.message)
+                await asyncio.sleep(
+                    min(5.0, self._tail_interval * 2**failures) * random.uniform(0.5, 1)
+                )
+                continue
+            failures = 0
+            now = time.time()
+            for event in events:
+                self._dispatch(event)
+                self._metrics.tail_lag.observe(max(0.0, now - event.time.timestamp()))
+            if events:
+                self._last = events[-1].sequence
+            if len(events) >= self._batch:
+                await asyncio.sleep(0)
+                continue
+            interval = self._tail_interval if self.watching else self._idle_interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), interval)
+
+    async def _refresh_positions(self) -> None:
+        while True:
+            await asyncio.sleep(self._position_interval)
+            watched = {
+                sub.job_id: sub
+                for subs in self._by_job.values()
+                for sub in subs
+                if sub.job_id is not None
+                and sub.last_job is not None
+                and sub.last_job.state is JobState.PENDING
+            }
+            if not watched:
+                continue
+            try:
+                positions = await self._store.queue_positions(sorted(watched))
+            except StoreUnavailable as error:
+                log.warning("queue positions: %s", error.message)
+                continue
+            now = datetime.now(UTC)
+            for job_id, position in positions.items():
+                for sub in list(self._by_job.get(job_id, ())):
+                    job = sub.last_job
+                    if job is None or job.state is not JobState.PENDING:
+                        continue
+                    if job.queue_position == position:
+                        continue
+                    sub.push(
+                        JobEvent(
+                            sequence=sub.last_sequence,
+                            kind=EventKind.QUEUE_POSITION,
+                            time=now,
+                            job=dataclasses.replace(job, queue_position=position),
+                        )
+                    )

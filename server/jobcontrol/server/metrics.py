@@ -1,0 +1,95 @@
+"""Prometheus metrics of one server process, and a store wrapper that counts its calls.
+
+Counting store calls is how we show that watchers do not cost the store anything: the
+count of `list_events` calls depends on time, not on the number of open streams.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, cast
+
+import grpc
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from jobcontrol.jobs import JobState
+from jobcontrol.store import JobStore
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rpcs = Counter(
+            "jobcontrol_rpcs",
+            "RPCs handled, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "jobcontrol_rpc_duration_seconds",
+            "Time to handle an RPC (for streams: how long the stream was open)",
+            ["method"],
+            registry=self.registry,
+        )
+        self.open_streams = Gauge(
+            "jobcontrol_open_streams", "Streams open now", ["method"], registry=self.registry
+        )
+        self.jobs = Gauge(
+            "jobcontrol_jobs", "Jobs in the store by state", ["state"], registry=self.registry
+        )
+        self.tail_lag = Histogram(
+            "jobcontrol_event_tail_lag_seconds",
+            "Time from an event's commit to its fan-out by this server",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.store_calls = Counter(
+            "jobcontrol_store_calls",
+            "Store operations issued by this server, by operation",
+            ["operation"],
+            registry=self.registry,
+        )
+        self.coalesced = Counter(
+            "jobcontrol_events_coalesced",
+            "Progress events replaced by a newer one because a watcher was behind",
+            registry=self.registry,
+        )
+
+    def observe_rpc(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.rpcs.labels(method, code.name).inc()
+        self.rpc_seconds.labels(method).observe(seconds)
+
+    def set_job_counts(self, counts: dict[JobState, int]) -> None:
+        for state, count in counts.items():
+            self.jobs.labels(state.value).set(count)
+
+    def serve(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        prometheus_client.start_http_server(
+            int(port), addr=host or "0.0.0.0", registry=self.registry
+        )
+
+
+class _MeteredStore:
+    def __init__(self, inner: JobStore, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if not callable(attribute) or name.startswith("_"):
+            return attribute
+        counter = self._metrics.store_calls.labels(name)
+
+        @functools.wraps(attribute)
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            counter.inc()
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+def metered(store: JobStore, metrics: Metrics) -> JobStore:
+    """The same store, counting every call in `jobcontrol_store_calls_total`."""
+    return cast(JobStore, _MeteredStore(store, metrics))

@@ -1,0 +1,203 @@
+"""The `jobcontrol.v1.JobControl` service on grpc.aio.
+
+Handlers convert the request, call the store, and convert the answer back; the
+`unary`/`streaming` wrappers turn domain errors into status codes. Writes made here
+wake the EventHub so watchers in this process see them at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from jobcontrol.errors import InvalidArgument, JobNotFound
+from jobcontrol.ids import parse_id
+from jobcontrol.jobs import EventKind, JobEvent
+from jobcontrol.server import convert
+from jobcontrol.server.hub import OVERFLOW, EventHub, Subscription, WatchEnded
+from jobcontrol.server.metrics import Metrics
+from jobcontrol.server.status import StreamEnded, streaming, unary
+from jobcontrol.store import JobFilter, JobStore
+from jobcontrol.v1 import job_control_pb2 as api
+from jobcontrol.v1 import job_control_pb2_grpc
+from jobcontrol.validation import validate_labels, validate_type
+
+Context = grpc.aio.ServicerContext[Any, Any]
+REPLAY_PAGE = 1000
+
+
+class JobControlService(job_control_pb2_grpc.JobControlServicer):
+    def __init__(self, store: JobStore, hub: EventHub, metrics: Metrics) -> None:
+        self.store = store
+        self.hub = hub
+        self.metrics = metrics
+
+    @unary
+    async def SubmitJob(self, request: api.SubmitJobRequest, context: Context) -> Any:
+        submitted = await self.store.create_job(convert.spec_from_proto(request))
+        if submitted.created:
+            self.hub.wake()
+        return api.SubmitJobResponse(
+            job=convert.job_to_proto(submitted.job), created=submitted.created
+        )
+
+    @unary
+    async def SubmitJobs(self, request: api.SubmitJobsRequest, context: Context) -> Any:
+        specs = [
+            convert.spec_from_proto(r, field_prefix=f"requests[{i}].")
+            for i, r in enumerate(request.requests)
+        ]
+        results = await self.store.create_jobs(specs)
+        self.hub.wake()
+        return api.SubmitJobsResponse(
+            jobs=[convert.job_to_proto(r.job) for r in results],
+            created=[r.created for r in results],
+        )
+
+    @unary
+    async def GetJob(self, request: api.GetJobRequest, context: Context) -> Any:
+        job = await self.store.get_job(request.job_id)
+        return api.GetJobResponse(job=convert.job_to_proto(job))
+
+    @unary
+    async def ListJobs(self, request: api.ListJobsRequest, context: Context) -> Any:
+        page = await self.store.list_jobs(
+            job_filter=convert.filter_from_proto(request.filter),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return api.ListJobsResponse(
+            jobs=[convert.job_to_proto(j) for j in page.jobs],
+            next_page_token=page.next_page_token,
+        )
+
+    @unary
+    async def CancelJob(self, request: api.CancelJobRequest, context: Context) -> Any:
+        job = await self.store.cancel_job(request.job_id, reason=request.reason)
+        self.hub.wake()
+        return api.CancelJobResponse(job=convert.job_to_proto(job))
+
+    @unary
+    async def RetryJob(self, request: api.RetryJobRequest, context: Context) -> Any:
+        job = await self.store.retry_job(request.job_id)
+        self.hub.wake()
+        return api.RetryJobResponse(job=convert.job_to_proto(job))
+
+    @unary
+    async def ListWorkers(self, request: api.ListWorkersRequest, context: Context) -> Any:
+        workers = await self.store.list_workers(include_stopped=request.show_stopped)
+        return api.ListWorkersResponse(workers=[convert.worker_to_proto(w) for w in workers])
+
+    @streaming
+    async def WatchJob(self, request: api.WatchJobRequest, context: Context) -> AsyncIterator[Any]:
+        job_id = parse_id(request.job_id)
+        resume = request.HasField("after_sequence")
+        if resume:
+            _check_sequence(request.after_sequence)
+        # Subscribe before reading the snapshot: every later change is then either in
+        # the snapshot/replay or in the buffer, and the sequence check drops overlaps.
+        sub = self.hub.subscribe(job_id=job_id)
+        last = 0
+        try:
+            snapshot = await self.hub.snapshot(job_id)
+            if snapshot is None:
+                raise JobNotFound(job_id)
+            sub.prime(snapshot)
+            if resume:
+                last = request.after_sequence
+                async for event in self._replay(after=last, job_id=job_id):
+                    yield api.WatchJobResponse(event=convert.event_to_proto(event))
+                    last = event.sequence
+                    if _ends_watch(event):
+                        return
+                if snapshot.job.is_terminal and last >= snapshot.sequence:
+                    return
+            else:
+                first = dataclasses.replace(snapshot, kind=EventKind.SNAPSHOT)
+                yield api.WatchJobResponse(event=convert.event_to_proto(first))
+                if snapshot.job.is_terminal:
+                    return
+                last = snapshot.sequence
+            while True:
+                event = await sub.next()
+                if event.sequence <= last and event.kind is not EventKind.QUEUE_POSITION:
+                    continue
+                yield api.WatchJobResponse(event=convert.event_to_proto(event))
+                last = max(last, event.sequence)
+                if _ends_watch(event):
+                    return
+        except WatchEnded as ended:
+            raise _stream_ended(ended, last) from None
+        finally:
+            self.hub.unsubscribe(sub)
+
+    @streaming
+    async def WatchJobs(
+        self, request: api.WatchJobsRequest, context: Context
+    ) -> AsyncIterator[Any]:
+        job_filter = convert.filter_from_proto(request.filter)
+        for job_type in job_filter.types:
+            validate_type(job_type, field="filter.types")
+        validate_labels(job_filter.labels, field="filter.labels")
+        if request.HasField("after_sequence"):
+            _check_sequence(request.after_sequence)
+        sub = self.hub.subscribe(job_filter=job_filter)
+        last = 0
+        try:
+            if request.HasField("after_sequence"):
+                last = request.after_sequence
+                async for event in self._replay(after=last, job_filter=job_filter, sub=sub):
+                    yield api.WatchJobsResponse(event=convert.event_to_proto(event))
+                    last = event.sequence
+            while True:
+                event = await sub.next()
+                if event.sequence <= last and event.kind is not EventKind.QUEUE_POSITION:
+                    continue
+                yield api.WatchJobsResponse(event=convert.event_to_proto(event))
+                last = max(last, event.sequence)
+        except WatchEnded as ended:
+            raise _stream_ended(ended, last) from None
+        finally:
+            self.hub.unsubscribe(sub)
+
+    async def _replay(
+        self,
+        *,
+        after: int,
+        job_id: str | None = None,
+        job_filter: JobFilter | None = None,
+        sub: Subscription | None = None,
+    ) -> AsyncIterator[JobEvent]:
+        """Stored events after `after`, page by page, until caught up with the store."""
+        while True:
+            page = await self.store.list_events(
+                after_sequence=after, limit=REPLAY_PAGE, job_id=job_id
+            )
+            for event in page:
+                if sub is None or sub.wants(event):
+                    yield event
+            if len(page) < REPLAY_PAGE:
+                return
+            after = page[-1].sequence
+
+
+def _check_sequence(value: int) -> None:
+    if value < 0:
+        raise InvalidArgument("after_sequence", f"must not be negative, got {value}")
+
+
+def _ends_watch(event: JobEvent) -> bool:
+    return event.job.is_terminal and event.kind is not EventKind.QUEUE_POSITION
+
+
+def _stream_ended(ended: WatchEnded, last: int) -> StreamEnded:
+    resume = f"resume with after_sequence={last}"
+    if ended.reason == OVERFLOW:
+        return StreamEnded(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the watcher fell too far behind and its buffer overflowed; {resume}",
+        )
+    return StreamEnded(grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; {resume}")
