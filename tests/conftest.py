@@ -52,6 +52,7 @@ def clock() -> ManualClock:
 # ---- real server processes ---------------------------------------------------------
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 

@@ -47,7 +47,7 @@ _WORKER_STATE_TO_PB = {
     WorkerState.STOPPED: pb.WORKER_STATE_STOPPED,
     WorkerState.LOST: pb.WORKER_STATE_LOST,
 }
-_MAX_STRUCT_DEPTH = 32
+_MAX_STRUCT_DEPTH = 20
 
 
 def spec_from_proto(request: api.SubmitJobRequest, *, field_prefix: str = "") -> JobSpec:

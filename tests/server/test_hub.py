@@ -1,0 +1,104 @@
+"""EventHub subscriptions: bounded buffers that coalesce progress and never drop
+state changes; one shared snapshot read for many watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from jobcontrol.jobs import EventKind, Job, JobEvent, JobSpec, JobState, Progress
+from jobcontrol.server.hub import OVERFLOW, EventHub, Subscription, WatchEnded
+from jobcontrol.server.metrics import Metrics, metered
+from jobcontrol.store.sqlite import SqliteJobStore
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+JOB = Job(
+    id="j1",
+    type="t",
+    payload={},
+    state=JobState.RUNNING,
+    priority=0,
+    labels={},
+    attempt=1,
+    max_attempts=3,
+    create_time=NOW,
+    update_time=NOW,
+    run_after=NOW,
+)
+
+
+def event(sequence: int, kind: EventKind, job_id: str = "j1", percent: float = 0) -> JobEvent:
+    job = dataclasses.replace(JOB, id=job_id, progress=Progress(percent))
+    return JobEvent(sequence=sequence, kind=kind, time=NOW, job=job)
+
+
+def drain(sub: Subscription) -> list[JobEvent]:
+    async def take() -> list[JobEvent]:
+        out = []
+        while True:
+            try:
+                out.append(await asyncio.wait_for(sub.next(), 0.01))
+            except TimeoutError:
+                return out
+
+    return asyncio.run(take())
+
+
+def test_progress_of_a_slow_reader_is_coalesced_to_the_latest():
+    sub = Subscription(job_id="j1", job_filter=None, capacity=10, metrics=Metrics())
+    sub.push(event(1, EventKind.STARTED))
+    for n in range(2, 50):
+        sub.push(event(n, EventKind.PROGRESS, percent=n))
+    sub.push(event(50, EventKind.SUCCEEDED))
+    got = drain(sub)
+    assert [(e.kind, e.sequence) for e in got] == [
+        (EventKind.STARTED, 1),
+        (EventKind.PROGRESS, 49),
+        (EventKind.SUCCEEDED, 50),
+    ]
+
+
+def test_state_changes_are_never_dropped_and_overflow_ends_the_subscription():
+    sub = Subscription(job_id=None, job_filter=None, capacity=5, metrics=Metrics())
+    for n in range(1, 6):
+        sub.push(event(n, EventKind.SUBMITTED, job_id=f"j{n}"))
+    assert len(drain(sub)) == 5  # at capacity: nothing lost
+    for n in range(6, 13):
+        sub.push(event(n, EventKind.SUBMITTED, job_id=f"j{n}"))
+
+    async def next_event() -> JobEvent:
+        return await sub.next()
+
+    with pytest.raises(WatchEnded) as ended:
+        asyncio.run(next_event())
+    assert ended.value.reason == OVERFLOW
+
+
+def test_superseded_progress_makes_room_before_overflowing():
+    sub = Subscription(job_id=None, job_filter=None, capacity=4, metrics=Metrics())
+    sub.push(event(1, EventKind.PROGRESS, job_id="a"))
+    sub.push(event(2, EventKind.PROGRESS, job_id="b"))
+    sub.push(event(3, EventKind.SUCCEEDED, job_id="a"))
+    sub.push(event(4, EventKind.SUCCEEDED, job_id="b"))
+    sub.push(event(5, EventKind.SUBMITTED, job_id="c"))
+    assert [e.sequence for e in drain(sub)] == [2, 3, 4, 5]
+
+
+async def test_concurrent_snapshots_share_one_store_read(tmp_path: Path):
+    metrics = Metrics()
+    store = metered(await SqliteJobStore.open(tmp_path / "jobs.db"), metrics)
+    hub = EventHub(store, metrics=metrics)
+    try:
+        job = (await store.create_job(JobSpec(type="t"))).job
+        before = metrics.store_calls.labels("latest_events")._value.get()
+        snapshots = await asyncio.gather(*(hub.snapshot(job.id) for _ in range(500)))
+        reads = metrics.store_calls.labels("latest_events")._value.get() - before
+    finally:
+        await hub.close()
+        await store.close()
+    assert all(s is not None and s.job.id == job.id for s in snapshots)
+    assert reads <= 2
