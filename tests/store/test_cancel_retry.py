@@ -110,3 +110,13 @@ async def test_retry_is_refused_unless_failed_or_cancelled(store: SqlJobStore, s
             await store.complete_job(job_id=job.id, lease_id=job.lease_id, result={})
     with pytest.raises(InvalidTransition, match="only FAILED or CANCELLED"):
         await store.retry_job(job.id)
+
+
+async def test_a_worker_finds_its_cancel_requests_cheaply(store: SqlJobStore):
+    await store.create_jobs([JobSpec(type="t") for _ in range(3)])
+    mine = await store.claim_jobs(worker_id="me", types=["t"], limit=2, lease_timeout=LEASE)
+    (theirs,) = await store.claim_jobs(worker_id="other", types=["t"], limit=1, lease_timeout=LEASE)
+    assert await store.list_cancel_requests(worker_id="me") == []
+    await store.cancel_job(mine[1].id)
+    await store.cancel_job(theirs.id)
+    assert await store.list_cancel_requests(worker_id="me") == [mine[1].id]

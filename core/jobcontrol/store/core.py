@@ -319,6 +319,13 @@ class SqlJobStore:
     async def release_job(self, *, job_id: str, lease_id: str) -> Job:
         return await self._fenced(job_id, lease_id, lambda job, now: jobs.release(job, now=now))
 
+    async def list_cancel_requests(self, *, worker_id: str) -> list[str]:
+        return await self._read(
+            lambda tx: [
+                row["id"] for row in tx.execute(sql.CANCEL_REQUESTS, {"worker_id": worker_id})
+            ]
+        )
+
     async def _fenced(
         self, job_id: str, lease_id: str, change: Callable[[Job, datetime], jobs.Change]
     ) -> Job:

@@ -187,4 +187,11 @@ WHERE state IN ('ACTIVE', 'DRAINING') AND heartbeat_us < :cutoff_us
 RETURNING id
 """
 
+# A worker's running jobs whose cancellation was requested: the partial index makes this
+# cheap enough to ask several times a second.
+CANCEL_REQUESTS = """
+SELECT id FROM jobs
+WHERE state = 'RUNNING' AND cancel_requested = 1 AND worker_id = :worker_id
+"""
+
 PING = "SELECT 1 AS ok"
