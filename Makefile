@@ -19,7 +19,7 @@ node_modules/.installed: package.json package-lock.json
 install: $(STAMP) node_modules/.installed
 
 run: $(STAMP)
-	$(VENV)/bin/jobcontrol-server
+	$(VENV)/bin/jobcontrol-server --with-worker
 
 test: install
 	$(PY) -m pytest

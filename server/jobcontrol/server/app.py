@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -18,7 +19,7 @@ from jobcontrol.server.housekeeping import Housekeeper, HousekeepingConfig
 from jobcontrol.server.hub import EventHub
 from jobcontrol.server.metrics import Metrics, metered
 from jobcontrol.server.service import JobControlService
-from jobcontrol.store import StoreConfig, open_store
+from jobcontrol.store import JobStore, StoreConfig, open_store
 from jobcontrol.v1 import job_control_pb2, job_control_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class ServerConfig:
     metrics_listen: str | None = None
     tail_interval: float = 0.05
     housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
+    with_worker: bool = False
 
 
 GRPC_OPTIONS = [
@@ -118,6 +120,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         metrics.serve(config.metrics_listen)
         log.info("metrics on http://%s/metrics", config.metrics_listen)
     housekeeper.start()
+    worker_stop = asyncio.Event()
+    worker_task = _start_worker(store, hub, worker_stop) if config.with_worker else None
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -128,8 +132,27 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        if worker_task is not None:
+            worker_stop.set()  # drains: running jobs finish or are handed back
+            await asyncio.gather(worker_task, return_exceptions=True)
         await housekeeper.stop()
         await hub.close()
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         await store.close()
         log.info("stopped")
+
+
+def _start_worker(store: JobStore, hub: EventHub, stop: asyncio.Event) -> asyncio.Task[None]:
+    """The in-process worker of `--with-worker`: same store, and its writes wake the hub."""
+    from jobcontrol.worker.cli import load_handler_modules
+    from jobcontrol.worker.handlers import default_registry
+    from jobcontrol.worker.runtime import Worker, WorkerConfig
+
+    load_handler_modules("")
+    worker = Worker(
+        store,
+        default_registry,
+        WorkerConfig(drain_grace=timedelta(seconds=SHUTDOWN_GRACE_SECONDS)),
+        on_write=hub.wake,
+    )
+    return asyncio.create_task(worker.run(stop), name="in-process-worker")

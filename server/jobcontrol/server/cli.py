@@ -43,6 +43,11 @@ def parser() -> argparse.ArgumentParser:
     )
     StoreConfig.add_arguments(p)
     p.add_argument(
+        "--with-worker",
+        action="store_true",
+        help="also run a worker with the built-in job types in this process (local setup)",
+    )
+    p.add_argument(
         "--metrics-listen",
         default=env.get("JOBCONTROL_METRICS_LISTEN"),
         help="host:port for the Prometheus /metrics endpoint (env JOBCONTROL_METRICS_LISTEN)",
@@ -102,6 +107,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             retention=args.retention,
             prune_interval=args.prune_interval.total_seconds(),
         ),
+        with_worker=args.with_worker,
     )
 
 

@@ -161,6 +161,7 @@ class EventHub:
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot_waiters: dict[str, list[asyncio.Future[JobEvent | None]]] = {}
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._snapshot_read_at = -float("inf")
 
     @property
     def position(self) -> int:
@@ -197,7 +198,10 @@ class EventHub:
         )
         if self._closed:
             sub.end(SHUTDOWN)
-        elif job_id is not None:
+            return sub
+        if not self.watching:
+            self._woken.set()  # the tailer may be in its idle wait: tail often from now on
+        if job_id is not None:
             self._by_job.setdefault(job_id, set()).add(sub)
         else:
             self._filtered.add(sub)
@@ -233,6 +237,12 @@ class EventHub:
 
     async def _load_snapshots(self) -> None:
         while self._snapshot_waiters:
+            # At most one read per tail interval: watchers arriving one by one (as a
+            # thousand streams do) then share reads instead of costing one each.
+            wait = self._snapshot_read_at + self._tail_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._snapshot_read_at = time.monotonic()
             waiters, self._snapshot_waiters = self._snapshot_waiters, {}
             try:
                 events = await self._store.latest_events(list(waiters))
