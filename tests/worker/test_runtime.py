@@ -48,8 +48,8 @@ class RunningWorker:
         await asyncio.wait_for(self.task, 30)
 
 
-async def finished(store: SqliteJobStore, job_id: str, timeout: float = 10) -> Job:
-    deadline = time.monotonic() + timeout
+async def finished(store: SqliteJobStore, job_id: str, within: float = 10) -> Job:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         job = await store.get_job(job_id)
         if job.is_terminal:
@@ -58,8 +58,8 @@ async def finished(store: SqliteJobStore, job_id: str, timeout: float = 10) -> J
     raise AssertionError(f"job {job_id} did not finish: {await store.get_job(job_id)}")
 
 
-async def until(predicate: Any, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
+async def until(predicate: Any, within: float = 10) -> None:
+    deadline = time.monotonic() + within
     while not await predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
@@ -191,7 +191,7 @@ async def test_cancel_reaches_a_running_handler(store: SqliteJobStore):
         job_id = await submit(store, "t.long")
         await asyncio.wait_for(started.wait(), 10)
         await store.cancel_job(job_id)
-        job = await finished(store, job_id, timeout=5)
+        job = await finished(store, job_id, within=5)
     finally:
         await worker.close()
     assert job.state is JobState.CANCELLED
@@ -211,7 +211,7 @@ async def test_a_handler_ignoring_cancellation_is_cancelled_anyway(store: Sqlite
         job_id = await submit(store, "t.stubborn")
         await asyncio.wait_for(started.wait(), 10)
         await store.cancel_job(job_id)
-        assert (await finished(store, job_id, timeout=5)).state is JobState.CANCELLED
+        assert (await finished(store, job_id, within=5)).state is JobState.CANCELLED
     finally:
         await worker.close()
 
