@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 
-.PHONY: run test gen fmt lint typecheck bench install
+.PHONY: run test gen fmt lint typecheck bench install system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,7 +16,17 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-install: $(STAMP) node_modules/.installed
+# ffmpeg for audio.transcode and its tests; Node.js for buf and the TypeScript client.
+system-deps:
+	@missing=""; \
+	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+install: system-deps $(STAMP) node_modules/.installed
 
 run: $(STAMP)
 	$(VENV)/bin/jobcontrol-server --with-worker
