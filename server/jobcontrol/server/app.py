@@ -109,10 +109,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     await server.start()
     host = config.listen.rsplit(":", 1)[0]
     log.info(
-        "listening on %s:%d (%s, store %s %s)",
+        "listening on %s:%d (%s, %s, store %s %s)",
         host,
         port,
-        "TLS" if config.tls else "plaintext",
+        ("mTLS" if config.tls.client_ca else "TLS") if config.tls else "plaintext",
+        f"{len(config.tokens)} auth token(s)" if config.tokens else "no auth",
         config.store.backend,
         config.store.path,
     )

@@ -59,9 +59,9 @@ class BearerTokenAuth(grpc.aio.ServerInterceptor):
         if method.startswith(HEALTH_PREFIX) or self._authorized(details.invocation_metadata):
             return await continuation(details)
         handler = await continuation(details)
-        if handler is None:
-            return None
         self._on_denied(method.rsplit("/", 1)[-1])
+        if handler is None:  # unknown method: do not reveal that it does not exist
+            return grpc.unary_unary_rpc_method_handler(_deny)
         return _denying(handler)
 
 

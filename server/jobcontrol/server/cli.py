@@ -94,6 +94,12 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tokens = load_tokens(os.environ.get("JOBCONTROL_AUTH_TOKEN"), args.auth_tokens_file)
     except OSError as error:
         raise SystemExit(f"jobcontrol-server: cannot read tokens file: {error}") from None
+    if args.auth_tokens_file and not tokens:
+        # Serving without auth because a file is empty would be a silent security hole.
+        raise SystemExit(f"jobcontrol-server: {args.auth_tokens_file} contains no tokens")
+    for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
+        if path is not None and not os.access(path, os.R_OK):
+            raise SystemExit(f"jobcontrol-server: cannot read {path}")
     return ServerConfig(
         listen=args.listen,
         store=StoreConfig.from_args(args),
@@ -125,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jobcontrol-server: {error.message}", file=sys.stderr)
         return 1
     except RuntimeError as error:  # grpc: the port could not be bound
-        print(f"jobcontrol-server: {error}", file=sys.stderr)
+        hint = " (or the TLS certificate and key are invalid or do not match)" if config.tls else ""
+        print(f"jobcontrol-server: {error}{hint}", file=sys.stderr)
         return 1
     return 0
