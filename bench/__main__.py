@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from bench import store_rates
+from bench import progress_latency, store_rates
 
-BENCHMARKS: tuple[Callable[[Sequence[str]], int], ...] = (store_rates.main,)
+BENCHMARKS: tuple[Callable[[Sequence[str]], int], ...] = (store_rates.main, progress_latency.main)
 
 
 def main() -> int:

@@ -50,10 +50,10 @@ def drain(sub: Subscription) -> list[JobEvent]:
 
 def test_progress_of_a_slow_reader_is_coalesced_to_the_latest():
     sub = Subscription(job_id="j1", job_filter=None, capacity=10, metrics=Metrics())
-    sub.push(event(1, EventKind.STARTED))
-    for n in range(2, 50):
-        sub.push(event(n, EventKind.PROGRESS, percent=n))
-    sub.push(event(50, EventKind.SUCCEEDED))
+    sub.push(event(1, EventKind.STARTED), batch=1)
+    for n in range(2, 50):  # one tail batch each, and the reader reads none of them
+        sub.push(event(n, EventKind.PROGRESS, percent=n), batch=n)
+    sub.push(event(50, EventKind.SUCCEEDED), batch=50)
     got = drain(sub)
     assert [(e.kind, e.sequence) for e in got] == [
         (EventKind.STARTED, 1),
@@ -62,13 +62,20 @@ def test_progress_of_a_slow_reader_is_coalesced_to_the_latest():
     ]
 
 
+def test_a_reader_that_keeps_up_gets_every_progress_update_of_a_batch():
+    sub = Subscription(job_id="j1", job_filter=None, capacity=100, metrics=Metrics())
+    for n in range(1, 6):
+        sub.push(event(n, EventKind.PROGRESS, percent=n), batch=1)
+    assert [e.sequence for e in drain(sub)] == [1, 2, 3, 4, 5]
+
+
 def test_state_changes_are_never_dropped_and_overflow_ends_the_subscription():
     sub = Subscription(job_id=None, job_filter=None, capacity=5, metrics=Metrics())
     for n in range(1, 6):
-        sub.push(event(n, EventKind.SUBMITTED, job_id=f"j{n}"))
+        sub.push(event(n, EventKind.SUBMITTED, job_id=f"j{n}"), batch=1)
     assert len(drain(sub)) == 5  # at capacity: nothing lost
     for n in range(6, 13):
-        sub.push(event(n, EventKind.SUBMITTED, job_id=f"j{n}"))
+        sub.push(event(n, EventKind.SUBMITTED, job_id=f"j{n}"), batch=2)
 
     async def next_event() -> JobEvent:
         return await sub.next()
@@ -78,14 +85,13 @@ def test_state_changes_are_never_dropped_and_overflow_ends_the_subscription():
     assert ended.value.reason == OVERFLOW
 
 
-def test_superseded_progress_makes_room_before_overflowing():
-    sub = Subscription(job_id=None, job_filter=None, capacity=4, metrics=Metrics())
-    sub.push(event(1, EventKind.PROGRESS, job_id="a"))
-    sub.push(event(2, EventKind.PROGRESS, job_id="b"))
-    sub.push(event(3, EventKind.SUCCEEDED, job_id="a"))
-    sub.push(event(4, EventKind.SUCCEEDED, job_id="b"))
-    sub.push(event(5, EventKind.SUBMITTED, job_id="c"))
-    assert [e.sequence for e in drain(sub)] == [2, 3, 4, 5]
+def test_stale_progress_never_fills_the_buffer():
+    sub = Subscription(job_id="j1", job_filter=None, capacity=3, metrics=Metrics())
+    sub.push(event(1, EventKind.STARTED), batch=1)
+    for n in range(2, 2000):
+        sub.push(event(n, EventKind.PROGRESS, percent=n % 100), batch=n)
+    sub.push(event(2000, EventKind.SUCCEEDED), batch=2000)
+    assert [e.sequence for e in drain(sub)] == [1, 1999, 2000]
 
 
 async def test_concurrent_snapshots_share_one_store_read(tmp_path: Path):

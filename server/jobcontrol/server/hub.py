@@ -6,9 +6,10 @@ ten thousand. Snapshots for new watchers are loaded in batches, and queue positi
 watched PENDING jobs are refreshed for all of them in one query per tick.
 
 Each subscription has a bounded buffer. A watcher that falls behind has its progress
-updates coalesced (a newer one replaces an older one of the same job); state changes
-are never dropped. When state changes alone overflow the buffer, the subscription ends
-and the watcher is told to resume from its last sequence.
+updates coalesced: a newer one replaces an older one of the same job that was already
+waiting when the tailer's previous batch arrived (so a reader keeping up gets every
+update); state changes are never dropped. When state changes alone overflow the
+buffer, the subscription ends and the watcher is told to resume from its last sequence.
 """
 
 from __future__ import annotations
@@ -53,8 +54,22 @@ def matches(job_filter: JobFilter, job: Job) -> bool:
     )
 
 
+@dataclasses.dataclass(slots=True, eq=False)
+class _Entry:
+    event: JobEvent
+    batch: int  # the hub fan-out that delivered it
+    live: bool = True
+
+
 class Subscription:
-    """What one watcher is owed: a bounded, coalescing buffer of events."""
+    """What one watcher is owed: a bounded, coalescing buffer of events.
+
+    A progress (or queue-position) update still waiting when a later fan-out brings a
+    newer one for the same job is dropped: the watcher had a whole tail interval to read
+    it and did not. Updates arriving in the same fan-out are all kept, so a reader that
+    keeps up sees every one. Dropped entries stay in the deque, marked dead, until
+    popped or compacted, so superseding costs O(updates of that job still waiting).
+    """
 
     def __init__(
         self,
@@ -68,7 +83,9 @@ class Subscription:
         self.job_filter = job_filter
         self._capacity = capacity
         self._metrics = metrics
-        self._buffer: deque[JobEvent] = deque()
+        self._buffer: deque[_Entry] = deque()
+        self._live = 0
+        self._waiting_updates: dict[str, list[_Entry]] = {}
         self._ready = asyncio.Event()
         self._ended: str | None = None
         self.last_job: Job | None = None
@@ -85,53 +102,58 @@ class Subscription:
             self.last_job = snapshot.job
             self.last_sequence = snapshot.sequence
 
-    def push(self, event: JobEvent) -> None:
+    def push(self, event: JobEvent, batch: int) -> None:
+        """Add an event of fan-out number `batch`."""
         if self._ended is not None:
             return
         if event.sequence >= self.last_sequence:
             self.last_job = event.job
             self.last_sequence = event.sequence
-        if event.kind in COALESCIBLE and self._buffer:
-            newest = self._buffer[-1]
-            if newest.kind in COALESCIBLE and newest.job.id == event.job.id:
-                self._buffer[-1] = event
+        entry = _Entry(event, batch)
+        if event.kind in COALESCIBLE:
+            waiting = self._waiting_updates.setdefault(event.job.id, [])
+            for stale in [e for e in waiting if e.batch < batch]:
+                stale.live = False
+                self._live -= 1
                 self._metrics.coalesced.inc()
-                self._ready.set()
-                return
-        self._buffer.append(event)
-        if len(self._buffer) > self._capacity and not self._drop_superseded():
-            self.end(OVERFLOW)
+            waiting[:] = [e for e in waiting if e.live]
+            waiting.append(entry)
+        self._buffer.append(entry)
+        self._live += 1
+        if self._live > self._capacity:
+            self.end(OVERFLOW)  # state changes alone fill the buffer: the reader is stuck
+        elif len(self._buffer) > 2 * self._capacity:
+            self._buffer = deque(e for e in self._buffer if e.live)
         self._ready.set()
-
-    def _drop_superseded(self) -> bool:
-        """Drop the oldest coalescible event that a later event of its job supersedes."""
-        later_jobs: set[str] = set()
-        candidate = None
-        for index in range(len(self._buffer) - 1, -1, -1):
-            event = self._buffer[index]
-            if event.kind in COALESCIBLE and event.job.id in later_jobs:
-                candidate = index
-            later_jobs.add(event.job.id)
-        if candidate is None:
-            return False
-        del self._buffer[candidate]
-        self._metrics.coalesced.inc()
-        return True
 
     def end(self, reason: str) -> None:
         if self._ended is None:
             self._ended = reason
             self._buffer.clear()
+            self._waiting_updates.clear()
             self._ready.set()
 
     async def next(self) -> JobEvent:
         while True:
             if self._ended is not None:
                 raise WatchEnded(self._ended)
-            if self._buffer:
-                return self._buffer.popleft()
+            while self._buffer:
+                entry = self._buffer.popleft()
+                if not entry.live:
+                    continue
+                self._live -= 1
+                if entry.event.kind in COALESCIBLE:
+                    self._forget_update(entry)
+                return entry.event
             self._ready.clear()
             await self._ready.wait()
+
+    def _forget_update(self, entry: _Entry) -> None:
+        waiting = self._waiting_updates.get(entry.event.job.id)
+        if waiting is not None:
+            waiting.remove(entry)
+            if not waiting:
+                del self._waiting_updates[entry.event.job.id]
 
 
 class EventHub:
@@ -144,7 +166,7 @@ class EventHub:
         idle_interval: float = 1.0,
         position_interval: float = 1.0,
         capacity: int = 1024,
-        batch: int = 1000,
+        read_limit: int = 1000,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -152,7 +174,7 @@ class EventHub:
         self._idle_interval = idle_interval
         self._position_interval = position_interval
         self._capacity = capacity
-        self._batch = batch
+        self._read_limit = read_limit
         self._by_job: dict[str, set[Subscription]] = {}
         self._filtered: set[Subscription] = set()
         self._woken = asyncio.Event()
@@ -162,6 +184,7 @@ class EventHub:
         self._snapshot_waiters: dict[str, list[asyncio.Future[JobEvent | None]]] = {}
         self._snapshot_task: asyncio.Task[None] | None = None
         self._snapshot_read_at = -float("inf")
+        self._batch = 0  # fan-outs so far; lets buffers tell a slow reader from a burst
 
     @property
     def position(self) -> int:
@@ -259,17 +282,19 @@ class EventHub:
 
     def _dispatch(self, event: JobEvent) -> None:
         for sub in list(self._by_job.get(event.job.id, ())):
-            sub.push(event)
+            sub.push(event, self._batch)
         for sub in list(self._filtered):
             if sub.wants(event):
-                sub.push(event)
+                sub.push(event, self._batch)
 
     async def _tail(self) -> None:
         failures = 0
         while True:
             self._woken.clear()
             try:
-                events = await self._store.list_events(after_sequence=self._last, limit=self._batch)
+                events = await self._store.list_events(
+                    after_sequence=self._last, limit=self._read_limit
+                )
             except StoreUnavailable as error:
                 failures += 1
                 log.warning("event tail: %s", error.message)
@@ -279,12 +304,13 @@ class EventHub:
                 continue
             failures = 0
             now = time.time()
+            self._batch += 1
             for event in events:
                 self._dispatch(event)
                 self._metrics.tail_lag.observe(max(0.0, now - event.time.timestamp()))
             if events:
                 self._last = events[-1].sequence
-            if len(events) >= self._batch:
+            if len(events) >= self._read_limit:
                 await asyncio.sleep(0)
                 continue
             interval = self._tail_interval if self.watching else self._idle_interval
@@ -310,6 +336,7 @@ class EventHub:
                 log.warning("queue positions: %s", error.message)
                 continue
             now = datetime.now(UTC)
+            self._batch += 1
             for job_id, position in positions.items():
                 for sub in list(self._by_job.get(job_id, ())):
                     job = sub.last_job
@@ -323,5 +350,6 @@ class EventHub:
                             kind=EventKind.QUEUE_POSITION,
                             time=now,
                             job=dataclasses.replace(job, queue_position=position),
-                        )
+                        ),
+                        self._batch,
                     )

@@ -38,7 +38,9 @@ async def audio_transcode(ctx: JobContext) -> dict[str, Any]:
     ctx.report_progress(0, stage="probing", message=str(source))
     duration = await _probe_duration(ffprobe, source, ctx)
 
-    partial = target.with_name(f".{target.stem}.partial-{ctx.job_id[:8]}{target.suffix}")
+    # Unique per attempt: two jobs (or attempts) writing one output never share a partial.
+    # (Not job_id[:8]: job ids are UUIDv7, whose first 8 digits are the clock.)
+    partial = target.with_name(f".{target.stem}.partial-{ctx.lease_id[:12]}{target.suffix}")
     try:
         ctx.report_progress(0, stage="transcoding", message=f"0.0s of {duration:.1f}s")
         result = await run_child(
