@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
+from tests.conftest import ServerProcess
 
 Stub = job_control_pb2_grpc.JobControlStub
 
@@ -320,3 +321,15 @@ def test_oversized_messages_are_refused_not_crashing(stub: Stub):
     error = error_of(stub.SubmitJob, huge)
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert submit(stub).state == pb.JOB_STATE_PENDING  # the server is still fine
+
+
+@pytest.mark.parametrize("method", ["GetJob", "SubmitJob", "WatchJob"])
+def test_corrupt_request_bytes_are_invalid_argument(server: ServerProcess, method: str):
+    with server.channel() as channel:
+        if method == "WatchJob":
+            call: Any = channel.unary_stream(f"/jobcontrol.v1.JobControl/{method}")
+        else:
+            call = channel.unary_unary(f"/jobcontrol.v1.JobControl/{method}")
+        error = error_of(call, b"\xff\xff\xff\xff not protobuf")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"not a valid jobcontrol.v1.{method}Request" in error.details()

@@ -193,3 +193,28 @@ def test_shutdown_ends_open_streams_with_unavailable_and_a_resume_point(
         next(stream)
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
     assert f"after_sequence={snapshot.sequence}" in (ended.value.details() or "")
+
+
+async def test_a_watched_pending_job_gets_queue_position_updates(tmp_path: Path):
+    store = await SqliteJobStore.open(tmp_path / "jobs.db")
+    server = start_server(tmp_path)
+    try:
+        ahead = [(await store.create_job(JobSpec(type="demo.sleep"))).job for _ in range(2)]
+        mine = (await store.create_job(JobSpec(type="demo.sleep"))).job
+        with server.channel() as channel:
+            stub = job_control_pb2_grpc.JobControlStub(channel)
+            stream = stub.WatchJob(api.WatchJobRequest(job_id=mine.id), timeout=30)
+            snapshot = next(stream).event
+            assert snapshot.job.queue_position == 2
+            await store.claim_jobs(
+                worker_id="w", types=["demo.sleep"], limit=1, lease_timeout=LEASE
+            )
+            update = next(stream).event  # the next position tick (about a second)
+            stream.cancel()
+    finally:
+        server.stop()
+        await store.close()
+    assert ahead
+    assert update.kind == K.EVENT_KIND_QUEUE_POSITION
+    assert update.job.queue_position == 1
+    assert update.sequence == snapshot.sequence

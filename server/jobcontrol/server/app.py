@@ -14,13 +14,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from jobcontrol.server import registration
 from jobcontrol.server.auth import BearerTokenAuth
 from jobcontrol.server.housekeeping import Housekeeper, HousekeepingConfig
 from jobcontrol.server.hub import EventHub
 from jobcontrol.server.metrics import Metrics, metered
 from jobcontrol.server.service import JobControlService
 from jobcontrol.store import JobStore, StoreConfig, open_store
-from jobcontrol.v1 import job_control_pb2, job_control_pb2_grpc
+from jobcontrol.v1 import job_control_pb2
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +88,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             )
         )
     server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
-    job_control_pb2_grpc.add_JobControlServicer_to_server(  # type: ignore[no-untyped-call]
-        JobControlService(store, hub, metrics), server
-    )
+    registration.register(server, JobControlService(store, hub, metrics), metrics)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

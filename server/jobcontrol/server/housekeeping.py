@@ -34,7 +34,7 @@ class HousekeepingConfig:
     retention: timedelta = timedelta(days=7)
     prune_interval: float = 3600.0
     health_interval: float = 1.0
-    job_count_interval: float = 15.0
+    job_count_interval: float = 5.0
 
 
 class Housekeeper:

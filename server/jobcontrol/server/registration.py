@@ -1,0 +1,88 @@
+"""Registers the JobControl service so that a malformed request is a client error.
+
+grpcio turns an exception in a request deserializer into UNKNOWN. Requests here arrive
+as bytes and are parsed inside the handler instead, so bytes that are not a valid
+message (corrupt wire format, nesting past protobuf's limit) get INVALID_ARGUMENT with a
+message saying which message type was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import message as protobuf_message
+from google.protobuf import message_factory
+
+from jobcontrol.server.metrics import Metrics
+from jobcontrol.v1 import job_control_pb2
+
+SERVICE = job_control_pb2.DESCRIPTOR.services_by_name["JobControl"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def register(server: grpc.aio.Server, servicer: Any, metrics: Metrics) -> None:
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in SERVICE.methods:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+        behaviour = getattr(servicer, method.name)
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _streaming(behaviour, request_type, metrics, method.name),
+                response_serializer=response_type.SerializeToString,
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(behaviour, request_type, metrics, method.name),
+                response_serializer=response_type.SerializeToString,
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+
+
+async def _parse(
+    raw: bytes,
+    request_type: type[protobuf_message.Message],
+    context: Context,
+    metrics: Metrics,
+    name: str,
+) -> Any:
+    try:
+        return request_type.FromString(raw)
+    except protobuf_message.DecodeError as error:
+        metrics.observe_rpc(name, grpc.StatusCode.INVALID_ARGUMENT, 0.0)
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
+        )
+
+
+def _unary(
+    behaviour: Callable[[Any, Context], Awaitable[Any]],
+    request_type: type[protobuf_message.Message],
+    metrics: Metrics,
+    name: str,
+) -> Callable[[bytes, Context], Awaitable[Any]]:
+    async def handle(raw: bytes, context: Context) -> Any:
+        request = await _parse(raw, request_type, context, metrics, name)
+        return await behaviour(request, context)
+
+    return handle
+
+
+def _streaming(
+    behaviour: Callable[[Any, Context], AsyncIterator[Any]],
+    request_type: type[protobuf_message.Message],
+    metrics: Metrics,
+    name: str,
+) -> Callable[[bytes, Context], AsyncIterator[Any]]:
+    async def handle(raw: bytes, context: Context) -> AsyncIterator[Any]:
+        request = await _parse(raw, request_type, context, metrics, name)
+        async for response in behaviour(request, context):
+            yield response
+
+    return handle
