@@ -13,10 +13,10 @@ from typing import Any
 
 import grpc
 
+from jobcontrol import convert
 from jobcontrol.errors import InvalidArgument, JobNotFound
 from jobcontrol.ids import parse_id
 from jobcontrol.jobs import EventKind, JobEvent
-from jobcontrol.server import convert
 from jobcontrol.server.hub import OVERFLOW, EventHub, Subscription, WatchEnded
 from jobcontrol.server.metrics import Metrics
 from jobcontrol.server.status import StreamEnded, streaming, unary

@@ -1,7 +1,8 @@
 """Conversion between protobuf messages and domain values: the one module that knows both.
 
-Requests are turned into domain values here and nothing else; the store checks limits
-(type format, payload size, ranges), so every caller of the store gets the same rules.
+The server turns requests into domain values here and answers with messages built here;
+clients turn answers back into domain values here. Limits (type format, payload size,
+ranges) are the store's to check, so every caller gets the same rules.
 """
 
 from __future__ import annotations
