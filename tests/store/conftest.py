@@ -8,15 +8,18 @@ from pathlib import Path
 import pytest
 
 from jobcontrol.store.core import SqlJobStore
+from jobcontrol.store.libsql import LibsqlJobStore
 from jobcontrol.store.sqlite import SqliteJobStore
 from tests.conftest import ManualClock
 
-DRIVERS = ["sqlite"]
+DRIVERS = ["sqlite", "libsql-file"]
 
 
 async def open_driver(driver: str, tmp_path: Path, clock: ManualClock) -> SqlJobStore:
     if driver == "sqlite":
         return await SqliteJobStore.open(tmp_path / "jobs.db", clock=clock)
+    if driver == "libsql-file":
+        return await LibsqlJobStore.open(f"file:{tmp_path / 'jobs.db'}", clock=clock)
     raise AssertionError(f"unknown driver {driver}")
 
 

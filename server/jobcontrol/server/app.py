@@ -114,7 +114,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         ("mTLS" if config.tls.client_ca else "TLS") if config.tls else "plaintext",
         f"{len(config.tokens)} auth token(s)" if config.tokens else "no auth",
         config.store.backend,
-        config.store.path,
+        config.store.where,
     )
     if config.metrics_listen:
         metrics.serve(config.metrics_listen)

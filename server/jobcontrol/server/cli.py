@@ -17,6 +17,8 @@ from jobcontrol.server.auth import load_tokens
 from jobcontrol.server.housekeeping import HousekeepingConfig
 from jobcontrol.store import StoreConfig
 
+LOCAL_TAIL_INTERVAL = 0.05
+REMOTE_TAIL_INTERVAL = 0.2
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -64,8 +66,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tail-interval",
         type=duration,
-        default=duration("50ms"),
-        help="how often to read events written by other processes while someone watches",
+        default=None,
+        help="how often to read events written by other processes while someone watches "
+        "(default 50ms for SQLite, 200ms for a remote libSQL store)",
     )
     p.add_argument("--reap-interval", type=duration, default=duration("1s"))
     p.add_argument(
@@ -100,13 +103,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
         if path is not None and not os.access(path, os.R_OK):
             raise SystemExit(f"jobcontrol-server: cannot read {path}")
+    store = StoreConfig.from_args(args)
     return ServerConfig(
         listen=args.listen,
-        store=StoreConfig.from_args(args),
+        store=store,
         tokens=tuple(tokens),
         tls=TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         metrics_listen=args.metrics_listen,
-        tail_interval=args.tail_interval.total_seconds(),
+        tail_interval=args.tail_interval.total_seconds()
+        if args.tail_interval
+        else (REMOTE_TAIL_INTERVAL if store.remote else LOCAL_TAIL_INTERVAL),
         housekeeping=HousekeepingConfig(
             reap_interval=args.reap_interval.total_seconds(),
             worker_lost_after=args.worker_lost_after,
