@@ -1,0 +1,96 @@
+"""The multi-machine shape (docker-compose.yml and the Dockerfiles). Docker cannot run
+on these machines, so the files are parsed and checked against what the code expects;
+the health-check command they use is run for real against a server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, ServerProcess, free_port
+
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_compose_runs_sqld_two_servers_and_scalable_workers(compose: dict[str, Any]):
+    services = compose["services"]
+    assert set(services) == {"sqld", "server", "worker"}
+    assert services["sqld"]["image"].startswith("ghcr.io/tursodatabase/libsql-server")
+    assert services["server"]["deploy"]["replicas"] == 2
+    assert services["worker"]["deploy"]["replicas"] >= 1
+    assert "ports" not in services["worker"]  # workers only dial out: scale freely
+    for name in ("server", "worker"):
+        assert services[name]["depends_on"]["sqld"]["condition"] == "service_healthy"
+
+
+def test_servers_and_workers_use_the_turso_backend_on_sqld(compose: dict[str, Any]):
+    services = compose["services"]
+    sqld_port = services["sqld"]["environment"]["SQLD_HTTP_LISTEN_ADDR"].rsplit(":", 1)[1]
+    for name in ("server", "worker"):
+        env = services[name]["environment"]
+        assert env["JOB_STORE_BACKEND"] == "turso"
+        assert env["TURSO_DATABASE_URL"] == f"http://sqld:{sqld_port}"
+
+
+def test_server_port_and_health_check_match_its_listen_address(compose: dict[str, Any]):
+    server = compose["services"]["server"]
+    port = server["environment"]["JOBCONTROL_LISTEN"].rsplit(":", 1)[1]
+    assert all(mapping.endswith(f":{port}") for mapping in server["ports"])
+    assert server["healthcheck"]["test"] == [
+        "CMD",
+        "python",
+        "-m",
+        "jobcontrol.server.healthcheck",
+    ]
+    assert compose["services"]["sqld"]["healthcheck"]["test"][0] == "CMD"
+
+
+@pytest.mark.parametrize("part", ["server", "worker"])
+def test_dockerfiles_copy_what_exists_and_install_the_package(compose: dict[str, Any], part: str):
+    build = compose["services"][part]["build"]
+    dockerfile = ROOT / build["context"] / build["dockerfile"]
+    text = dockerfile.read_text()
+    for source in re.findall(r"^COPY (\S+) ", text, flags=re.MULTILINE):
+        assert (ROOT / source).exists(), f"{dockerfile.name} copies missing {source}"
+    assert "pip install --no-cache-dir ." in text
+    assert f'ENTRYPOINT ["jobcontrol-{part}"]' in text
+    assert "USER jobcontrol" in text
+    if part == "worker":
+        assert "ffmpeg" in text  # audio.transcode needs it
+
+
+def test_the_health_check_command_reports_serving(server: ServerProcess):
+    result = subprocess.run(
+        [sys.executable, "-m", "jobcontrol.server.healthcheck", server.address],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "SERVING"
+
+
+def test_the_health_check_command_fails_without_a_server(tmp_path: Path):
+    result = subprocess.run(
+        [sys.executable, "-m", "jobcontrol.server.healthcheck", f"127.0.0.1:{free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "unhealthy: UNAVAILABLE" in result.stderr
