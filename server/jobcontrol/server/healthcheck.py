@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     address = args[0] if args else f"127.0.0.1:{listen.rsplit(':', 1)[-1]}"
     try:
         with grpc.insecure_channel(address) as channel:
-            response = health_pb2_grpc.HealthStub(channel).Check(
+            stub: Any = health_pb2_grpc.HealthStub(channel)  # the stubs' typing lacks Check
+            response = stub.Check(
                 health_pb2.HealthCheckRequest(service="jobcontrol.v1.JobControl"), timeout=3
             )
     except grpc.RpcError as error:
