@@ -18,7 +18,7 @@ import queue
 import time
 import traceback
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import timedelta
 from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
@@ -29,8 +29,9 @@ from typing import Any
 import pytest
 
 from jobcontrol.jobs import EventKind, Job, JobEvent, JobSpec, JobState
+from jobcontrol.store import JobStore, StoreConfig, open_store
 from jobcontrol.store.protocol import JobFilter
-from jobcontrol.store.sqlite import SqliteJobStore
+from tests.hrana_server import HranaProcess
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +53,14 @@ Report = tuple[str, str, Any]
 # ---- child process ------------------------------------------------------------------
 
 
-def claim_until_stopped(db_path: str, worker_id: str, stop: Event, reports: Queue[Report]) -> None:
+def claim_until_stopped(
+    config: StoreConfig, worker_id: str, stop: Event, reports: Queue[Report]
+) -> None:
     """Process target: claim and complete jobs until `stop` is set, then report them.
 
     Module level so the spawn start method can import it in the child."""
     try:
-        claimed = asyncio.run(_claim_loop(db_path, worker_id, stop, reports))
+        claimed = asyncio.run(_claim_loop(config, worker_id, stop, reports))
     except BaseException:
         reports.put(("error", worker_id, traceback.format_exc()))
     else:
@@ -65,9 +68,9 @@ def claim_until_stopped(db_path: str, worker_id: str, stop: Event, reports: Queu
 
 
 async def _claim_loop(
-    db_path: str, worker_id: str, stop: Event, reports: Queue[Report]
+    config: StoreConfig, worker_id: str, stop: Event, reports: Queue[Report]
 ) -> list[tuple[str, int]]:
-    store = await SqliteJobStore.open(db_path)
+    store = await open_store(config)
     claimed: list[tuple[str, int]] = []
     try:
         reports.put(("ready", worker_id, None))
@@ -144,7 +147,7 @@ async def poll_until(
         await asyncio.sleep(PARENT_POLL_SECONDS)
 
 
-async def all_jobs(store: SqliteJobStore) -> list[Job]:
+async def all_jobs(store: JobStore) -> list[Job]:
     jobs: list[Job] = []
     token = ""
     while True:
@@ -155,7 +158,7 @@ async def all_jobs(store: SqliteJobStore) -> list[Job]:
             return jobs
 
 
-async def all_events(store: SqliteJobStore) -> list[JobEvent]:
+async def all_events(store: JobStore) -> list[JobEvent]:
     events: list[JobEvent] = []
     while True:
         after = events[-1].sequence if events else 0
@@ -165,17 +168,29 @@ async def all_events(store: SqliteJobStore) -> list[JobEvent]:
         events.extend(batch)
 
 
-async def test_four_processes_claim_every_job_exactly_once(tmp_path: Path) -> None:
-    db_path = tmp_path / "jobs.db"
+@pytest.fixture(params=["sqlite", "libsql-remote"])
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreConfig]:
+    if request.param == "sqlite":
+        yield StoreConfig(backend="local", path=str(tmp_path / "jobs.db"))
+        return
+    token = "multiprocess-token"
+    hrana = HranaProcess(tmp_path / "remote.db", token=token).start()
+    try:
+        yield StoreConfig(backend="turso", url=hrana.url, auth_token=token)
+    finally:
+        hrana.stop()
+
+
+async def test_four_processes_claim_every_job_exactly_once(store_config: StoreConfig) -> None:
     # The parent creates the schema before any child opens the file.
-    store = await SqliteJobStore.open(db_path)
+    store = await open_store(store_config)
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     reports: Queue[Report] = ctx.Queue()
     processes = [
         ctx.Process(
             target=claim_until_stopped,
-            args=(str(db_path), f"claimer-{n}", stop, reports),
+            args=(store_config, f"claimer-{n}", stop, reports),
             name=f"claimer-{n}",
             daemon=True,
         )

@@ -1,0 +1,208 @@
+"""The whole system on JOB_STORE_BACKEND=turso over HTTP: a server, two workers and a
+watcher sharing one remote libSQL database (the Hrana test server, or a real sqld)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from jobcontrol.v1 import job_control_pb2 as api
+from jobcontrol.v1 import job_control_pb2_grpc
+from jobcontrol.v1 import job_pb2 as pb
+from tests.conftest import BIN, ServerProcess, free_port, start_server, wait_for
+from tests.hrana_server import HranaProcess
+
+pytestmark = pytest.mark.slow
+TOKEN = "e2e-turso-token"
+K = pb.EventKind
+
+
+@dataclass
+class RemoteSystem:
+    hrana: HranaProcess
+    db_path: Path
+    port: int
+    env: dict[str, str]
+    server: ServerProcess
+    workers: list[subprocess.Popen[bytes]]
+
+    def restart_hrana(self) -> None:
+        self.hrana = HranaProcess(self.db_path, token=TOKEN, port=self.port).start()
+
+
+def _worker(directory: Path, env: dict[str, str], n: int) -> subprocess.Popen[bytes]:
+    log = (directory / f"worker-{n}.log").open("wb")
+    with log:
+        return subprocess.Popen(
+            [
+                str(BIN / "jobcontrol-worker"),
+                "--concurrency",
+                "4",
+                "--lease-timeout",
+                "4",
+                "--heartbeat-interval",
+                "1",
+                "--poll-interval",
+                "0.1",
+                "--drain-grace",
+                "2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[RemoteSystem]:
+    port = free_port()
+    db_path = tmp_path / "remote.db"
+    hrana = HranaProcess(db_path, token=TOKEN, port=port).start()
+    env = {
+        "JOB_STORE_BACKEND": "turso",
+        "TURSO_DATABASE_URL": hrana.url,
+        "TURSO_AUTH_TOKEN": TOKEN,
+    }
+    server = start_server(tmp_path, env=env, args=["--reap-interval", "0.5s"])
+    workers = [_worker(tmp_path, env, n) for n in range(2)]
+    running = RemoteSystem(hrana, db_path, port, env, server, workers)
+    try:
+        yield running
+    finally:
+        for worker in running.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in running.workers:
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(5)
+        running.server.stop()
+        running.hrana.stop()
+
+
+def _payload(**values: object) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(values)
+    return message
+
+
+def test_a_job_streams_to_succeeded_and_a_cancel_reaches_the_worker(system: RemoteSystem):
+    with system.server.channel() as channel:
+        stub = job_control_pb2_grpc.JobControlStub(channel)
+        job = stub.SubmitJob(
+            api.SubmitJobRequest(type="demo.sleep", payload=_payload(seconds=1, steps=5)),
+            timeout=10,
+        ).job
+        events = [m.event for m in stub.WatchJob(api.WatchJobRequest(job_id=job.id), timeout=60)]
+        kinds = [e.kind for e in events if e.kind != K.EVENT_KIND_QUEUE_POSITION]
+        assert kinds[-1] == K.EVENT_KIND_SUCCEEDED
+        assert K.EVENT_KIND_STARTED in kinds
+        assert events[-1].job.progress.percent == 100
+
+        long = stub.SubmitJob(
+            api.SubmitJobRequest(type="demo.sleep", payload=_payload(seconds=60, steps=60)),
+            timeout=10,
+        ).job
+        stream = stub.WatchJob(api.WatchJobRequest(job_id=long.id), timeout=60)
+        for message in stream:
+            if message.event.job.state == pb.JOB_STATE_RUNNING:
+                break
+        cancelled_at = time.monotonic()
+        stub.CancelJob(api.CancelJobRequest(job_id=long.id, reason="e2e"), timeout=10)
+        rest = [m.event for m in stream]
+        took = time.monotonic() - cancelled_at
+    assert rest[-1].kind == K.EVENT_KIND_CANCELLED
+    assert rest[-1].job.state == pb.JOB_STATE_CANCELLED
+    print(f"cancel over the remote driver reached CANCELLED in {took * 1000:.0f} ms")
+
+
+def _health(channel: grpc.Channel) -> int | None:
+    try:
+        response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
+            health_pb2.HealthCheckRequest(service="jobcontrol.v1.JobControl"), timeout=2
+        )
+    except grpc.RpcError:
+        return None
+    return int(response.status)
+
+
+def test_an_outage_of_the_database_is_survived_without_running_an_attempt_twice(
+    system: RemoteSystem,
+):
+    with system.server.channel() as channel:
+        stub = job_control_pb2_grpc.JobControlStub(channel)
+        requests = [
+            api.SubmitJobRequest(
+                type="demo.sleep", payload=_payload(seconds=0.2 + (i % 4) * 0.1, steps=2)
+            )
+            for i in range(40)
+        ]
+        ids = [
+            j.id for j in stub.SubmitJobs(api.SubmitJobsRequest(requests=requests), timeout=30).jobs
+        ]
+
+        def some_succeeded() -> bool:
+            page = stub.ListJobs(
+                api.ListJobsRequest(
+                    filter=api.JobFilter(states=[pb.JOB_STATE_SUCCEEDED]), page_size=1
+                ),
+                timeout=10,
+            )
+            return bool(page.jobs)
+
+        wait_for(some_succeeded, timeout=60, interval=0.1, what="a first job to succeed")
+        system.hrana.stop()
+        outage_started = time.monotonic()
+
+        def refused() -> grpc.StatusCode | None:
+            try:
+                stub.SubmitJob(api.SubmitJobRequest(type="demo.sleep"), timeout=10)
+            except grpc.RpcError as error:
+                return error.code()
+            return None
+
+        assert wait_for(refused, timeout=20, interval=0.2, what="an RPC to fail") == (
+            grpc.StatusCode.UNAVAILABLE
+        )
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        wait_for(lambda: _health(channel) == not_serving, timeout=20, what="NOT_SERVING")
+        # The outage itself lasts a few seconds: long enough for heartbeats to fail.
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - outage_started)))
+        system.restart_hrana()
+
+        serving = health_pb2.HealthCheckResponse.SERVING
+        wait_for(lambda: _health(channel) == serving, timeout=30, what="SERVING again")
+
+        def all_terminal() -> bool:
+            jobs = [stub.GetJob(api.GetJobRequest(job_id=i), timeout=10).job for i in ids]
+            return all(
+                j.state in (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+                for j in jobs
+            )
+
+        wait_for(all_terminal, timeout=120, interval=0.5, what="every job to finish")
+        histories = {
+            i: [
+                m.event
+                for m in stub.WatchJob(api.WatchJobRequest(job_id=i, after_sequence=0), timeout=30)
+            ]
+            for i in ids
+        }
+    for job_id, events in histories.items():
+        attempts = [e.job.attempt for e in events if e.kind == K.EVENT_KIND_STARTED]
+        assert attempts == sorted(set(attempts)), f"{job_id} ran an attempt twice: {attempts}"
+        finals = [e for e in events if e.kind == K.EVENT_KIND_SUCCEEDED]
+        assert len(finals) <= 1
+        assert events[-1].job.state == pb.JOB_STATE_SUCCEEDED, (job_id, events[-1])
