@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
 from jobcontrol.jobs import EventKind, JobError, JobSpec, JobState, Progress
 from jobcontrol.store import JobFilter
-from jobcontrol.store import sql as statements
 from jobcontrol.store.core import SqlJobStore
-from jobcontrol.store.database import Database, Params, Row, Tx
+from jobcontrol.store.database import Tx
 from tests.conftest import ManualClock
-from tests.store.conftest import open_driver
 
 T = TypeVar("T")
 LEASE = timedelta(seconds=30)
@@ -86,53 +83,35 @@ async def test_events_of_one_job_skip_other_jobs(store: SqlJobStore):
     assert (await store.list_events(after_sequence=events[-1].sequence, job_id=b.id)) == []
 
 
-class _FailingEventInsert:
-    """A database whose event inserts blow up, to show a change never lands alone."""
-
-    def __init__(self, inner: Database) -> None:
-        self._inner = inner
-
-    async def run(self, fn: Callable[[Tx], T], *, write: bool) -> T:
-        return await self._inner.run(lambda tx: fn(_BrokenTx(tx)), write=write)
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
-class _BrokenTx:
-    def __init__(self, tx: Tx) -> None:
-        self._tx = tx
-
-    def execute(self, sql: str, params: Params = ()) -> list[Row]:
-        if sql == statements.INSERT_EVENT:
-            raise RuntimeError("event insert failed")
-        return self._tx.execute(sql, params)
-
-    def executemany(self, sql: str, params: Any) -> None:
-        if sql == statements.INSERT_EVENT:
-            raise RuntimeError("event insert failed")
-        self._tx.executemany(sql, params)
-
-
-async def test_a_failed_event_insert_leaves_no_change_behind(
+async def test_a_change_whose_event_cannot_be_written_is_not_made(
     store: SqlJobStore, driver: str, tmp_path: Path, clock: ManualClock
 ):
+    """The event is appended by a trigger in the same statement: break the event log and
+    every change fails whole, leaving the jobs as they were."""
     job = (await store.create_job(JobSpec(type="t"))).job
-    healthy = await open_driver(driver, tmp_path, clock)
-    broken = SqlJobStore(_FailingEventInsert(healthy._db), clock=clock)
-    try:
-        with pytest.raises(RuntimeError):
-            await broken.create_job(JobSpec(type="t"))
-        with pytest.raises(RuntimeError):
-            await broken.cancel_job(job.id)
-        with pytest.raises(RuntimeError):
-            await broken.claim_jobs(worker_id="w", types=["t"], limit=1, lease_timeout=LEASE)
-    finally:
-        await healthy.close()
+    await store._db.run(_break_event_log, write=True)
+    with pytest.raises(Exception, match="event log is broken"):
+        await store.create_job(JobSpec(type="t"))
+    with pytest.raises(Exception, match="event log is broken"):
+        await store.cancel_job(job.id)
+    with pytest.raises(Exception, match="event log is broken"):
+        await store.claim_jobs(worker_id="w", types=["t"], limit=1, lease_timeout=LEASE)
+    await store._db.run(_restore_event_log, write=True)
     page = await store.list_jobs(job_filter=JobFilter())
     assert [j.id for j in page.jobs] == [job.id]
     assert (await store.get_job(job.id)).state is JobState.PENDING
-    assert await store.last_sequence() == 1
+    assert [e.kind for e in await store.list_events(after_sequence=0)] == [EventKind.SUBMITTED]
+
+
+def _break_event_log(tx: Tx) -> None:
+    tx.execute(
+        "CREATE TRIGGER break_event_log BEFORE INSERT ON job_events"
+        " BEGIN SELECT RAISE(ABORT, 'event log is broken'); END"
+    )
+
+
+def _restore_event_log(tx: Tx) -> None:
+    tx.execute("DROP TRIGGER break_event_log")
 
 
 async def test_latest_events_snapshot_many_jobs_in_one_read(store: SqlJobStore):

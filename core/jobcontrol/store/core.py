@@ -24,7 +24,7 @@ from jobcontrol.errors import (
     WorkerNotFound,
 )
 from jobcontrol.ids import new_id, parse_id
-from jobcontrol.jobs import EventKind, Job, JobError, JobEvent, JobSpec, JobState, Progress
+from jobcontrol.jobs import Job, JobError, JobEvent, JobSpec, JobState, Progress
 from jobcontrol.retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from jobcontrol.store import sql
 from jobcontrol.store.database import Database, Tx
@@ -41,7 +41,6 @@ from jobcontrol.store.protocol import (
 from jobcontrol.store.rows import (
     dump_json,
     event_from_row,
-    event_row,
     from_us,
     job_from_row,
     job_to_row,
@@ -67,6 +66,7 @@ MAX_ERROR_CODE_LENGTH = 64
 MAX_ERROR_MESSAGE_LENGTH = 4096
 MAX_EVENTS_PER_READ = 10_000
 MAX_WORKER_TEXT_LENGTH = 256
+MAX_CONFLICT_RETRIES = 5
 
 
 def utc_now() -> datetime:
@@ -112,8 +112,19 @@ class SqlJobStore:
         self._retry_policy = retry_policy
         self._limits = limits
 
-    async def _write(self, fn: Callable[[Tx], T]) -> T:
-        return await self._db.run(fn, write=True)
+    async def _write(self, fn: Callable[[Tx], T], *, atomic: bool = True) -> T:
+        return await self._db.run(fn, write=True, atomic=atomic)
+
+    async def _change(self, fn: Callable[[Tx], T]) -> T:
+        """Read-then-write changes to jobs. Each `_save` is one conditional statement,
+        so they need no transaction (a remote driver saves its round trips); when a row
+        changed meanwhile, the whole function runs again on fresh data."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                return await self._db.run(fn, write=True, atomic=False)
+            except _Conflict:
+                continue
+        return await self._db.run(fn, write=True, atomic=True)
 
     async def _read(self, fn: Callable[[Tx], T]) -> T:
         return await self._db.run(fn, write=False)
@@ -158,8 +169,10 @@ class SqlJobStore:
                         out.append(Submitted(job_from_row(rows[0]), created=False))
                         continue
                 job, kind = jobs.submit(spec, job_id=new_id(), now=now)
-                tx.execute(sql.INSERT_JOB, {**job_to_row(job), "request_hash": digest})
-                tx.execute(sql.INSERT_EVENT, event_row(job, kind))
+                tx.execute(
+                    sql.INSERT_JOB,
+                    {**job_to_row(job), "request_hash": digest, "event_kind": kind.value},
+                )
                 out.append(Submitted(job, created=True))
             return out
 
@@ -169,7 +182,7 @@ class SqlJobStore:
         job_id = parse_id(job_id)
 
         def get(tx: Tx) -> Job:
-            job = _load(tx, job_id)
+            job, _ = _load(tx, job_id)
             if job.state is JobState.PENDING:
                 positions = _queue_positions(tx, [job_id], to_us(self._clock()))
                 return _with_position(job, positions)
@@ -212,17 +225,20 @@ class SqlJobStore:
         validate_reason(reason)
 
         def cancel(tx: Tx) -> Job:
-            job = _load(tx, job_id)
+            job, version = _load(tx, job_id)
             change = jobs.request_cancel(job, reason=reason, now=self._clock())
-            return job if change is None else _save(tx, change)
+            return job if change is None else _save(tx, change, version)
 
-        return await self._write(cancel)
+        return await self._change(cancel)
 
     async def retry_job(self, job_id: str) -> Job:
         job_id = parse_id(job_id)
-        return await self._write(
-            lambda tx: _save(tx, jobs.retry(_load(tx, job_id), now=self._clock()))
-        )
+
+        def retry(tx: Tx) -> Job:
+            job, version = _load(tx, job_id)
+            return _save(tx, jobs.retry(job, now=self._clock()), version)
+
+        return await self._change(retry)
 
     async def queue_positions(self, job_ids: Sequence[str]) -> dict[str, int]:
         ids = [parse_id(job_id) for job_id in job_ids]
@@ -257,14 +273,12 @@ class SqlJobStore:
                     "lease_expire_us": now_us + lease_timeout // timedelta(microseconds=1),
                 },
             )
-            claimed = sorted(
+            return sorted(
                 (job_from_row(row) for row in rows),
                 key=lambda j: (-j.priority, j.run_after, j.create_time, j.id),
             )
-            tx.executemany(sql.INSERT_EVENT, [event_row(j, EventKind.STARTED) for j in claimed])
-            return claimed
 
-        return await self._write(claim)
+        return await self._write(claim, atomic=False)
 
     async def heartbeat_job(
         self, *, job_id: str, lease_id: str, lease_timeout: timedelta
@@ -285,7 +299,7 @@ class SqlJobStore:
                 lease_expire_time=from_us(rows[0]["lease_expire_us"]),
             )
 
-        return await self._write(heartbeat)
+        return await self._write(heartbeat, atomic=False)
 
     async def report_progress(self, *, job_id: str, lease_id: str, progress: Progress) -> Job:
         validate_progress(progress)
@@ -336,9 +350,9 @@ class SqlJobStore:
             job = job_from_row(rows[0]) if rows else None
             if job is None or job.state is not JobState.RUNNING or job.lease_id != lease_id:
                 raise LeaseLost(job_id, lease_id)
-            return _save(tx, change(job, self._clock()))
+            return _save(tx, change(job, self._clock()), rows[0]["version"])
 
-        return await self._write(write)
+        return await self._change(write)
 
     async def register_worker(self, info: WorkerInfo) -> Worker:
         for name, value in (("name", info.name), ("host", info.host)):
@@ -469,7 +483,7 @@ class SqlJobStore:
                     change = jobs.expire_lease(job, now=now, policy=self._retry_policy)
                 else:
                     change = jobs.time_out(job, now=now, policy=self._retry_policy)
-                saved = _save(tx, change)
+                saved = _save(tx, change, row["version"])
                 bucket = {
                     JobState.PENDING: result.retried,
                     JobState.FAILED: result.failed,
@@ -478,14 +492,14 @@ class SqlJobStore:
                 bucket.append(saved.id)
             return result
 
-        return await self._write(reap)
+        return await self._change(reap)
 
     async def mark_lost_workers(self, *, silent_for: timedelta) -> list[str]:
         def mark(tx: Tx) -> list[str]:
             cutoff = to_us(self._clock() - silent_for)
             return [row["id"] for row in tx.execute(sql.MARK_LOST_WORKERS, {"cutoff_us": cutoff})]
 
-        return await self._write(mark)
+        return await self._write(mark, atomic=False)
 
     async def prune(self, *, older_than: timedelta, limit: int = 1000) -> PruneResult:
         def prune(tx: Tx) -> PruneResult:
@@ -511,17 +525,27 @@ class SqlJobStore:
         await self._db.close()
 
 
-def _load(tx: Tx, job_id: str) -> Job:
+def _load(tx: Tx, job_id: str) -> tuple[Job, int]:
+    """The job and its row version, for an optimistic `_save`."""
     rows = tx.execute(sql.SELECT_JOB, {"id": job_id})
     if not rows:
         raise JobNotFound(job_id)
-    return job_from_row(rows[0])
+    return job_from_row(rows[0]), int(rows[0]["version"])
 
 
-def _save(tx: Tx, change: jobs.Change) -> Job:
+class _Conflict(Exception):
+    """The row changed between reading it and writing the change computed from it."""
+
+
+def _save(tx: Tx, change: jobs.Change, version: int) -> Job:
+    """Write a change (its event is appended by the trigger) if the row is unchanged."""
     job, kind = change
-    tx.execute(sql.UPDATE_JOB, job_to_row(job))
-    tx.execute(sql.INSERT_EVENT, event_row(job, kind))
+    saved = tx.execute(
+        sql.UPDATE_JOB,
+        {**job_to_row(job), "event_kind": kind.value, "expected_version": version},
+    )
+    if not saved:
+        raise _Conflict(job.id)
     return job
 
 

@@ -26,9 +26,12 @@ class Tx(Protocol):
 
 
 class Database(Protocol):
-    async def run(self, fn: Callable[[Tx], T], *, write: bool) -> T:
+    async def run(self, fn: Callable[[Tx], T], *, write: bool, atomic: bool = True) -> T:
         """Run `fn` in one transaction (a write transaction takes the write lock up
-        front), commit, and return its result; roll back if it raises."""
+        front), commit, and return its result; roll back if it raises.
+
+        `atomic=False` says `fn` is correct without a transaction (each of its writes is
+        one self-contained statement): a driver may then run it in autocommit mode."""
         ...
 
     async def close(self) -> None: ...

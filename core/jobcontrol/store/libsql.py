@@ -40,7 +40,14 @@ T = TypeVar("T")
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
 # SQL mistakes are bugs and surface as they are; anything else from the SDK is the
 # database being unreachable, busy, or refusing us.
-_SQL_ERRORS = ("no such ", "syntax error", "constraint failed", "datatype mismatch", "misuse")
+_SQL_ERRORS = (
+    "no such ",
+    "syntax error",
+    "constraint failed",
+    "sqlite_constraint",
+    "datatype mismatch",
+    "misuse",
+)
 _BUSY = ("database is locked", "sqlite_busy", "database table is locked")
 
 
@@ -76,8 +83,11 @@ def _positional(sql: str, params: Params) -> tuple[Any, ...]:
 class _LibsqlTx:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+        self.wrote = False  # a write statement was sent: running again may not be safe
 
     def execute(self, sql: str, params: Params = ()) -> list[Row]:
+        if not sql.lstrip().upper().startswith("SELECT"):
+            self.wrote = True
         cursor = _sdk(self._conn, sql, _positional(sql, params))
         try:
             rows = cursor.fetchall()
@@ -90,6 +100,7 @@ class _LibsqlTx:
 
     def executemany(self, sql: str, params: Sequence[Params]) -> None:
         for one in params:
+            self.wrote = True
             _sdk(self._conn, sql, _positional(sql, one))
 
 
@@ -156,20 +167,27 @@ class LibsqlDatabase:
             except Exception:  # the connection is broken anyway
                 log.debug("closing a failed libSQL connection", exc_info=True)
 
-    def _run_sync(self, fn: Callable[[_LibsqlTx], T], write: bool) -> T:
-        started = time.monotonic()
+    def _run_sync(
+        self, fn: Callable[[_LibsqlTx], T], write: bool, atomic: bool, started: float
+    ) -> T:
+        """`started` is when the call was made: time spent queued behind other calls on
+        the store's one thread counts against the retry budget, so during an outage a
+        caller hears StoreUnavailable after `retry_for`, not after every call queued
+        ahead of it has used up a budget of its own."""
         delay = 0.002
+        # Remotely, reads and non-atomic writes skip BEGIN/COMMIT: each costs a round
+        # trip, and those functions are correct statement by statement.
+        transactional = not self.remote or (write and atomic)
         while True:
             commit_sent = False
+            tx: _LibsqlTx | None = None
             try:
                 conn = self._connection()
-                # Remote reads skip BEGIN/COMMIT: two round trips saved, and every read
-                # the core makes is correct from one statement's snapshot.
-                transactional = write or not self.remote
                 if transactional:
                     _sdk(conn, "BEGIN IMMEDIATE" if write else "BEGIN")
+                tx = _LibsqlTx(conn)
                 try:
-                    result = fn(_LibsqlTx(conn))
+                    result = fn(tx)
                     if transactional:
                         commit_sent = True
                         _sdk(conn, "COMMIT")
@@ -186,7 +204,10 @@ class LibsqlDatabase:
                     self._discard_connection()
                 elapsed = time.monotonic() - started
                 budget = self._lock_wait if kind == "busy" else self._retry_for
-                if (write and commit_sent) or elapsed >= budget:
+                # Once a write may have landed (COMMIT sent, or an autocommit write sent)
+                # running it again could apply it twice: report instead.
+                landed = commit_sent or (not transactional and tx is not None and tx.wrote)
+                if (write and landed) or elapsed >= budget:
                     raise StoreUnavailable(
                         f"libSQL store {self.where} is unavailable: {error}"
                     ) from error
@@ -200,9 +221,11 @@ class LibsqlDatabase:
         except _SdkError:
             self._discard_connection()
 
-    async def run(self, fn: Callable[[Any], T], *, write: bool) -> T:
+    async def run(self, fn: Callable[[Any], T], *, write: bool, atomic: bool = True) -> T:
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._run_sync, fn, write)
+        future = loop.run_in_executor(
+            self._executor, self._run_sync, fn, write, atomic, time.monotonic()
+        )
         try:
             return await asyncio.wait_for(future, self._operation_timeout)
         except TimeoutError:

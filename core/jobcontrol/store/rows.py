@@ -145,16 +145,6 @@ def job_from_row(row: Row) -> Job:
     )
 
 
-def event_row(job: Job, kind: EventKind) -> dict[str, Any]:
-    row = job_to_row(job)
-    return {
-        "job_id": job.id,
-        "kind": kind.value,
-        "time_us": row["update_us"],
-        "job": dump_json(row),
-    }
-
-
 def event_from_row(row: Row) -> JobEvent:
     return JobEvent(
         sequence=row["seq"],

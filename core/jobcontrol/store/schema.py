@@ -2,6 +2,11 @@
 
 Migrations only ever get appended. Times are integer microseconds since the Unix epoch
 (`*_us`), exact for Python datetimes and cheap to compare in SQL.
+
+Since migration 3 the event log is written by triggers: every INSERT of a job and every
+UPDATE that bumps its `version` appends one `job_events` row in the same statement, so
+a change and its event cannot be separated, and a change costs one statement (which
+matters over the network). `event_kind` carries the kind of the change to the trigger.
 """
 
 from __future__ import annotations
@@ -17,6 +22,39 @@ class Migration:
     name: str
     statements: tuple[str, ...]
 
+
+# The job as an event stores it: the row's columns as a JSON object (decoded by
+# `rows.job_from_row`). Spelled out, not generated, so migration 3 never changes.
+_JOB_JSON = """json_object(
+        'id', NEW.id,
+        'type', NEW.type,
+        'payload', NEW.payload,
+        'state', NEW.state,
+        'priority', NEW.priority,
+        'labels', NEW.labels,
+        'attempt', NEW.attempt,
+        'max_attempts', NEW.max_attempts,
+        'create_us', NEW.create_us,
+        'update_us', NEW.update_us,
+        'run_after_us', NEW.run_after_us,
+        'progress_percent', NEW.progress_percent,
+        'progress_stage', NEW.progress_stage,
+        'progress_message', NEW.progress_message,
+        'result', NEW.result,
+        'error_code', NEW.error_code,
+        'error_message', NEW.error_message,
+        'error_retryable', NEW.error_retryable,
+        'cancel_requested', NEW.cancel_requested,
+        'cancel_reason', NEW.cancel_reason,
+        'worker_id', NEW.worker_id,
+        'lease_id', NEW.lease_id,
+        'lease_expire_us', NEW.lease_expire_us,
+        'timeout_us', NEW.timeout_us,
+        'deadline_us', NEW.deadline_us,
+        'idempotency_key', NEW.idempotency_key,
+        'start_us', NEW.start_us,
+        'end_us', NEW.end_us
+    )"""
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -97,6 +135,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         2,
         "jobs by state, for counting and listing by state",
         ("CREATE INDEX jobs_by_state ON jobs (state, id)",),
+    ),
+    Migration(
+        3,
+        "events written by triggers, versioned job rows",
+        (
+            "ALTER TABLE jobs ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE jobs ADD COLUMN event_kind TEXT NOT NULL DEFAULT ''",
+            f"""
+            CREATE TRIGGER job_events_on_insert AFTER INSERT ON jobs
+            BEGIN
+                INSERT INTO job_events (job_id, kind, time_us, job)
+                VALUES (NEW.id, NEW.event_kind, NEW.update_us, {_JOB_JSON});
+            END
+            """,
+            f"""
+            CREATE TRIGGER job_events_on_update AFTER UPDATE OF version ON jobs
+            WHEN NEW.version != OLD.version
+            BEGIN
+                INSERT INTO job_events (job_id, kind, time_us, job)
+                VALUES (NEW.id, NEW.event_kind, NEW.update_us, {_JOB_JSON});
+            END
+            """,
+        ),
     ),
 )
 

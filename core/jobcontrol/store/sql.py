@@ -14,19 +14,19 @@ SELECT_JOB = "SELECT * FROM jobs WHERE id = :id"
 
 SELECT_JOB_BY_IDEMPOTENCY_KEY = "SELECT * FROM jobs WHERE idempotency_key = :idempotency_key"
 
+# The triggers of migration 3 append each change's event (see schema.py).
 INSERT_JOB = (
-    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}, request_hash)"
-    f" VALUES ({', '.join(':' + c for c in JOB_COLUMNS)}, :request_hash)"
+    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}, request_hash, version, event_kind)"
+    f" VALUES ({', '.join(':' + c for c in JOB_COLUMNS)}, :request_hash, 1, :event_kind)"
 )
 
+# Optimistic: applies only if the row is still the version the change was computed
+# from; no row back means someone else changed it first.
 UPDATE_JOB = (
     "UPDATE jobs SET "
     + ", ".join(f"{c} = :{c}" for c in JOB_COLUMNS if c != "id")
-    + " WHERE id = :id"
-)
-
-INSERT_EVENT = (
-    "INSERT INTO job_events (job_id, kind, time_us, job) VALUES (:job_id, :kind, :time_us, :job)"
+    + ", version = version + 1, event_kind = :event_kind"
+    + " WHERE id = :id AND version = :expected_version RETURNING version"
 )
 
 # The claim: one statement picks the best claimable jobs and starts an attempt on each
@@ -43,7 +43,9 @@ UPDATE jobs SET
     deadline_us = CASE WHEN timeout_us IS NULL THEN NULL ELSE :now_us + timeout_us END,
     progress_percent = 0,
     progress_stage = '',
-    progress_message = ''
+    progress_message = '',
+    version = version + 1,
+    event_kind = 'STARTED'
 WHERE id IN (
     SELECT id FROM jobs
     WHERE state = 'PENDING'

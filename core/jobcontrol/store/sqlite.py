@@ -128,7 +128,8 @@ class SqliteDatabase:
                 log.debug("closing a failed SQLite connection", exc_info=True)
             self._conn = None
 
-    async def run(self, fn: Callable[[Any], T], *, write: bool) -> T:
+    async def run(self, fn: Callable[[Any], T], *, write: bool, atomic: bool = True) -> T:
+        """Always transactional: locally BEGIN/COMMIT cost nothing and serialize writers."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run_sync, fn, write)
 
