@@ -159,6 +159,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        4,
+        "pending jobs in claim order",
+        (
+            "CREATE INDEX jobs_claim_order ON jobs (priority DESC, run_after_us, create_us, id)"
+            " WHERE state = 'PENDING'",
+        ),
+    ),
 )
 
 _CREATE_MIGRATIONS_TABLE = """

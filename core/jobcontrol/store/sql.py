@@ -47,7 +47,9 @@ UPDATE jobs SET
     version = version + 1,
     event_kind = 'STARTED'
 WHERE id IN (
-    SELECT id FROM jobs
+    -- Walk pending jobs in claim order and stop at the limit: no sort, whatever the
+    -- number of types asked for (the planner would pick jobs_by_state and sort).
+    SELECT id FROM jobs INDEXED BY jobs_claim_order
     WHERE state = 'PENDING'
       AND type IN (SELECT value FROM json_each(:types))
       AND run_after_us <= :now_us
