@@ -26,7 +26,11 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-install: system-deps $(STAMP) node_modules/.installed
+clients/typescript/node_modules/.installed: clients/typescript/package.json clients/typescript/package-lock.json
+	npm ci --prefix clients/typescript --no-audit --no-fund
+	touch $@
+
+install: system-deps $(STAMP) node_modules/.installed clients/typescript/node_modules/.installed
 
 run: $(STAMP)
 	$(VENV)/bin/jobcontrol-server --with-worker
@@ -34,8 +38,9 @@ run: $(STAMP)
 test: install
 	$(PY) -m pytest
 
-gen: $(STAMP)
+gen: $(STAMP) node_modules/.installed clients/typescript/node_modules/.installed
 	$(PY) scripts/gen_protos.py
+	$(BUF) generate
 
 fmt: install
 	$(VENV)/bin/ruff format .
