@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
 from jobcontrol.errors import InvalidArgument
-from jobcontrol.jobs import EventKind, Job, JobEvent, JobSpec, JobState
-from jobcontrol.store import JobFilter
+from jobcontrol.jobs import EventKind, Job, JobError, JobEvent, JobSpec, JobState, Progress
+from jobcontrol.store import JobFilter, JobPage
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_pb2 as pb
 from jobcontrol.workers import Worker, WorkerState
@@ -92,7 +92,10 @@ def filter_from_proto(message: api.JobFilter) -> JobFilter:
 def struct_to_dict(message: struct_pb2.Struct, *, field: str) -> dict[str, Any]:
     if _depth(message) > _MAX_STRUCT_DEPTH:
         raise InvalidArgument(field, f"is nested deeper than {_MAX_STRUCT_DEPTH} levels")
-    return json_format.MessageToDict(message)
+    try:
+        return json_format.MessageToDict(message)
+    except ValueError:  # a NaN or infinite number_value: JSON has no way to write it
+        raise InvalidArgument(field, "must not contain NaN or Infinity") from None
 
 
 def _depth(value: struct_pb2.Struct | struct_pb2.ListValue, level: int = 1) -> int:
@@ -214,3 +217,146 @@ def worker_to_proto(worker: Worker) -> pb.Worker:
         start_time=_timestamp(worker.start_time),
         heartbeat_time=_timestamp(worker.heartbeat_time),
     )
+
+
+# ---- the other direction: answers back into domain values, for clients ----------------
+
+_KIND_FROM_PB = {number: kind for kind, number in _KIND_TO_PB.items()}
+_WORKER_STATE_FROM_PB = {number: state for state, number in _WORKER_STATE_TO_PB.items()}
+
+
+def spec_to_proto(spec: JobSpec) -> api.SubmitJobRequest:
+    """The request a client sends for `spec`. Refuses here what the wire would hide:
+    `run_after` and `delay` share a oneof (one would silently win), and a Timestamp has
+    no zone (a naive time would silently be read as UTC)."""
+    if spec.run_after is not None and spec.delay is not None:
+        raise InvalidArgument("delay", "give either run_after or delay, not both")
+    if spec.run_after is not None and spec.run_after.tzinfo is None:
+        raise InvalidArgument("run_after", "must carry a time zone")
+    request = api.SubmitJobRequest(
+        type=spec.type,
+        payload=dict_to_struct(spec.payload),
+        priority=spec.priority,
+        idempotency_key=spec.idempotency_key or "",
+        max_attempts=spec.max_attempts or 0,
+        labels=dict(spec.labels),
+    )
+    if spec.run_after is not None:
+        request.run_after.FromDatetime(spec.run_after)
+    if spec.delay is not None:
+        request.delay.FromTimedelta(spec.delay)
+    if spec.timeout is not None:
+        request.timeout.FromTimedelta(spec.timeout)
+    return request
+
+
+def filter_to_proto(job_filter: JobFilter) -> api.JobFilter:
+    """Sorted, so the same filter always makes the same bytes (page tokens are bound to
+    the filter they were issued for)."""
+    return api.JobFilter(
+        states=sorted(_STATE_TO_PB[state] for state in job_filter.states),
+        types=sorted(job_filter.types),
+        labels=dict(job_filter.labels),
+    )
+
+
+def job_from_proto(message: pb.Job) -> Job:
+    """Empty strings and absent messages become None, as the domain model has them; the
+    lease id is the worker's secret and never travels, so it stays None."""
+    return Job(
+        id=message.id,
+        type=message.type,
+        payload=json_format.MessageToDict(message.payload),
+        state=_decode(_STATE_FROM_PB, message.state, "job state"),
+        priority=message.priority,
+        labels=dict(message.labels),
+        attempt=message.attempt,
+        max_attempts=message.max_attempts,
+        create_time=_to_datetime(message.create_time),
+        update_time=_to_datetime(message.update_time),
+        run_after=_to_datetime(message.run_after),
+        progress=Progress(
+            percent=message.progress.percent,
+            stage=message.progress.stage,
+            message=message.progress.message,
+        ),
+        result=json_format.MessageToDict(message.result) if message.HasField("result") else None,
+        error=JobError(
+            code=message.error.code,
+            message=message.error.message,
+            retryable=message.error.retryable,
+        )
+        if message.HasField("error")
+        else None,
+        cancel_requested=message.cancel_requested,
+        cancel_reason=message.cancel_reason,
+        worker_id=message.worker_id or None,
+        lease_expire_time=_to_datetime(message.lease_expire_time)
+        if message.HasField("lease_expire_time")
+        else None,
+        timeout=message.timeout.ToTimedelta() if message.HasField("timeout") else None,
+        idempotency_key=message.idempotency_key or None,
+        start_time=_to_datetime(message.start_time) if message.HasField("start_time") else None,
+        end_time=_to_datetime(message.end_time) if message.HasField("end_time") else None,
+        queue_position=message.queue_position if message.HasField("queue_position") else None,
+    )
+
+
+def page_from_proto(message: api.ListJobsResponse) -> JobPage:
+    return JobPage(
+        jobs=[job_from_proto(job) for job in message.jobs],
+        next_page_token=message.next_page_token,
+    )
+
+
+def event_from_proto(message: pb.JobEvent) -> JobEvent:
+    return JobEvent(
+        sequence=message.sequence,
+        kind=_decode(_KIND_FROM_PB, message.kind, "event kind"),
+        time=_to_datetime(message.time),
+        job=job_from_proto(message.job),
+    )
+
+
+def worker_from_proto(message: pb.Worker) -> Worker:
+    return Worker(
+        id=message.id,
+        name=message.name,
+        host=message.host,
+        pid=message.pid,
+        job_types=tuple(message.job_types),
+        concurrency=message.concurrency,
+        state=_decode(_WORKER_STATE_FROM_PB, message.state, "worker state"),
+        start_time=_to_datetime(message.start_time),
+        heartbeat_time=_to_datetime(message.heartbeat_time),
+        current_job_ids=tuple(message.current_job_ids),
+    )
+
+
+def job_to_json(job: Job) -> dict[str, Any]:
+    """The proto3 JSON form (lowerCamelCase names, enum value names, RFC 3339 times):
+    what grpcurl and the other-language clients print, so scripts can share parsers."""
+    return json_format.MessageToDict(job_to_proto(job))
+
+
+def event_to_json(event: JobEvent) -> dict[str, Any]:
+    """The proto3 JSON form of the event, like `job_to_json`."""
+    return json_format.MessageToDict(event_to_proto(event))
+
+
+def _to_datetime(message: timestamp_pb2.Timestamp) -> datetime:
+    return message.ToDatetime(tzinfo=UTC)
+
+
+_E = TypeVar("_E")
+
+
+def _decode(table: Mapping[Any, _E], number: int, what: str) -> _E:
+    """A value this client does not know means the server is newer: say so plainly
+    instead of failing with a KeyError."""
+    try:
+        return table[number]
+    except KeyError:
+        raise ValueError(
+            f"the server sent {what} {number}, which this client does not know; upgrade the client"
+        ) from None

@@ -1,10 +1,309 @@
-"""`jobctl`: declared now so the command exists; it arrives with the clients issue."""
+"""`jobctl`: submit, follow, cancel and inspect jobs from a shell (DESIGN §5).
+
+Exit codes, so scripts can branch on the outcome of a job:
+
+    0   the command worked; for `watch` and `submit --watch`: the job SUCCEEDED
+    1   the watched job FAILED
+    2   the watched job was CANCELLED
+    3   the server refused the call or could not be reached: stderr says
+        `jobctl: <STATUS>: <message>`, e.g. `jobctl: NOT_FOUND: job … not found`
+    64  bad command line (usage)
+    130 interrupted (Ctrl-C)
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+from collections.abc import Callable, Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any, NoReturn
+
+from jobcontrol import convert
+from jobcontrol.client import render
+from jobcontrol.client.errors import status_name
+from jobcontrol.client.options import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, TlsOptions
+from jobcontrol.client.sync import JobControlClient
+from jobcontrol.errors import JobControlError
+from jobcontrol.jobs import JobState
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CANCELLED = 2
+EXIT_ERROR = 3
+EXIT_USAGE = 64
+EXIT_INTERRUPTED = 130
+
+_EXIT_FOR_STATE = {
+    JobState.SUCCEEDED: EXIT_OK,
+    JobState.FAILED: EXIT_FAILED,
+    JobState.CANCELLED: EXIT_CANCELLED,
+}
+DEFAULT_LIST_LIMIT = 50
+
+Command = Callable[[JobControlClient, argparse.Namespace], int]
 
 
-def main() -> int:
-    print("jobctl is not built yet: it arrives with the clients issue", file=sys.stderr)
-    return 2
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 64 (EX_USAGE), keeping 2 free for a CANCELLED job."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+class _UsageError(Exception):
+    """A command line that parsed but makes no sense; reported like argparse's errors."""
+
+
+def _connection_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """Accepted before and after the subcommand. The subcommands' copies default to
+    SUPPRESS so they do not overwrite a value given before the subcommand."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--addr",
+        default=default(os.environ.get("JOBCONTROL_ADDR", DEFAULT_ADDRESS)),
+        help=f"server host:port (env JOBCONTROL_ADDR; default {DEFAULT_ADDRESS})",
+    )
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        default=default(None),
+        help="file holding the bearer token (default: env JOBCONTROL_AUTH_TOKEN)",
+    )
+    group.add_argument(
+        "--tls", action="store_true", default=default(False), help="TLS with the system CAs"
+    )
+    group.add_argument("--tls-ca", type=Path, default=default(None), help="PEM CA bundle: TLS")
+    group.add_argument("--tls-cert", type=Path, default=default(None), help="client cert (mTLS)")
+    group.add_argument("--tls-key", type=Path, default=default(None), help="client key (mTLS)")
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=default(DEFAULT_TIMEOUT),
+        help=f"deadline in seconds for each call (default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"labels are key=value, got {text!r}")
+    return key, value
+
+
+def _state(text: str) -> JobState:
+    try:
+        return JobState(text.upper())
+    except ValueError:
+        allowed = ", ".join(state.lower() for state in JobState)
+        raise argparse.ArgumentTypeError(f"unknown state {text!r}; use {allowed}") from None
+
+
+def _payload(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"--payload is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--payload must be a JSON object, e.g. '{\"a\": 1}'")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="jobctl",
+        description="Submit, follow and cancel jobcontrol jobs.",
+        epilog="exit codes: 0 ok / job SUCCEEDED, 1 job FAILED, 2 job CANCELLED, "
+        "3 call failed (jobctl: STATUS: message), 64 usage, 130 interrupted",
+    )
+    _connection_flags(p, suppress=False)
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Command, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        _connection_flags(sub, suppress=True)
+        sub.set_defaults(run=run)
+        return sub
+
+    submit = command("submit", _submit, "submit a job; prints its id (or follows it)")
+    submit.add_argument("type", help="job type, e.g. demo.sleep")
+    submit.add_argument("--payload", type=_payload, default={}, help="JSON object")
+    submit.add_argument("--priority", type=int, default=0, help="0 (default) to 1000")
+    submit.add_argument("--label", type=_label, action="append", default=[], metavar="K=V")
+    submit.add_argument("--idempotency-key", help="makes the submission safe to repeat")
+    submit.add_argument("--delay", type=float, help="seconds before it may run")
+    submit.add_argument("--max-attempts", type=int, help="attempts before it fails (1-100)")
+    submit.add_argument("--watch", action="store_true", help="follow it like `jobctl watch`")
+    submit.add_argument("--json", action="store_true", help="print JSON (see `watch --json`)")
+
+    get = command("get", _get, "print a job as JSON")
+    get.add_argument("id")
+
+    listing = command("list", _list, "list jobs, newest first")
+    listing.add_argument("--state", type=_state, action="append", default=[], help="repeatable")
+    listing.add_argument("--type", action="append", default=[], help="repeatable")
+    listing.add_argument("--label", type=_label, action="append", default=[], metavar="K=V")
+    listing.add_argument(
+        "--limit",
+        type=int,
+        default=DEFAULT_LIST_LIMIT,
+        help=f"at most this many (default {DEFAULT_LIST_LIMIT}; 0: all)",
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON job per line")
+
+    watch = command("watch", _watch, "follow a job until it finishes")
+    watch.add_argument("id")
+    watch.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per event: proto3 JSON of jobcontrol.v1.JobEvent "
+        "(lowerCamelCase, enum names, int64 as strings)",
+    )
+    watch.add_argument("--after-sequence", type=int, help="replay the events after this one")
+
+    cancel = command("cancel", _cancel, "cancel a job")
+    cancel.add_argument("id")
+    cancel.add_argument("--reason", default="", help="recorded on the job")
+
+    retry = command("retry", _retry, "run a FAILED or CANCELLED job again")
+    retry.add_argument("id")
+
+    workers = command("workers", _workers, "list workers")
+    workers.add_argument("--all", action="store_true", help="include stopped and lost ones")
+    return p
+
+
+def _submit(client: JobControlClient, args: argparse.Namespace) -> int:
+    job = client.submit(
+        args.type,
+        args.payload,
+        priority=args.priority,
+        labels=dict(args.label),
+        idempotency_key=args.idempotency_key,
+        delay=args.delay,
+        max_attempts=args.max_attempts,
+    )
+    if args.watch:
+        print(f"submitted job {job.id}", file=sys.stderr if args.json else sys.stdout)
+        return _follow(client, job.id, as_json=args.json, after_sequence=None)
+    if args.json:
+        render.dump_json(convert.job_to_json(job))
+    else:
+        print(job.id)
+    return EXIT_OK
+
+
+def _get(client: JobControlClient, args: argparse.Namespace) -> int:
+    render.dump_json(convert.job_to_json(client.get(args.id)), indent=2)
+    return EXIT_OK
+
+
+def _list(client: JobControlClient, args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        raise _UsageError(f"--limit must be 0 (all) or more, got {args.limit}")
+    limit = args.limit or None
+    jobs = client.list(
+        states=args.state,
+        types=args.type,
+        labels=dict(args.label),
+        page_size=min(limit, 1000) if limit else 0,
+    )
+    shown = islice(jobs, limit)
+    if args.json:
+        for job in shown:
+            render.dump_json(convert.job_to_json(job))
+    else:
+        render.print_table((render.job_row(job) for job in shown), render.JOB_HEADER)
+    return EXIT_OK
+
+
+def _watch(client: JobControlClient, args: argparse.Namespace) -> int:
+    return _follow(client, args.id, as_json=args.json, after_sequence=args.after_sequence)
+
+
+def _follow(
+    client: JobControlClient, job_id: str, *, as_json: bool, after_sequence: int | None
+) -> int:
+    last = None
+    with render.event_view(as_json=as_json) as view:
+        for event in client.watch(job_id, after_sequence=after_sequence):
+            view.show(event)
+            last = event
+    if last is None or not last.job.is_terminal:  # watch() ends on a terminal event or raises
+        return EXIT_ERROR
+    return _EXIT_FOR_STATE[last.job.state]
+
+
+def _cancel(client: JobControlClient, args: argparse.Namespace) -> int:
+    job = client.cancel(args.id, args.reason)
+    note = " (cancel requested; its worker is stopping it)" if job.cancel_requested else ""
+    print(f"{job.id} {job.state}{note}")
+    return EXIT_OK
+
+
+def _retry(client: JobControlClient, args: argparse.Namespace) -> int:
+    job = client.retry(args.id)
+    print(f"{job.id} {job.state} (next attempt {job.attempt + 1} of {job.max_attempts})")
+    return EXIT_OK
+
+
+def _workers(client: JobControlClient, args: argparse.Namespace) -> int:
+    workers = client.workers(include_stopped=args.all)
+    render.print_table((render.worker_row(w) for w in workers), render.WORKER_HEADER)
+    return EXIT_OK
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """From --token-file (first line that is not blank or a comment), else the env."""
+    path: Path | None = args.token_file
+    if path is None:
+        return os.environ.get("JOBCONTROL_AUTH_TOKEN") or None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise _UsageError(f"cannot read --token-file: {error}") from None
+    for line in lines:
+        if line.strip() and not line.lstrip().startswith("#"):
+            return line.strip()
+    raise _UsageError(f"{path} holds no token")
+
+
+def _tls(args: argparse.Namespace) -> TlsOptions | None:
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key):
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise _UsageError("--tls-cert and --tls-key go together")
+    try:
+        return TlsOptions.from_files(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    except OSError as error:
+        raise _UsageError(f"cannot read a TLS file: {error}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    run: Command = args.run
+    try:
+        client = JobControlClient(
+            args.addr, token=_token(args), tls=_tls(args), timeout=args.timeout or None
+        )
+        with client:
+            return run(client, args)
+    except _UsageError as error:
+        p.error(str(error))
+    except JobControlError as error:
+        print(f"jobctl: {status_name(error)}: {error.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `jobctl list | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

@@ -1,0 +1,107 @@
+"""Fixtures for the client tests: real servers (one with an in-process worker, one that
+requires a token), clients of either flavour that are always closed, and a log capture
+for the client's retry and reconnect messages."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.clients.flavours import FLAVOURS, make_client
+from tests.conftest import ServerProcess, start_server
+
+MakeClient = Callable[..., Any]
+
+
+@pytest.fixture(scope="module")
+def worker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """`jobcontrol-server --with-worker`: jobs of the built-in types run for real."""
+    server = start_server(tmp_path_factory.mktemp("worker-server"), args=["--with-worker"])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def auth_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@pytest.fixture(scope="module")
+def auth_server(
+    tmp_path_factory: pytest.TempPathFactory, auth_token: str
+) -> Iterator[ServerProcess]:
+    server = start_server(
+        tmp_path_factory.mktemp("auth-server"), env={"JOBCONTROL_AUTH_TOKEN": auth_token}
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clients(flavour: str) -> Iterator[MakeClient]:
+    """Makes clients of the test's flavour; every one is closed when the test ends."""
+    made: list[Any] = []
+
+    def make(address: str, **options: Any) -> Any:
+        client = make_client(flavour, address, **options)
+        made.append(client)
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in made:
+            client.close()
+
+
+@pytest.fixture
+def client(clients: MakeClient, worker_server: ServerProcess) -> Any:
+    return clients(worker_server.address)
+
+
+class Records(logging.Handler):
+    """Keeps the records of the `jobcontrol.client` loggers, for waiting on them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, logger: str) -> list[str]:
+        return [r.getMessage() for r in list(self.records) if r.name == logger]
+
+
+@pytest.fixture
+def client_log() -> Iterator[Records]:
+    logger = logging.getLogger("jobcontrol.client")
+    records = Records()
+    previous = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(previous)
+
+
+def server_dir(tmp_path: Path, name: str) -> Path:
+    directory = tmp_path / name
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
