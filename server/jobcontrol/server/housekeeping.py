@@ -52,6 +52,7 @@ class Housekeeper:
         self._metrics = metrics
         self._config = config
         self._tasks: list[asyncio.Task[None]] = []
+        self._reap_failing = False
 
     def start(self) -> None:
         c = self._config
@@ -84,12 +85,22 @@ class Housekeeper:
             await self._health.set(service, status)
 
     async def check_health(self) -> None:
+        """SERVING while the store answers a ping and the reaper's last write transaction
+        went through. A store that still reads but refuses writes (read-only, disk full)
+        is not serving: without the second condition the ping would flip health back to
+        SERVING between two failed reaps."""
         await self._store.ping()
-        await self._set_health(SERVING)
+        if not self._reap_failing:
+            await self._set_health(SERVING)
 
     async def reap(self) -> None:
-        result = await self._store.reap()
-        lost = await self._store.mark_lost_workers(silent_for=self._config.worker_lost_after)
+        try:
+            result = await self._store.reap()
+            lost = await self._store.mark_lost_workers(silent_for=self._config.worker_lost_after)
+        except StoreUnavailable:
+            self._reap_failing = True
+            raise
+        self._reap_failing = False
         if result.total:
             log.info(
                 "reaped %d jobs (%d retried, %d failed, %d cancelled)",
