@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 import uuid
@@ -36,16 +37,18 @@ def new_id() -> str:
     return str(uuid.UUID(int=value))
 
 
+_CANONICAL = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+
+
 def parse_id(value: str, *, field: str = "job_id") -> str:
-    """Return the canonical form of an id, or refuse it as a malformed argument."""
+    """Return the canonical form of an id, or refuse it as a malformed argument.
+
+    Only the canonical text form: uuid.UUID alone accepts braces, URNs, non-ASCII digits
+    and surrounding spaces, which would let two spellings name one job."""
     if not value:
         raise InvalidArgument(field, "is required")
-    if len(value) != 36:
+    if not _CANONICAL.fullmatch(value):
         raise InvalidArgument(field, f"must be a UUID like 0190c6f2-...; got {value[:64]!r}")
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument(
-            field, f"must be a UUID like 0190c6f2-...; got {value[:64]!r}"
-        ) from None
-    return str(parsed)
+    return str(uuid.UUID(value))

@@ -28,3 +28,16 @@ def test_parse_id_refuses_malformed_values(bad: str):
     with pytest.raises(InvalidArgument) as caught:
         parse_id(bad)
     assert caught.value.field == "job_id"
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        " 0190c6f2-0000-7000-8000-000000000000"[:36],
+        "\u0660190c6f2-0000-7000-8000-00000000000",
+        "urn:uuid:0190c6f2-0000-7000-8000-0000",
+    ],
+)
+def test_parse_id_refuses_other_spellings_of_a_uuid(spelling: str):
+    with pytest.raises(InvalidArgument):
+        parse_id(spelling)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -135,6 +137,26 @@ def test_submit_refuses_a_deeply_nested_payload(stub: Stub):
     assert "nested" in error.details()
 
 
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_submit_refuses_nan_or_infinity_in_the_payload(stub: Stub, number: float):
+    # Found by the hostile-input fuzzer: protobuf's JSON conversion raised ValueError
+    # for these, and the server answered INTERNAL.
+    error = error_of(stub.SubmitJob, api.SubmitJobRequest(type="a", payload=payload(n=number)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(error) == ["payload"]
+    assert "NaN or Infinity" in error.details()
+
+
+def test_submit_jobs_refuses_nan_in_a_payload_and_names_the_request(stub: Stub):
+    # The fuzzer's exact input (it answered INTERNAL).
+    request = api.SubmitJobsRequest(
+        requests=[api.SubmitJobRequest(type="a", payload=payload(nan=math.nan))]
+    )
+    error = error_of(stub.SubmitJobs, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(error) == ["requests[0].payload"]
+
+
 def test_submit_jobs_is_all_or_nothing_and_names_the_bad_request(stub: Stub):
     requests = [api.SubmitJobRequest(type="demo.sleep") for _ in range(3)]
     requests.append(api.SubmitJobRequest(type="demo.sleep", priority=5000))
@@ -230,6 +252,16 @@ def test_list_jobs_refuses_bad_arguments(stub: Stub, request_: api.ListJobsReque
     error = error_of(stub.ListJobs, request_)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(error) == [field]
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_list_jobs_refuses_a_token_of_deeply_nested_json(stub: Stub, depth: int):
+    # Found by the hostile-input fuzzer (depth 1,000, the exact input): decoding the
+    # token's JSON hit Python's recursion limit and the server answered INTERNAL.
+    token = base64.urlsafe_b64encode(b"[" * depth).decode()
+    error = error_of(stub.ListJobs, api.ListJobsRequest(page_token=token))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(error) == ["page_token"]
 
 
 def test_list_jobs_refuses_a_token_reused_with_another_filter(stub: Stub):

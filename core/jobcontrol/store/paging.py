@@ -35,7 +35,7 @@ def decode_token(token: str, job_filter: JobFilter) -> PageCursor | None:
         data = json.loads(raw)
         cursor = PageCursor(before_id=str(data["b"]), filter_fingerprint=str(data["f"]))
         valid = data["v"] == _VERSION
-    except (ValueError, binascii.Error, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, binascii.Error, KeyError, TypeError, RecursionError):
         valid = False
     if not valid:
         raise InvalidArgument("page_token", "is not a token returned by ListJobs")

@@ -68,7 +68,9 @@ class Subscription:
     newer one for the same job is dropped: the watcher had a whole tail interval to read
     it and did not. Updates arriving in the same fan-out are all kept, so a reader that
     keeps up sees every one. Dropped entries stay in the deque, marked dead, until
-    popped or compacted, so superseding costs O(updates of that job still waiting).
+    popped or compacted. A job's waiting updates are kept in fan-out order, so the
+    stale ones are at the front: superseding costs O(1) per update dropped, and a
+    fan-out of n updates to a stalled reader costs O(n), not O(n^2).
     """
 
     def __init__(
@@ -85,7 +87,7 @@ class Subscription:
         self._metrics = metrics
         self._buffer: deque[_Entry] = deque()
         self._live = 0
-        self._waiting_updates: dict[str, list[_Entry]] = {}
+        self._waiting_updates: dict[str, deque[_Entry]] = {}
         self._ready = asyncio.Event()
         self._ended: str | None = None
         self.last_job: Job | None = None
@@ -111,12 +113,11 @@ class Subscription:
             self.last_sequence = event.sequence
         entry = _Entry(event, batch)
         if event.kind in COALESCIBLE:
-            waiting = self._waiting_updates.setdefault(event.job.id, [])
-            for stale in [e for e in waiting if e.batch < batch]:
-                stale.live = False
+            waiting = self._waiting_updates.setdefault(event.job.id, deque())
+            while waiting and waiting[0].batch < batch:  # fan-outs come in order
+                waiting.popleft().live = False
                 self._live -= 1
                 self._metrics.coalesced.inc()
-            waiting[:] = [e for e in waiting if e.live]
             waiting.append(entry)
         self._buffer.append(entry)
         self._live += 1
