@@ -1,9 +1,10 @@
 """How long a progress update takes to reach the watchers of a job, on SQLite and remote libSQL.
 
 Latency is the time from a store write to its receipt by a watcher over WatchJob, with
-1, 100 and 1,000 watchers per job, on each backend of `bench/backends.py` (remote: the
-libSQL driver over Hrana/HTTP to the test server on loopback, server and worker
-configured through JOB_STORE_BACKEND=turso and TURSO_DATABASE_URL/TURSO_AUTH_TOKEN):
+1, 100, 1,000 and 10,000 watchers per job (remote: up to 1,000), on each backend of
+`bench/backends.py` (remote: the libSQL driver over Hrana/HTTP to the test server on
+loopback, server and worker configured through JOB_STORE_BACKEND=turso and
+TURSO_DATABASE_URL/TURSO_AUTH_TOKEN):
 
 - worker write (tailed): a separate "worker" OS process, with its own store (open_store)
   on the server's database as a real worker has, calls report_progress PROGRESS_UPDATES
@@ -14,15 +15,25 @@ configured through JOB_STORE_BACKEND=turso and TURSO_DATABASE_URL/TURSO_AUTH_TOK
   the message from time.time() when the event arrives ("updates received"). Progress
   the watcher never received because a newer update replaced it is measured as well,
   until the update that replaced it arrived ("every update"): the delay before the
-  watcher's view was at least that new.
+  watcher's view was at least that new. The writes go straight to the store, 20 a
+  second: a real handler's `report_progress` is throttled to 4 writes a second by the
+  worker runtime, so this is the heaviest progress feed a job can produce.
+- HTTP polling (the design WatchJob replaces, SQLite only): the same number of clients
+  (1, 100, 1,000) poll `GET /jobs/{id}` every 2 s (`http_polling.py`: an asyncio HTTP
+  server reading the same store with `get_job`) while the worker writes the same
+  updates to another job. "every update" is scored exactly as for watchers; "age at
+  poll" is the age of the progress value each poll returned, while updates flowed; and
+  "delivered" is the share of the updates a client ever saw. "x fresher" divides the
+  polling figure by the WatchJob figure at the same count, measured in the same run.
 - local write (wakes the tailer): CancelJob through the server on a RUNNING job; the
   server's own write wakes its tailer at once. Latency is from just before the RPC is
   sent to the CANCEL_REQUESTED event's arrival at each watcher. Each cancel is one
   sample per watcher: CANCELS[watchers] jobs are cancelled per run.
 
-The watchers are grpc.aio streams in this process (spread over several connections),
-so with 1,000 watchers the figures include the time this one Python process takes to
-read 1,000 streams; slow readers get progress coalesced (the newest replaces older
+The watchers are grpc.aio streams in this process (spread over connections of 100
+streams each, opened in waves of 1,000, see `streams.py`), so with many watchers the
+figures include the time this one Python process takes to read them all (at 10,000 it
+is the bottleneck on 2 cores); slow readers get progress coalesced (the newest replaces older
 ones), and `delivered` says what share of the updates reached the average watcher.
 Writer and reader share the machine's clock. Every statistic is the median over runs,
 each run on a fresh server and store; percentiles pool all watchers' samples of a run.
@@ -31,7 +42,8 @@ On remote, "req/write" counts the HTTP requests the Hrana server received while 
 writes were being delivered, per write: every client's (the server's tail and snapshot
 reads as well as the writes themselves), since the server's log cannot tell them apart.
 
-Run: `.venv/bin/python -m bench.progress_latency [--runs N] [--backend sqlite|remote|both]`.
+Run: `.venv/bin/python -m bench.progress_latency [--runs N] [--backend sqlite|remote|both]
+[--no-polling]`.
 Figures depend on the machine and its load; compare runs on the same machine only. No
 figure is asserted.
 """
@@ -42,53 +54,45 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
-import json
 import math
 import multiprocessing
 import os
-import platform
-import re
-import signal
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from bench import backends
+from bench import backends, http_polling, procs, profiling, report, rpc, streams
 from bench.backends import Database
+from bench.http_polling import HttpServer
+from bench.report import Headline
+from bench.stats import Figure, percentile
 from jobcontrol.jobs import Progress
 from jobcontrol.server.cli import LOCAL_TAIL_INTERVAL, REMOTE_TAIL_INTERVAL
 from jobcontrol.store import JobStore, StoreConfig, open_store
 from jobcontrol.v1 import job_control_pb2 as api
-from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
 
-RESULTS_PATH = Path(__file__).parent / "results" / "progress_latency.json"
-SERVER = Path(sys.executable).parent / "jobcontrol-server"
-# Watchers per job, by backend: the same on both, so every remote row has a SQLite row
-# beside it. A remote run with all three took about 30 s, within a ~60 s budget.
-WATCHER_COUNTS = {"sqlite": (1, 100, 1_000), "remote": (1, 100, 1_000)}
+RESULTS_PATH = report.RESULTS / "progress_latency.json"
+# Watchers per job, by backend. A remote run with 1 to 1,000 takes about 30 s.
+WATCHER_COUNTS = {"sqlite": (1, 100, 1_000, 10_000), "remote": (1, 100, 1_000)}
+POLLING_CLIENTS = {"sqlite": (1, 100, 1_000), "remote": ()}
 TAIL_INTERVALS = {"sqlite": LOCAL_TAIL_INTERVAL, "remote": REMOTE_TAIL_INTERVAL}
-PROGRESS_UPDATES = 200
-SPACING = 0.020  # seconds between a worker's progress writes
+PROGRESS_UPDATES = 40
+SPACING = 0.050  # seconds between a worker's progress writes: 20 a second
 # Local writes per run: one per job, each job with fresh watchers.
-CANCELS = {1: 20, 100: 5, 1_000: 3}
-CHANNELS = 10  # connections the watchers are spread over
+CANCELS = {1: 20, 100: 5, 1_000: 3, 10_000: 1}
 LEASE_TIMEOUT = timedelta(minutes=10)  # never expires during a run
-WAIT = 60.0  # seconds any one wait may take before the run is declared broken
-POLL = 0.01
-_LISTENING = re.compile(r"listening on (\S+):(\d+)")
+WAIT = 120.0  # seconds any one wait may take before the run is declared broken
+GOAL_P99_MS = 100.0  # at 1,000 watchers
+GOAL_FRESHER = 10.0
 
 SNAPSHOT = pb.EVENT_KIND_SNAPSHOT
 PROGRESS = pb.EVENT_KIND_PROGRESS
@@ -127,7 +131,7 @@ async def _serve_commands(config: StoreConfig, conn: Connection) -> None:
                 conn.send(("ok", [(job.id, job.lease_id) for job in jobs]))
             elif command == "progress":
                 job_id, lease_id, count, spacing = args
-                conn.send(("ok", await _report(store, job_id, lease_id, count, spacing)))
+                conn.send(("ok", await write_updates(store, job_id, lease_id, count, spacing)))
             else:
                 raise ValueError(f"unknown command {command!r}")
     finally:
@@ -139,7 +143,7 @@ def percent_of(index: int, count: int) -> float:
     return 100.0 * index / count
 
 
-async def _report(
+async def write_updates(
     store: JobStore, job_id: str, lease_id: str, count: int, spacing: float
 ) -> list[float]:
     """`count` progress writes on a fixed schedule, each stamped with its send time;
@@ -190,116 +194,49 @@ class Worker:
         self._conn.close()
 
 
-# ---- the server process -----------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    address: str
-
-    @classmethod
-    def start(cls, log_path: Path, config: StoreConfig) -> Server:
-        """The server on `config`'s store, which it reads from the environment as a
-        deployment passes it (and so picks its default tail interval for it)."""
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [str(SERVER), "--listen", "127.0.0.1:0"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **backends.store_env(config)},
-            )
-        deadline = time.monotonic() + WAIT
-        while True:
-            text = log_path.read_text(errors="replace")
-            found = _LISTENING.search(text)
-            if found:
-                return cls(process, f"{found.group(1)}:{found.group(2)}")
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                process.wait()
-                raise RuntimeError(f"the server did not start:\n{text}")
-            time.sleep(POLL)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        self.process.wait()
-
-
 # ---- watchers ---------------------------------------------------------------------------
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {WAIT} s waiting for {what}")
-        await asyncio.sleep(POLL)
 
 
 class Watchers:
     """`count` WatchJob streams on one job, recording each event's latency on arrival."""
 
-    def __init__(
-        self, stubs: Sequence[job_control_pb2_grpc.JobControlStub], job_id: str, count: int
-    ):
+    def __init__(self, stubs: Sequence[rpc.Stub], job_id: str, count: int) -> None:
         self.job_id = job_id
-        self.opened = [False] * count
+        self.count = count
         # Per stream, every PROGRESS event as (percent, send time, arrival time).
         self.progress: list[list[tuple[float, float, float]]] = [[] for _ in range(count)]
         self.top_percent = [0.0] * count
         self.cancel_seen: list[float | None] = [None] * count  # time.time() of arrival
-        self._tasks = [
-            asyncio.create_task(self._watch(stubs[index % len(stubs)], index))
-            for index in range(count)
-        ]
+        self._streams = streams.Streams(stubs, [job_id], self._on_event)
 
-    async def _watch(self, stub: job_control_pb2_grpc.JobControlStub, index: int) -> None:
-        call = stub.WatchJob(api.WatchJobRequest(job_id=self.job_id))
-        try:
-            async for response in call:
-                received = time.time()
-                event = response.event
-                if event.kind == SNAPSHOT:
-                    self.opened[index] = True
-                elif event.kind == PROGRESS:
-                    progress = event.job.progress
-                    sent = float(progress.message)
-                    self.progress[index].append((progress.percent, sent, received))
-                    self.top_percent[index] = event.job.progress.percent
-                elif event.kind == CANCEL_REQUESTED:
-                    self.cancel_seen[index] = received
-        except asyncio.CancelledError:
-            call.cancel()
-            raise
+    def _on_event(self, index: int, event: pb.JobEvent, received: float) -> None:
+        if event.kind == PROGRESS:
+            progress = event.job.progress
+            sent = float(progress.message)
+            self.progress[index].append((progress.percent, sent, received))
+            self.top_percent[index] = progress.percent
+        elif event.kind == CANCEL_REQUESTED:
+            self.cancel_seen[index] = received
 
     async def all_opened(self) -> None:
-        await until(lambda: all(self.opened), f"{len(self.opened)} streams to open")
+        await self._streams.open(self.count, wait=WAIT)
 
     async def all_saw_percent(self, percent: float) -> None:
-        await until(
+        await rpc.until(
             lambda: all(top >= percent for top in self.top_percent),
-            f"{len(self.opened)} watchers to see {percent}%",
+            f"{self.count} watchers to see {percent}%",
+            wait=WAIT,
         )
 
     async def all_saw_cancel(self) -> None:
-        await until(
+        await rpc.until(
             lambda: all(seen is not None for seen in self.cancel_seen),
-            f"{len(self.opened)} watchers to see CANCEL_REQUESTED",
+            f"{self.count} watchers to see CANCEL_REQUESTED",
+            wait=WAIT,
         )
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        results = await asyncio.gather(*self._tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-                raise result
+        await self._streams.close()
 
 
 # ---- one run ----------------------------------------------------------------------------
@@ -334,26 +271,21 @@ def covered(sent: Sequence[float], arrivals: Sequence[tuple[float, float, float]
 
 
 async def measure_watchers(
-    db: Database, server: Server, worker: Worker, watchers: int, run: int
+    db: Database,
+    server: procs.Server,
+    worker: Worker,
+    watchers: int,
+    run: int,
+    profile: bool = False,
 ) -> tuple[Samples, Samples, Samples]:
     """Worker-write samples (updates received; every update written) and local-write
-    samples with `watchers` watchers per job."""
+    samples with `watchers` watchers per job; `profile`: py-spy the server while the
+    worker's updates are delivered."""
     job_type = f"bench.latency.r{run}.w{watchers}"
     cancels = CANCELS[watchers]
-    channels = [
-        grpc.aio.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(min(CHANNELS, watchers))
-    ]
-    try:
-        stubs = [job_control_pb2_grpc.JobControlStub(channel) for channel in channels]
-        submitted = await stubs[0].SubmitJobs(
-            api.SubmitJobsRequest(
-                requests=[api.SubmitJobRequest(type=job_type) for _ in range(cancels)]
-            ),
-            timeout=WAIT,
-        )
+    async with rpc.stubs(server.address, streams.connections_for(watchers)) as stubs:
+        job_ids = await rpc.submit(stubs[0], [rpc.request(job_type) for _ in range(cancels)])
         claimed = dict(await worker.ask("claim", job_type, cancels))
-        job_ids = [job.id for job in submitted.jobs]
         if sorted(claimed) != sorted(job_ids):
             raise RuntimeError(f"the worker claimed {sorted(claimed)}, not {sorted(job_ids)}")
 
@@ -361,57 +293,112 @@ async def measure_watchers(
         every = Samples()
         local = Samples()
         for number, job_id in enumerate(job_ids):
-            streams = Watchers(stubs, job_id, watchers)
+            watching = Watchers(stubs, job_id, watchers)
             try:
-                await streams.all_opened()
+                await watching.all_opened()
                 if number == 0:  # the progress updates, on the first job only
                     before = db.requests_so_far()
-                    sent = await worker.ask(
-                        "progress", job_id, claimed[job_id], PROGRESS_UPDATES, SPACING
-                    )
-                    await streams.all_saw_percent(100.0)
+                    with profiling.profile(
+                        server.pid if profile else None,
+                        f"progress-server-{db.backend}-{watchers}",
+                    ):
+                        sent = await worker.ask(
+                            "progress", job_id, claimed[job_id], PROGRESS_UPDATES, SPACING
+                        )
+                        await watching.all_saw_percent(100.0)
                     received.requests = db.requests_so_far() - before
                     received.writes = PROGRESS_UPDATES
-                    for arrivals in streams.progress:
+                    for arrivals in watching.progress:
                         received.latencies.extend(at - sent_at for _, sent_at, at in arrivals)
                         every.latencies.extend(covered(sent, arrivals))
                     received.delivered = len(received.latencies) / (watchers * PROGRESS_UPDATES)
                     every.delivered = received.delivered
                     every.requests, every.writes = received.requests, received.writes
                 before = db.requests_so_far()
-                sent = time.time()
+                sent_at = time.time()
                 await stubs[0].CancelJob(api.CancelJobRequest(job_id=job_id), timeout=WAIT)
-                await streams.all_saw_cancel()
+                await watching.all_saw_cancel()
                 local.requests += db.requests_so_far() - before
                 local.writes += 1
-                local.latencies.extend(seen - sent for seen in streams.cancel_seen if seen)
+                local.latencies.extend(seen - sent_at for seen in watching.cancel_seen if seen)
             finally:
-                await streams.close()
+                await watching.close()
         return received, every, local
+
+
+async def measure_polling(
+    server: procs.Server, http: HttpServer, worker: Worker, clients: int, run: int
+) -> tuple[Samples, Samples]:
+    """HTTP polling of a job getting the same progress updates: every update's delay
+    until a client's view was at least that new, and the age of what each poll saw."""
+    job_type = f"bench.polling.r{run}.c{clients}"
+    async with rpc.stubs(server.address) as (stub,):
+        (job_id,) = await rpc.submit(stub, [rpc.request(job_type)])
+    ((_, lease_id),) = await worker.ask("claim", job_type, 1)
+    last_sent = [math.inf]
+    started = time.time()
+    pollers = asyncio.create_task(
+        http_polling.poll(
+            http.address, job_id, clients, started, lambda: last_sent[0] + http_polling.PERIOD
+        )
+    )
+    try:
+        sent = await worker.ask("progress", job_id, lease_id, PROGRESS_UPDATES, SPACING)
+        last_sent[0] = sent[-1]
+        polled = await asyncio.wait_for(pollers, WAIT)
     finally:
-        for channel in channels:
-            await channel.close()
+        pollers.cancel()
+    every, age = Samples(), Samples()
+    seen = 0
+    for polls in polled:
+        every.latencies.extend(covered(sent, polls))
+        # While updates flowed: after the last one, what a poll sees only gets older.
+        age.latencies += [at - sent_at for _, sent_at, at in polls if at <= sent[-1] + SPACING]
+        seen += len({percent for percent, _, _ in polls})
+    every.delivered = age.delivered = seen / (clients * PROGRESS_UPDATES)
+    return every, age
 
 
-async def one_run(backend: str, directory: Path, run: int) -> dict[tuple[str, int], Samples]:
+async def one_run(
+    backend: str, directory: Path, run: int, polling: bool, profile: int | None = None
+) -> dict[tuple[str, int], Samples]:
     with backends.serve(backend, directory / f"{backend}-run-{run}.db") as db:
         store = await open_store(db.config)  # create and migrate the database first
         await store.close()
         log_path = directory / f"{backend}-server-{run}.log"
-        server = await asyncio.to_thread(Server.start, log_path, db.config)
+        server = await asyncio.to_thread(procs.Server.start, log_path, db.config)
+        pollers = POLLING_CLIENTS[backend] if polling else ()
+        http = None
+        if pollers:
+            http_log = directory / f"{backend}-http-{run}.log"
+            http = await asyncio.to_thread(HttpServer.start, http_log, db.config)
         worker = Worker(db.config)
         try:
             await worker.ask()  # "ready": its store is open
             found: dict[tuple[str, int], Samples] = {}
             for watchers in WATCHER_COUNTS[backend]:
-                print(f", {watchers} watcher{'s' if watchers != 1 else ''}", end="", flush=True)
-                received, every, local = await measure_watchers(db, server, worker, watchers, run)
+                print(f", {watchers:,} watcher{'s' if watchers != 1 else ''}", end="", flush=True)
+                try:
+                    received, every, local = await measure_watchers(
+                        db, server, worker, watchers, run, profile == watchers
+                    )
+                except RuntimeError as error:
+                    if watchers <= 1_000:
+                        raise
+                    print(f" (failed: {error})", end="", flush=True)
+                    continue
                 found["worker", watchers] = received
                 found["worker_every", watchers] = every
                 found["local", watchers] = local
+                if http is not None and watchers in pollers:
+                    print(" (and polling)", end="", flush=True)
+                    polled = await measure_polling(server, http, worker, watchers, run)
+                    found["poll_every", watchers], found["poll_age", watchers] = polled
             return found
         finally:
             worker.close()
+            if http is not None:
+                await asyncio.to_thread(http.stop)
             await asyncio.to_thread(server.stop)
 
 
@@ -421,27 +408,20 @@ STATS = ("p50", "p90", "p99", "max")
 WRITES = {
     "worker": "worker write, updates received",
     "worker_every": "worker write, every update",
+    "poll_every": "HTTP polling every 2 s, every update",
+    "poll_age": "HTTP polling every 2 s, age at poll",
     "local": "local write (wakes the tailer)",
 }
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
 
 
 def stats_ms(samples: Samples, remote: bool) -> dict[str, float]:
     values = samples.latencies
     stats = {
-        "p50": 1000 * percentile(values, 0.50),
-        "p90": 1000 * percentile(values, 0.90),
-        "p99": 1000 * percentile(values, 0.99),
-        "max": 1000 * max(values),
+        **{s: 1000 * (max(values) if s == "max" else percentile(values, int(s[1:]) / 100))
+           for s in STATS},
         "samples": len(values),
         "delivered_percent": 100 * samples.delivered,
-    }
+    }  # fmt: skip
     if remote:
         stats["http_requests_per_write"] = samples.requests_per_write
     return stats
@@ -456,6 +436,9 @@ class Metric:
 
     def median(self, key: str) -> float:
         return statistics.median(run[key] for run in self.runs)
+
+    def figure(self, key: str) -> Figure:
+        return Figure([run[key] for run in self.runs])
 
     @property
     def remote(self) -> bool:
@@ -496,22 +479,15 @@ def render(metrics: Sequence[Metric], runs: int) -> str:
             f"{m.median('http_requests_per_write'):.1f}" if m.remote else "-",
         )
         for m in metrics
+        if m.runs
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    align = ["<", ">", "<", *(">" * (len(header) - 3))]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=True)]
-        return "  ".join(padded).rstrip()
-
     title = (
         f"WatchJob progress latency, write to receipt, median of {runs} "
         f"run{'s' if runs != 1 else ''} (ms)"
     )
-    rule = "-" * len(line(header))
     backends_shown = sorted({m.backend for m in metrics}, key=backends.BACKENDS.index)
     tails = ", ".join(f"{TAIL_INTERVALS[b] * 1000:.0f} ms on {b}" for b in backends_shown)
-    counts = sorted({m.watchers for m in metrics})
+    counts = sorted({m.watchers for m in metrics if m.runs})
     cancels = "/".join(str(CANCELS[w]) for w in counts)
     watchers = "/".join(f"{w:,}" for w in counts)
     notes = [
@@ -520,7 +496,10 @@ def render(metrics: Sequence[Metric], runs: int) -> str:
         f"  process, seen by the server's tailer (every {tails});",
         "  updates received: each PROGRESS event that arrived, arrival - send time;",
         "  every update: each write, until it or a newer update (which replaced it) arrived;",
-        "delivered: share of the updates the average watcher received (the rest coalesced);",
+        "delivered: share of the updates the average watcher (or poller) received;",
+        f"HTTP polling: as many clients, GET /jobs/ID every {http_polling.PERIOD:.0f} s "
+        "(random phase), same updates;",
+        "  age at poll: arrival - send time of the progress each poll returned;",
         f"local write: CancelJob -> CANCEL_REQUESTED, {cancels} jobs per run with {watchers} "
         "watchers;",
         "samples: all watchers' samples of one run, pooled.",
@@ -534,13 +513,77 @@ def render(metrics: Sequence[Metric], runs: int) -> str:
             "  req/write: HTTP requests served from each write until every watcher had it,",
             "  per write (all clients: the server's tail and snapshot reads are included).",
         ]
-    return "\n".join([title, rule, line(header), rule, *map(line, rows), rule, *notes])
+    return report.table(title, header, rows, align="<><>>>>>>>", notes=notes)
+
+
+def fresher(metrics: dict[tuple[str, str, int], Metric]) -> tuple[str, list[Headline]]:
+    """Polling against WatchJob at each client count (both "every update"), per run."""
+    rows = []
+    headlines = []
+    for (backend, write, count), polled in metrics.items():
+        if write != "poll_every" or not polled.runs:
+            continue
+        watched = metrics[backend, "worker_every", count]
+        by_run = list(zip(watched.runs, polled.runs, strict=True))
+        ratio = {s: Figure([p[s] / w[s] for w, p in by_run]) for s in ("p50", "p99")}
+        rows.append(
+            (
+                f"{count:,}",
+                backend,
+                f"{watched.median('p50'):,.0f} / {watched.median('p99'):,.0f}",
+                f"{polled.median('p50'):,.0f} / {polled.median('p99'):,.0f}",
+                ratio["p50"].cell(1),
+                ratio["p99"].cell(1),
+                f"{100 - watched.median('delivered_percent'):.0f}%",
+                f"{100 - polled.median('delivered_percent'):.0f}%",
+            )
+        )
+        if count == max(POLLING_CLIENTS[backend]):
+            headlines.append(
+                Headline.of(
+                    "progress latency",
+                    f"WatchJob fresher than 2 s polling (p50, {count:,} clients)",
+                    backend,
+                    ratio["p50"],
+                    "x",
+                    digits=1,
+                    goal=f">= {GOAL_FRESHER:g}x",
+                    met=ratio["p50"].median >= GOAL_FRESHER,
+                )
+            )
+    table = report.table(
+        "WatchJob against HTTP polling, every update: write until the client's view was "
+        "at least that new",
+        (
+            "clients",
+            "backend",
+            "WatchJob p50/p99 ms",
+            "polling p50/p99 ms",
+            "x fresher p50",
+            "x fresher p99",
+            "WatchJob never seen",
+            "polling never seen",
+        ),
+        rows,
+        align="><>>>>>>",
+        notes=["x fresher: polling / WatchJob in the same run, median over runs (min-max)."],
+    )
+    return table, headlines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.progress_latency", description=__doc__)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (default 3)")
     backends.add_argument(parser)
+    parser.add_argument("--no-polling", action="store_true", help="skip the HTTP polling baseline")
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=None,
+        metavar="WATCHERS",
+        help="py-spy the server while updates reach this many watchers, last run "
+        "(bench/results/profiles)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results file")
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -563,7 +606,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for run in range(1, args.runs + 1):
                 print(f"{backend} run {run}/{args.runs}", end="", flush=True)
                 started = time.perf_counter()
-                found = asyncio.run(one_run(backend, Path(tmp), run))
+                profile = args.profile if run == args.runs else None
+                found = rpc.run(one_run(backend, Path(tmp), run, not args.no_polling, profile))
                 run_seconds[backend].append(time.perf_counter() - started)
                 print(f" ({run_seconds[backend][-1]:.0f} s)", flush=True)
                 for (write, watchers), samples in found.items():
@@ -571,35 +615,59 @@ def main(argv: Sequence[str] | None = None) -> int:
                     metrics[backend, write, watchers].runs.append(stats)
     elapsed = time.perf_counter() - began
     print(render(list(metrics.values()), args.runs))
+    comparison, headlines = fresher(metrics)
+    if not args.no_polling:
+        print(comparison)
+    for backend in chosen:
+        at = metrics.get((backend, "worker", 1_000))
+        if at is not None and at.runs:
+            headlines.insert(
+                0,
+                Headline.of(
+                    "progress latency",
+                    "WatchJob p99, worker write to receipt, 1,000 watchers",
+                    backend,
+                    at.figure("p99"),
+                    "ms",
+                    goal=f"<= {GOAL_P99_MS:.0f} ms",
+                    met=at.median("p99") <= GOAL_P99_MS,
+                ),
+            )
+        top = max(WATCHER_COUNTS[backend])
+        at_top = metrics.get((backend, "worker", top))
+        if top > 1_000 and at_top is not None and at_top.runs:
+            headlines.append(
+                Headline.of(
+                    "progress latency",
+                    f"WatchJob p99 at {top:,} watchers (one client process)",
+                    backend,
+                    at_top.figure("p99"),
+                    "ms",
+                )
+            )
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     document = {
-        "benchmark": "progress_latency",
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": args.runs,
         "backends": list(chosen),
         "elapsed_seconds": round(elapsed, 1),
         "run_seconds": {b: [round(s, 1) for s in seconds] for b, seconds in run_seconds.items()},
-        "machine": {
-            "python": platform.python_version(),
-            "grpcio": grpc.__version__,
-            "sqlite": sqlite3.sqlite_version,
-            "libsql": importlib.metadata.version("libsql"),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
         "workload": {
             "progress_updates": PROGRESS_UPDATES,
             "spacing_ms": SPACING * 1000,
             "watchers": {backend: list(WATCHER_COUNTS[backend]) for backend in chosen},
+            "polling_clients": {
+                backend: [] if args.no_polling else list(POLLING_CLIENTS[backend])
+                for backend in chosen
+            },
+            "polling_period_s": http_polling.PERIOD,
             "tail_interval_ms": {backend: TAIL_INTERVALS[backend] * 1000 for backend in chosen},
             "cancels_per_run": {str(k): v for k, v in CANCELS.items()},
-            "channels": CHANNELS,
+            "streams_per_connection": streams.STREAMS_PER_CONNECTION,
         },
-        "metrics": [m.to_json() for m in metrics.values()],
+        "metrics": [m.to_json() for m in metrics.values() if m.runs],
     }
-    args.output.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"{elapsed:.0f} s in all; figures written to {args.output}")
+    path = report.save("progress_latency", document, headlines, args.output)
+    print(f"{elapsed:.0f} s in all; figures written to {path}")
     return 0
 
 

@@ -31,10 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
-import json
 import multiprocessing
-import os
-import platform
 import queue
 import sqlite3
 import statistics
@@ -44,21 +41,22 @@ import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
-from bench import backends
+from bench import backends, report
 from bench.backends import Database
+from bench.report import Headline
 from jobcontrol.jobs import Job, JobSpec
 from jobcontrol.store import StoreConfig, open_store
 from jobcontrol.store.protocol import MAX_BATCH_SIZE
 
 JOB_TYPE = "demo.sleep"
 LEASE_TIMEOUT = timedelta(minutes=10)  # never expires during a run
-RESULTS_PATH = Path(__file__).parent / "results" / "store_rates.json"
+RESULTS_PATH = report.RESULTS / "store_rates.json"
 
 BATCH_SIZE = 100  # jobs per create_jobs call
 CLAIM_PROCESSES = (1, 4)
@@ -389,13 +387,15 @@ def run_seconds(per_job: Mapping[str, float], workload: Workload) -> float:
     return seconds
 
 
-def remote_workload(tmp_dir: Path, forced_scale: int | None) -> tuple[Workload, float]:
-    """The remote workload, scaled down to fit RUN_BUDGET (or by `forced_scale`), and
-    the estimated seconds of one full-size run."""
+def remote_workload(
+    tmp_dir: Path, forced_scale: int | None, budget: float = RUN_BUDGET
+) -> tuple[Workload, float]:
+    """The remote workload, scaled down to fit `budget` seconds (or by `forced_scale`),
+    and the estimated seconds of one full-size run."""
     with backends.serve("remote", tmp_dir / "remote-calibration.db") as db:
         per_job = asyncio.run(seconds_per_job(db.config))
     estimate = run_seconds(per_job, FULL)
-    scale = forced_scale or next((s for s in SCALES if estimate / s <= RUN_BUDGET), SCALES[-1])
+    scale = forced_scale or next((s for s in SCALES if estimate / s <= budget), SCALES[-1])
     return FULL.scaled(scale), estimate
 
 
@@ -491,15 +491,7 @@ def render(
         for key in keys
         for m in (metrics[key] for metrics in measured.values())
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    align = ["<", "<", ">", ">", ">", ">", "<", ">"]
-
-    def line(cells: Sequence[str]) -> str:
-        padded = [f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths, strict=True)]
-        return "  ".join(padded).rstrip()
-
     title = f"JobStore rates, median of {runs} run{'s' if runs != 1 else ''} (min-max)"
-    rule = "-" * len(line(header))
     notes = [
         "limit: claim_jobs limit (at limit 1 every call claims one job, so calls/s = jobs/s);",
         "procs: worker processes sharing one database; rates are totals over all of them.",
@@ -519,7 +511,7 @@ def render(
                 f"take ~{estimate:,.0f} s of store operations;",
                 f"  remote run: {workload.describe()}.",
             ]
-    return "\n".join([title, rule, line(header), rule, *map(line, rows), rule, *notes])
+    return report.table(title, header, rows, align="<<>>>><>", notes=notes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -532,6 +524,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help=f"divide every remote job count by this (default: the smallest of {SCALES} "
         f"that keeps a remote run within ~{RUN_BUDGET:.0f} s)",
+    )
+    parser.add_argument(
+        "--remote-budget",
+        type=float,
+        default=RUN_BUDGET,
+        help="seconds of store operations one remote run should stay within "
+        "(default %(default)s; `python -m bench` uses less)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results file")
     args = parser.parse_args(argv)
@@ -548,7 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="jobcontrol-bench-") as tmp:
         for backend in chosen:
             if backend == "remote":
-                workloads[backend], estimate = remote_workload(Path(tmp), args.remote_scale)
+                workloads[backend], estimate = remote_workload(
+                    Path(tmp), args.remote_scale, args.remote_budget
+                )
                 if workloads[backend].scale > 1:
                     print(
                         f"remote: a full-size run would take ~{estimate:.0f} s of store "
@@ -561,20 +562,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - began
     print(render(measured, workloads, estimate, args.runs))
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     document = {
-        "benchmark": "store_rates",
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": args.runs,
         "backends": list(chosen),
         "elapsed_seconds": round(elapsed, 1),
-        "machine": {
-            "python": platform.python_version(),
-            "sqlite": sqlite3.sqlite_version,
-            "libsql": importlib.metadata.version("libsql"),
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
         "workload": {
             backend: {
                 **workload.to_json(),
@@ -588,8 +579,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "metrics": [m.to_json() for metrics in measured.values() for m in metrics.values()],
     }
-    args.output.write_text(json.dumps(document, indent=2) + "\n")
-    print(f"{elapsed:.0f} s in all; figures written to {args.output}")
+    headlines = [
+        Headline(
+            "store rates",
+            f"{m.operation}, {m.processes} process{'es' if m.processes > 1 else ''}"
+            + (f", limit {m.claim_limit}" if m.claim_limit else ""),
+            m.backend,
+            f"{m.median:,.0f} ({min(m.samples):,.0f}-{max(m.samples):,.0f})",
+            m.unit,
+        )
+        for metrics in measured.values()
+        for key in ("submit.create_jobs", "claims.p4.limit8", "completes.p4.limit8")
+        for m in (metrics[key],)
+    ]
+    path = report.save("store_rates", document, headlines, args.output)
+    print(f"{elapsed:.0f} s in all; figures written to {path}")
     return 0
 
 

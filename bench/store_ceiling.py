@@ -1,0 +1,205 @@
+"""The store's ceiling: claim+complete pairs per second through the JobStore API, against
+raw sqlite3 running the same claim statement and a plain UPDATE to SUCCEEDED.
+
+One process, one connection, one job at a time (claim limit 1, then complete it), on a
+SQLite file (WAL, synchronous=NORMAL, as the store opens it) pre-filled with PREFILL
+pending jobs; each variant works on an identical copy:
+
+- store API: `claim_jobs(limit=1)` then `complete_job` (each a transaction run on the
+  driver's thread: the fenced read, the state machine, the full-row versioned UPDATE,
+  and the trigger appending the event with the job as JSON);
+- raw, with the event triggers: `sql.CLAIM_JOBS` then an UPDATE of the finishing
+  columns (state, result, end/update time, progress, version) by id and lease, each in
+  its own BEGIN IMMEDIATE ... COMMIT, straight from this thread; the triggers of
+  migration 3 still write job_events;
+- raw, no event feed: the same on a copy whose triggers were dropped: what SQLite
+  itself can do with these statements (the baseline of the goal).
+
+Run: `.venv/bin/python -m bench.store_ceiling [--runs N] [--pairs N]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from bench import backends, report
+from bench.report import Headline
+from bench.stats import Figures
+from jobcontrol.jobs import JobSpec
+from jobcontrol.store import StoreConfig, open_store, sql
+from jobcontrol.store.protocol import MAX_BATCH_SIZE
+
+PAIRS = 2_000
+PREFILL = 2_500
+JOB_TYPE = "demo.sleep"
+LEASE = timedelta(minutes=10)
+GOAL_SHARE = 0.5
+VARIANTS = {
+    "store": "store API (claim_jobs + complete_job)",
+    "raw_events": "raw sqlite3, same statements, event triggers on",
+    "raw": "raw sqlite3, same statements, no event feed",
+}
+
+COMPLETE = """
+UPDATE jobs SET state = 'SUCCEEDED', result = :result, end_us = :now_us, update_us = :now_us,
+    progress_percent = 100, version = version + 1, event_kind = 'SUCCEEDED'
+WHERE id = :id AND lease_id = :lease_id AND state = 'RUNNING'
+"""
+
+
+async def prefill(path: Path) -> None:
+    store = await open_store(StoreConfig(backend="local", path=str(path)))
+    try:
+        for start in range(0, PREFILL, MAX_BATCH_SIZE):
+            size = min(MAX_BATCH_SIZE, PREFILL - start)
+            await store.create_jobs(
+                [JobSpec(type=JOB_TYPE, payload={"index": start + i}) for i in range(size)]
+            )
+    finally:
+        await store.close()
+
+
+async def through_store(path: Path, pairs: int) -> float:
+    store = await open_store(StoreConfig(backend="local", path=str(path)))
+    try:
+        began = time.perf_counter()
+        for _ in range(pairs):
+            (job,) = await store.claim_jobs(
+                worker_id="bench", types=[JOB_TYPE], limit=1, lease_timeout=LEASE
+            )
+            assert job.lease_id is not None
+            await store.complete_job(job_id=job.id, lease_id=job.lease_id, result={"ok": True})
+        return pairs / (time.perf_counter() - began)
+    finally:
+        await store.close()
+
+
+def raw(path: Path, pairs: int, *, events: bool) -> float:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        if not events:
+            conn.execute("DROP TRIGGER job_events_on_insert")
+            conn.execute("DROP TRIGGER job_events_on_update")
+        types = json.dumps([JOB_TYPE])
+        result = json.dumps({"ok": True})
+        lease_us = LEASE // timedelta(microseconds=1)
+        began = time.perf_counter()
+        for _ in range(pairs):
+            now_us = time.time_ns() // 1000
+            conn.execute("BEGIN IMMEDIATE")
+            (row,) = conn.execute(
+                sql.CLAIM_JOBS,
+                {
+                    "worker_id": "bench",
+                    "types": types,
+                    "limit": 1,
+                    "now_us": now_us,
+                    "lease_expire_us": now_us + lease_us,
+                },
+            ).fetchall()
+            conn.execute("COMMIT")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                COMPLETE,
+                {
+                    "id": row["id"],
+                    "lease_id": row["lease_id"],
+                    "result": result,
+                    "now_us": time.time_ns() // 1000,
+                },
+            )
+            conn.execute("COMMIT")
+        return pairs / (time.perf_counter() - began)
+
+
+def one_run(directory: Path, template: Path, pairs: int) -> dict[str, float]:
+    found = {}
+    for variant in VARIANTS:
+        path = directory / f"{variant}.db"
+        backends.copy_database(template, path)
+        if variant == "store":
+            found[variant] = asyncio.run(through_store(path, pairs))
+        else:
+            found[variant] = raw(path, pairs, events=variant == "raw_events")
+    found["store_share_of_raw"] = found["store"] / found["raw"]
+    found["store_share_of_raw_events"] = found["store"] / found["raw_events"]
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = report.parser("store_ceiling", __doc__)
+    parser.add_argument("--pairs", type=int, default=PAIRS, help=f"default {PAIRS}")
+    args = parser.parse_args(argv)
+    if not 1 <= args.pairs <= PREFILL:
+        parser.error(f"--pairs must be between 1 and {PREFILL}")
+    began = time.perf_counter()
+    figures = Figures()
+    with tempfile.TemporaryDirectory(prefix="jobcontrol-bench-") as tmp:
+        template = Path(tmp) / "template.db"
+        asyncio.run(prefill(template))
+        for run in range(1, args.runs + 1):
+            with tempfile.TemporaryDirectory(dir=tmp) as directory:
+                found = one_run(Path(directory), template, args.pairs)
+            figures.add_all(found)
+            print(
+                f"sqlite run {run}/{args.runs}: "
+                + ", ".join(f"{v} {found[v]:,.0f}/s" for v in VARIANTS),
+                flush=True,
+            )
+    elapsed = time.perf_counter() - began
+    rows = [
+        (
+            description,
+            figures[variant].cell(),
+            f"{figures[variant].median / figures['raw'].median:.0%}",
+        )
+        for variant, description in VARIANTS.items()
+    ]
+    print(
+        report.table(
+            f"Store ceiling: claim+complete pairs per second, one connection, median of "
+            f"{args.runs} runs (min-max)",
+            ("variant", "pairs/s", "of raw"),
+            rows,
+            notes=[
+                f"{args.pairs:,} pairs per run (claim limit 1), {PREFILL:,} jobs pre-filled; "
+                f"SQLite {sqlite3.sqlite_version}, WAL, synchronous=NORMAL;",
+                "store/raw measured in the same run: "
+                f"{figures['store_share_of_raw'].cell(2)} of raw, "
+                f"{figures['store_share_of_raw_events'].cell(2)} of raw with triggers.",
+            ],
+        )
+    )
+    share = figures["store_share_of_raw"]
+    headlines = [
+        Headline.of("store ceiling", "claim+complete via store API", "sqlite",
+                    figures["store"], "pairs/s"),
+        Headline.of("store ceiling", "raw sqlite3, no event feed", "sqlite",
+                    figures["raw"], "pairs/s"),
+        Headline.of(
+            "store ceiling", "store API / raw", "sqlite", share, "x", digits=2,
+            goal=f">= {GOAL_SHARE:.2f}", met=share.median >= GOAL_SHARE,
+        ),
+    ]  # fmt: skip
+    return report.finish(
+        "store_ceiling",
+        runs=args.runs,
+        elapsed=elapsed,
+        headlines=headlines,
+        workload={"pairs": args.pairs, "prefill": PREFILL, "claim_limit": 1},
+        figures=figures.to_json(),
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
