@@ -119,7 +119,7 @@ def _ffmpeg_child(worker_pid: int) -> int | None:
     for pid in procs.children(worker_pid):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             continue
         if command.endswith(b"ffmpeg"):
             return pid

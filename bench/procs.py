@@ -65,7 +65,7 @@ def alive(pid: int) -> bool:
     """Whether the process exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before or while reading
         return False
     return stat[stat.rindex(")") + 2] != "Z"
 
@@ -74,7 +74,7 @@ def children(pid: int) -> list[int]:
     """The direct children of a process."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             found += [int(c) for c in (task / "children").read_text().split()]
     return found
 
