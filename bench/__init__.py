@@ -1,5 +1,7 @@
-"""Benchmarks that print figures, so changes to the store can be compared with a baseline.
+"""Benchmarks that print figures, so changes can be compared with a baseline; see
+BENCHMARKS.md for what each measures and the figures of a full run.
 
-Run them all with `python -m bench` (`make bench`); results go to `bench/results/`. Each
-runs on SQLite and on remote libSQL (`--backend sqlite|remote|both`, see `backends.py`).
+Run them all with `python -m bench` (`make bench`), or one with `python -m bench.NAME`;
+results go to `bench/results/`. store_rates, throughput and progress_latency run on
+SQLite and on remote libSQL (`--backend sqlite|remote|both`, see `backends.py`).
 """

@@ -19,12 +19,12 @@ from jobcontrol.worker import cli
 def main() -> int:
     metrics = Metrics()
     metrics.serve(os.environ["BENCH_METRICS_LISTEN"])
-    open_store = cli.open_store
+    open_store = cli.open_store  # type: ignore[attr-defined]
 
     async def open_counted(config: StoreConfig) -> JobStore:
         return metered(await open_store(config), metrics)
 
-    cli.open_store = open_counted  # type: ignore[assignment]
+    cli.open_store = open_counted  # type: ignore[attr-defined,assignment]
     return cli.main()
 
 

@@ -1,7 +1,8 @@
 """Sampling profiles of running benchmark processes with py-spy (the `bench` extra).
 
-`Profiler(pid, path).start()` runs `py-spy record --format raw` against a process for
-as long as the block lasts; `top_frames(path)` reads the collapsed stacks back and
+`with profile(pid, name):` runs `py-spy record --format raw` against a process for as
+long as the block lasts, into results/profiles/<name>.txt; `top_frames(path)` (and
+`python -m bench.profiling FILE`) reads the collapsed stacks back and
 ranks functions by the share of samples in which they were running (self) or on the
 stack (inclusive). py-spy needs ptrace rights over the process (same user, and
 ptrace_scope 0 or root); if it cannot attach, the profile is skipped with a note.
@@ -9,12 +10,14 @@ ptrace_scope 0 or root); if it cannot attach, the profile is skipped with a note
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 PY_SPY = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
@@ -67,8 +70,9 @@ def _frame(frame: str) -> str:
 
 
 def top_frames(path: Path, count: int = 15) -> tuple[int, list[tuple[str, float, float]]]:
-    """Samples in all, and the `count` functions with the most samples on the stack:
-    (function, self share, inclusive share), shares of all samples (idle included)."""
+    """Samples in all, and the `count` functions with the most samples running (self):
+    (function, self share, inclusive share), as shares of all samples taken (py-spy
+    leaves out threads it sees idle, unless recorded with --idle)."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
@@ -94,3 +98,18 @@ def describe(path: Path, title: str, count: int = 12) -> str:
     lines = [f"{title}: {total:,} samples at {RATE}/s, top functions by self time"]
     lines += [f"  {s:6.1%} self {i:6.1%} incl  {f}" for f, s, i in rows]
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bench.profiling FILE...`: the top functions of recorded profiles."""
+    parser = argparse.ArgumentParser(prog="python -m bench.profiling", description=main.__doc__)
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args(argv)
+    for path in args.files:
+        print(describe(path, path.stem, args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

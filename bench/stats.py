@@ -19,7 +19,9 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-def percentiles_ms(values: Sequence[float], *, fractions: Sequence[float] = (0.5, 0.99)) -> dict:
+def percentiles_ms(
+    values: Sequence[float], *, fractions: Sequence[float] = (0.5, 0.99)
+) -> dict[str, float]:
     """p50/p99 (and others) of latencies in seconds, in milliseconds, plus the count."""
     found: dict[str, float] = {
         f"p{round(f * 100):d}": 1000 * percentile(values, f) for f in fractions
