@@ -7,9 +7,11 @@ from datetime import timedelta
 
 import pytest
 
+from jobcontrol import jobs
 from jobcontrol.errors import InvalidArgument, LeaseLost
 from jobcontrol.jobs import EventKind, Job, JobError, JobSpec, JobState, Progress
 from jobcontrol.retry import DEFAULT_RETRY_POLICY
+from jobcontrol.store import Completion
 from jobcontrol.store.core import SqlJobStore
 from tests.conftest import ManualClock
 
@@ -81,6 +83,59 @@ async def test_complete_records_the_result(store: SqlJobStore, clock: ManualCloc
     assert done.end_time == clock()
     assert done.progress.percent == 100
     assert await store.get_job(job.id) == done
+
+
+async def test_complete_statement_agrees_with_the_state_machine(
+    store: SqlJobStore, clock: ManualClock
+):
+    job = await running(store, timeout=timedelta(minutes=5))
+    job = await store.report_progress(**lease(job), progress=Progress(40, "encoding", "half"))
+    await store.cancel_job(job.id, reason="too late")
+    job = await store.get_job(job.id)
+    clock.advance(3)
+    done = await store.complete_job(**lease(job), result={"k": [1, "two"]})
+    expected, kind = jobs.succeed(job, {"k": [1, "two"]}, now=clock())
+    assert done == expected
+    assert await store.get_job(job.id) == expected
+    event = (await store.list_events(after_sequence=0, job_id=job.id))[-1]
+    assert (event.kind, event.job) == (kind, expected)
+
+
+async def test_complete_jobs_fences_each_completion_on_its_own(store: SqlJobStore):
+    first, second, third = [await running(store) for _ in range(3)]
+    await store.cancel_job(second.id)
+    await store.record_cancelled(**lease(second))
+    before = await store.last_sequence()
+    done = await store.complete_jobs(
+        [
+            Completion(first.id, first.lease_id or "", {"n": 1}),
+            Completion(second.id, second.lease_id or "", {"n": 2}),
+            Completion(third.id, "f" * 32, {"n": 3}),
+        ]
+    )
+    assert done[0] is not None
+    assert done[0].result == {"n": 1}
+    assert done[1:] == [None, None]
+    assert (await store.get_job(second.id)).state is JobState.CANCELLED
+    assert (await store.get_job(third.id)) == third
+    events = await store.list_events(after_sequence=before)
+    assert [(e.job.id, e.kind) for e in events] == [(first.id, EventKind.SUCCEEDED)]
+
+
+async def test_complete_jobs_with_one_bad_result_writes_nothing(store: SqlJobStore):
+    good, bad = await running(store), await running(store)
+    before = await store.last_sequence()
+    with pytest.raises(InvalidArgument) as caught:
+        await store.complete_jobs(
+            [
+                Completion(good.id, good.lease_id or "", {"ok": True}),
+                Completion(bad.id, bad.lease_id or "", {"x": float("nan")}),
+            ]
+        )
+    assert caught.value.field == "completions[1].result"
+    assert await store.last_sequence() == before
+    assert (await store.get_job(good.id)).state is JobState.RUNNING
+    assert await store.complete_jobs([]) == []
 
 
 async def test_retryable_failure_goes_back_to_pending_after_backoff(

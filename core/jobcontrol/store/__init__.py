@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jobcontrol.store.config import StoreConfig, open_store
 from jobcontrol.store.protocol import (
+    Completion,
     HeartbeatAck,
     JobFilter,
     JobPage,
@@ -14,6 +15,7 @@ from jobcontrol.store.protocol import (
 )
 
 __all__ = [
+    "Completion",
     "HeartbeatAck",
     "JobFilter",
     "JobPage",

@@ -31,6 +31,7 @@ from jobcontrol.store.database import Database, Tx
 from jobcontrol.store.paging import PageCursor, decode_token, effective_page_size, encode_token
 from jobcontrol.store.protocol import (
     MAX_BATCH_SIZE,
+    Completion,
     HeartbeatAck,
     JobFilter,
     JobPage,
@@ -308,10 +309,39 @@ class SqlJobStore:
         )
 
     async def complete_job(self, *, job_id: str, lease_id: str, result: Mapping[str, Any]) -> Job:
-        encode_json(result, field="result", max_bytes=self._limits.max_payload_bytes)
-        return await self._fenced(
-            job_id, lease_id, lambda job, now: jobs.succeed(job, result, now=now)
-        )
+        (job,) = await self.complete_jobs([Completion(job_id, lease_id, result)])
+        if job is None:
+            raise LeaseLost(job_id, lease_id)
+        return job
+
+    async def complete_jobs(self, completions: Sequence[Completion]) -> list[Job | None]:
+        if len(completions) > MAX_BATCH_SIZE:
+            raise InvalidArgument(
+                "completions", f"at most {MAX_BATCH_SIZE} per call, got {len(completions)}"
+            )
+        params = []
+        for index, completion in enumerate(completions):
+            field = "result" if len(completions) == 1 else f"completions[{index}].result"
+            encoded = encode_json(
+                completion.result, field=field, max_bytes=self._limits.max_payload_bytes
+            )
+            params.append(
+                {"id": completion.job_id, "lease_id": completion.lease_id, "result": encoded}
+            )
+        if not params:
+            return []
+
+        def complete(tx: Tx) -> list[Job | None]:
+            now_us = to_us(self._clock())
+            done = []
+            for one in params:
+                rows = tx.execute(sql.COMPLETE_JOB, {**one, "now_us": now_us})
+                done.append(job_from_row(rows[0]) if rows else None)
+            return done
+
+        # One statement per job, each fenced on its own: a batch needs no atomicity,
+        # only the one commit that makes it cheap.
+        return await self._write(complete, atomic=len(params) > 1)
 
     async def fail_job(self, *, job_id: str, lease_id: str, error: JobError) -> Job:
         error = JobError(

@@ -52,6 +52,15 @@ class JobPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Completion:
+    """A worker's successful result for the attempt its lease names."""
+
+    job_id: str
+    lease_id: str
+    result: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class HeartbeatAck:
     cancel_requested: bool
     lease_expire_time: datetime
@@ -113,6 +122,12 @@ class JobStore(Protocol):
     async def complete_job(
         self, *, job_id: str, lease_id: str, result: Mapping[str, Any]
     ) -> Job: ...
+
+    async def complete_jobs(self, completions: Sequence[Completion]) -> list[Job | None]:
+        """Many completions in one transaction, each fenced by its own lease: None where
+        that lease was lost. A result that is not valid JSON rejects the whole batch
+        (InvalidArgument naming it) before anything is written."""
+        ...
 
     async def fail_job(self, *, job_id: str, lease_id: str, error: JobError) -> Job: ...
 

@@ -59,6 +59,24 @@ WHERE id IN (
 RETURNING *
 """
 
+# Success in one statement, fenced by the lease: no read, no decode, no full-row write.
+# Mirrors `jobcontrol.jobs.succeed`.
+COMPLETE_JOB = """
+UPDATE jobs SET
+    state = 'SUCCEEDED',
+    result = :result,
+    progress_percent = 100,
+    update_us = :now_us,
+    end_us = :now_us,
+    lease_expire_us = NULL,
+    deadline_us = NULL,
+    cancel_requested = 0,
+    version = version + 1,
+    event_kind = 'SUCCEEDED'
+WHERE id = :id AND lease_id = :lease_id AND state = 'RUNNING'
+RETURNING *
+"""
+
 # Heartbeats change no visible state, so they write no event.
 HEARTBEAT_JOB = """
 UPDATE jobs SET lease_expire_us = :lease_expire_us

@@ -6,6 +6,7 @@ Each job runs in its own task with a progress writer. Heartbeats renew the lease
 carry cancellation back; a faster poll of the store's cancel requests (one indexed
 read for all of this worker's jobs) makes cancellation reach a handler within about
 the cancel poll interval. A job whose lease is lost stops without another write.
+Successful results are written in groups (`completions.CompletionWriter`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from jobcontrol.errors import InvalidArgument, LeaseLost, StoreUnavailable, WorkerNotFound
 from jobcontrol.jobs import ErrorCode, Job, JobError
 from jobcontrol.store import JobStore
+from jobcontrol.worker.completions import CompletionWriter
 from jobcontrol.worker.context import JobContext, StopReason
 from jobcontrol.worker.handlers import (
     Handler,
@@ -81,6 +83,7 @@ class Worker:
         if unknown:
             raise InvalidArgument("types", f"no handler registered for {', '.join(unknown)}")
         self._running: dict[str, _Running] = {}
+        self._completions = CompletionWriter(store)
         self._slot_freed = asyncio.Event()
         self.worker_id: str | None = None
 
@@ -254,7 +257,7 @@ class Worker:
         else:
             result = outcome.result if isinstance(outcome.result, Mapping) else {}
             try:
-                await self._store.complete_job(**lease, result=result)
+                await self._completions.complete(**lease, result=result)
             except InvalidArgument as error:  # e.g. result too large or not JSON
                 await self._store.fail_job(
                     **lease, error=JobError("invalid_result", error.message, retryable=False)
