@@ -141,12 +141,20 @@ def duration_to_timedelta(message: duration_pb2.Duration, *, field: str) -> time
         raise InvalidArgument(field, "is out of range") from None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+
+
 def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """The value `Timestamp.FromDatetime` gives (a naive time is read as UTC) at under
+    half the cost: that goes through `utctimetuple` and `calendar.timegm`, and a watched
+    event carries up to seven timestamps."""
     if value is None:
         return None
-    message = timestamp_pb2.Timestamp()
-    message.FromDatetime(value)
-    return message
+    since = value - (_EPOCH_NAIVE if value.utcoffset() is None else _EPOCH)
+    return timestamp_pb2.Timestamp(
+        seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000
+    )
 
 
 def _duration(value: timedelta | None) -> duration_pb2.Duration | None:
