@@ -1,6 +1,6 @@
 """Claim latency on an idle system: how long a submitted job waits for an idle worker,
-with 1 and 8 idle workers polling at the default 0.25 s and at 0.05 s; and the store
-load those idle workers cause.
+with 1 and 8 idle workers polling at 0.25 s and at the SQLite default 0.05 s; and the
+store load those idle workers cause.
 
 Each run: a fresh store and `jobcontrol-server`; for each configuration, WORKERS idle
 worker processes (`bench.counted_worker`: `jobcontrol-worker` itself, with its store
@@ -8,8 +8,9 @@ calls counted by the server's counting wrapper and served on /metrics) are start
 left alone for SETTLE seconds, then:
 
 - idle load: the workers' store calls per second over an IDLE-second window with
-  nothing to do (claim_jobs: each claim is an UPDATE in a write transaction, even when
-  it finds nothing), summed over the workers;
+  nothing to do, summed over the workers: an idle worker polls with a read
+  (has_claimable_jobs) and claims (an UPDATE in a write transaction) only when the read
+  finds work;
 - claim latency: SAMPLES `demo.sleep` jobs {"seconds": 0, "steps": 0} submitted one at
   a time over gRPC, 100-250 ms apart at random (so submits fall at every phase of the
   polls); latency is the job's start_time minus its create_time, both written by the
@@ -51,9 +52,12 @@ async def measure(
     await asyncio.sleep(IDLE)
     after = [w.store_calls() for w in workers]
     elapsed = time.perf_counter() - began
-    claims = sum(
-        a.get("claim_jobs", 0) - b.get("claim_jobs", 0) for a, b in zip(after, before, strict=True)
-    )
+
+    def total(call: str) -> int:
+        return sum(a.get(call, 0) - b.get(call, 0) for a, b in zip(after, before, strict=True))
+
+    claims = total("claim_jobs")
+    probes = total("has_claimable_jobs")
     calls = sum(sum(a.values()) - sum(b.values()) for a, b in zip(after, before, strict=True))
     async with rpc.stubs(server.address) as (stub,):
         job_ids = []
@@ -75,6 +79,7 @@ async def measure(
     return {
         **percentiles_ms(waits),
         "idle_claims_per_s": claims / elapsed,
+        "idle_probes_per_s": probes / elapsed,
         "idle_store_calls_per_s": calls / elapsed,
     }
 
@@ -115,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             figures[f"{_key(count, poll)}.p50"].cell(),
             figures[f"{_key(count, poll)}.p99"].cell(),
             figures[f"{_key(count, poll)}.idle_claims_per_s"].cell(1),
+            figures[f"{_key(count, poll)}.idle_probes_per_s"].cell(1),
             figures[f"{_key(count, poll)}.idle_store_calls_per_s"].cell(1),
         )
         for count, poll in CONFIGS
@@ -122,14 +128,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         report.table(
             f"Claim latency on an idle system, median of {args.runs} runs (min-max)",
-            ("idle workers", "poll s", "p50 ms", "p99 ms", "idle claims/s", "idle store calls/s"),
+            (
+                "idle workers",
+                "poll s",
+                "p50 ms",
+                "p99 ms",
+                "idle claims/s",
+                "idle probes/s",
+                "idle store calls/s",
+            ),
             rows,
-            align=">>>>>>",
+            align=">>>>>>>",
             notes=[
                 f"latency: start_time - create_time of {SAMPLES} jobs per configuration and "
                 "run, submitted one at a time;",
                 f"idle: the workers' store calls over {IDLE:.0f} s with nothing to claim, "
-                "summed over the workers.",
+                "summed over the workers; claims are write transactions, probes "
+                "(has_claimable_jobs) reads.",
             ],
         )
     )
@@ -142,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "claim latency",
                 f"p50 submit -> claimed, {count} idle worker{'s' if count > 1 else ''}, "
                 f"poll {poll:g} s ({figures[f'{key}.idle_claims_per_s'].median:.0f} idle "
-                "claims/s)",
+                f"claims/s, {figures[f'{key}.idle_probes_per_s'].median:.0f} idle probes/s)",
                 "sqlite",
                 p50,
                 "ms",

@@ -81,11 +81,15 @@ class Outcome:
 
 
 async def _drain(
-    address: str, db_path: Path, jobs: int, *, profile_pid: int | None = None
+    address: str, db_path: Path, jobs: int, *, profile_pids: tuple[int, int] | None = None
 ) -> Outcome:
     requests = [rpc.request(seconds=0, steps=0) for _ in range(jobs)]
+    worker_pid, server_pid = profile_pids or (None, None)
     async with rpc.stubs(address) as (stub,):
-        with profiling.profile(profile_pid, "throughput-worker"):
+        with (
+            profiling.profile(worker_pid, "throughput-worker"),
+            profiling.profile(server_pid, "throughput-server"),
+        ):
             started = time.time()
             await rpc.submit(stub, requests)
             submitted = time.time()
@@ -114,10 +118,8 @@ def run_jobcontrol(
 ) -> Outcome:
     with procs.deployment(backend, directory) as (db, server, fleet):
         started = procs.workers(directory, db.config, workers, concurrency=concurrency, into=fleet)
-        profile_pid = started[0].pid if profile else None
-        return rpc.run(
-            _drain(server.address, directory / f"{backend}.db", jobs, profile_pid=profile_pid)
-        )
+        pids = (started[0].pid, server.pid) if profile else None
+        return rpc.run(_drain(server.address, directory / f"{backend}.db", jobs, profile_pids=pids))
 
 
 def run_huey(directory: Path, jobs: int, workers: int, kind: str) -> Outcome:
@@ -198,7 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy the first worker during the last SQLite run (bench/results/profiles)",
+        help="py-spy the first worker and the server during the last SQLite run"
+        " (bench/results/profiles)",
     )
     args = parser.parse_args(argv)
 

@@ -141,3 +141,23 @@ async def test_queue_positions_follow_the_claim_order_per_type(
     await store.claim_jobs(worker_id="w", types=["a"], limit=1, lease_timeout=LEASE)
     positions = await store.queue_positions([a1.id, a2.id, urgent.id])
     assert positions == {a1.id: 0, a2.id: 1}
+
+
+async def test_has_claimable_jobs_agrees_with_the_claim(store: SqlJobStore, clock: ManualClock):
+    assert not await store.has_claimable_jobs(types=["t"])
+    await store.create_job(JobSpec(type="other"))
+    await store.create_job(JobSpec(type="t", delay=timedelta(seconds=5)))
+    assert not await store.has_claimable_jobs(types=["t"])
+    assert await claim(store) == []
+    assert await store.has_claimable_jobs(types=["t", "other"])
+    clock.advance(5)
+    assert await store.has_claimable_jobs(types=["t"])
+    assert not await store.has_claimable_jobs(types=[])
+    await claim(store)
+    assert not await store.has_claimable_jobs(types=["t"])
+
+
+async def test_has_claimable_jobs_checks_the_types(store: SqlJobStore):
+    with pytest.raises(InvalidArgument) as caught:
+        await store.has_claimable_jobs(types=["not a type!"])
+    assert caught.value.field == "types"

@@ -320,3 +320,42 @@ async def test_concurrency_is_bounded_and_slots_are_refilled(store: SqliteJobSto
     finally:
         await worker.close()
     assert peak == 3
+
+
+class CountingStore(SqliteJobStore):
+    """The real store, counting idle probes and claims."""
+
+    probes = 0
+    claims = 0
+
+    async def has_claimable_jobs(self, *, types: Any) -> bool:
+        self.probes += 1
+        return await super().has_claimable_jobs(types=types)
+
+    async def claim_jobs(self, **kwargs: Any) -> list[Job]:
+        self.claims += 1
+        return await super().claim_jobs(**kwargs)
+
+
+async def test_an_idle_worker_polls_with_reads_and_claims_when_work_arrives(tmp_path: Path):
+    store = await CountingStore.open(tmp_path / "jobs.db")
+    registry = Registry()
+
+    @registry.handler("t.idle")
+    async def run(ctx: JobContext) -> dict[str, Any]:
+        return {}
+
+    worker = RunningWorker(store, registry, poll_interval=timedelta(milliseconds=10))
+    try:
+        await until(lambda: _at_least(store, "probes", 20))
+        assert store.claims == 1  # the first claim found nothing; since then only reads
+        job_id = await submit(store, "t.idle")
+        assert (await finished(store, job_id)).state is JobState.SUCCEEDED
+        assert store.claims >= 2
+    finally:
+        await worker.close()
+        await store.close()
+
+
+async def _at_least(store: CountingStore, counter: str, value: int) -> bool:
+    return int(getattr(store, counter)) >= value

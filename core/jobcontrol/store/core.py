@@ -281,6 +281,19 @@ class SqlJobStore:
 
         return await self._write(claim, atomic=False)
 
+    async def has_claimable_jobs(self, *, types: Sequence[str]) -> bool:
+        for job_type in types:
+            validate_type(job_type, field="types")
+        if not types:
+            return False
+        params = {"types": dump_json(sorted(set(types)))}
+
+        def probe(tx: Tx) -> bool:
+            rows = tx.execute(sql.HAS_CLAIMABLE_JOBS, {**params, "now_us": to_us(self._clock())})
+            return bool(rows[0]["claimable"])
+
+        return await self._read(probe)
+
     async def heartbeat_job(
         self, *, job_id: str, lease_id: str, lease_timeout: timedelta
     ) -> HeartbeatAck:

@@ -113,6 +113,10 @@ class JobStore(Protocol):
         self, *, worker_id: str, types: Sequence[str], limit: int, lease_timeout: timedelta
     ) -> list[Job]: ...
 
+    async def has_claimable_jobs(self, *, types: Sequence[str]) -> bool:
+        """Whether `claim_jobs` would find work now: a read, for cheap idle polling."""
+        ...
+
     async def heartbeat_job(
         self, *, job_id: str, lease_id: str, lease_timeout: timedelta
     ) -> HeartbeatAck: ...

@@ -59,6 +59,17 @@ WHERE id IN (
 RETURNING *
 """
 
+# Is there anything to claim? A read, so idle workers polling often never take the write
+# lock; the same walk as the claim's.
+HAS_CLAIMABLE_JOBS = """
+SELECT EXISTS (
+    SELECT 1 FROM jobs INDEXED BY jobs_claim_order
+    WHERE state = 'PENDING'
+      AND type IN (SELECT value FROM json_each(:types))
+      AND run_after_us <= :now_us
+) AS claimable
+"""
+
 # Success in one statement, fenced by the lease: no read, no decode, no full-row write.
 # Mirrors `jobcontrol.jobs.succeed`.
 COMPLETE_JOB = """

@@ -16,10 +16,17 @@ import signal
 import sys
 from datetime import timedelta
 
-from jobcontrol.errors import JobControlError
+from jobcontrol.errors import InvalidArgument, JobControlError
 from jobcontrol.store import StoreConfig, open_store
 from jobcontrol.worker.handlers import default_registry
-from jobcontrol.worker.runtime import Worker, WorkerConfig
+from jobcontrol.worker.runtime import (
+    LOCAL_CANCEL_POLL_INTERVAL,
+    LOCAL_POLL_INTERVAL,
+    REMOTE_CANCEL_POLL_INTERVAL,
+    REMOTE_POLL_INTERVAL,
+    Worker,
+    WorkerConfig,
+)
 
 DEFAULTS = WorkerConfig()
 
@@ -34,11 +41,19 @@ def _seconds(text: str) -> timedelta:
     return timedelta(seconds=value)
 
 
-def _poll_default() -> timedelta:
-    millis = os.environ.get("POLL_INTERVAL_MS")
+def _poll_interval(args: argparse.Namespace, store: StoreConfig) -> timedelta:
+    """The flag, else POLL_INTERVAL_MS, else the backend's default."""
+    if isinstance(args.poll_interval, timedelta):
+        return args.poll_interval
+    millis = os.environ.get("POLL_INTERVAL_MS", "")
     if millis:
-        return timedelta(milliseconds=float(millis))
-    return DEFAULTS.poll_interval
+        try:
+            return _seconds(str(float(millis) / 1000))
+        except (ValueError, argparse.ArgumentTypeError):
+            raise InvalidArgument(
+                "POLL_INTERVAL_MS", f"must be a positive number of milliseconds, got {millis!r}"
+            ) from None
+    return REMOTE_POLL_INTERVAL if store.remote else LOCAL_POLL_INTERVAL
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,9 +88,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--poll-interval",
         type=_seconds,
-        default=_poll_default(),
+        default=None,
         metavar="SECONDS",
-        help="claim polling while idle (env POLL_INTERVAL_MS)",
+        help="how often an idle worker looks for work (env POLL_INTERVAL_MS; default 0.05 s"
+        " for SQLite, 0.25 s for a remote libSQL store)",
     )
     p.add_argument(
         "--drain-grace",
@@ -96,16 +112,20 @@ def load_handler_modules(names: str) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
+    store_config = StoreConfig.from_args(args)
     config = WorkerConfig(
         name=args.name,
         concurrency=args.concurrency,
         types=tuple(filter(None, (t.strip() for t in args.types.split(",")))),
         lease_timeout=args.lease_timeout,
         heartbeat_interval=args.heartbeat_interval,
-        poll_interval=args.poll_interval,
+        poll_interval=_poll_interval(args, store_config),
+        cancel_poll_interval=(
+            REMOTE_CANCEL_POLL_INTERVAL if store_config.remote else LOCAL_CANCEL_POLL_INTERVAL
+        ),
         drain_grace=args.drain_grace,
     )
-    store = await open_store(StoreConfig.from_args(args))
+    store = await open_store(store_config)
     try:
         worker = Worker(store, default_registry, config)
         stop, stop_now = asyncio.Event(), asyncio.Event()

@@ -1,7 +1,8 @@
 """The worker runtime: claim, run, heartbeat, notice cancellation, finish, drain.
 
 One loop claims as many jobs as there are free slots in one store call, and claims
-again at once when a slot frees; when nothing is claimable it waits the poll interval.
+again at once when a slot frees; when nothing is claimable it polls with a cheap read
+every (jittered) poll interval and claims when the read finds work.
 Each job runs in its own task with a progress writer. Heartbeats renew the leases and
 carry cancellation back; a faster poll of the store's cancel requests (one indexed
 read for all of this worker's jobs) makes cancellation reach a handler within about
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +41,12 @@ from jobcontrol.workers import WorkerInfo
 log = logging.getLogger(__name__)
 
 HANDLER_STOP_GRACE_SECONDS = 5.0
+# Idle polls and cancel polls are indexed reads: locally they cost next to nothing,
+# remotely a round trip each.
+LOCAL_POLL_INTERVAL = timedelta(milliseconds=50)
+REMOTE_POLL_INTERVAL = timedelta(milliseconds=250)
+LOCAL_CANCEL_POLL_INTERVAL = timedelta(milliseconds=100)
+REMOTE_CANCEL_POLL_INTERVAL = timedelta(milliseconds=200)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +56,8 @@ class WorkerConfig:
     types: tuple[str, ...] = ()  # empty: every registered type
     lease_timeout: timedelta = timedelta(seconds=30)
     heartbeat_interval: timedelta | None = None  # default: a third of the lease
-    poll_interval: timedelta = timedelta(milliseconds=250)
-    cancel_poll_interval: timedelta = timedelta(milliseconds=200)
+    poll_interval: timedelta = LOCAL_POLL_INTERVAL
+    cancel_poll_interval: timedelta = LOCAL_CANCEL_POLL_INTERVAL
     drain_grace: timedelta = timedelta(seconds=30)
 
     @property
@@ -143,12 +151,18 @@ class Worker:
     async def _claim_loop(self, stop: asyncio.Event) -> None:
         assert self.worker_id is not None
         failures = 0
+        idle = False  # the last claim found less than it asked for
         while not stop.is_set():
             free = self._config.concurrency - len(self._running)
             if free <= 0:
                 await _first(stop.wait(), self._slot_freed_wait())
                 continue
             try:
+                # While idle, ask with a read first: polling often then never takes the
+                # store's write lock from the workers and servers that have work.
+                if idle and not await self._store.has_claimable_jobs(types=self._types):
+                    await self._idle_wait(stop)
+                    continue
                 jobs = await self._store.claim_jobs(
                     worker_id=self.worker_id,
                     types=self._types,
@@ -165,12 +179,16 @@ class Worker:
                 self._on_write()
             for job in jobs:
                 self._start(job)
-            if len(jobs) < free:  # nothing more to claim now
-                await _first(
-                    stop.wait(),
-                    self._slot_freed_wait(),
-                    asyncio.sleep(self._config.poll_interval.total_seconds()),
-                )
+            idle = len(jobs) < free
+            if idle:
+                await self._idle_wait(stop)
+
+    async def _idle_wait(self, stop: asyncio.Event) -> None:
+        """Until a slot frees or about a poll interval passes. The jitter spreads workers
+        started together: in lock-step they poll at once and a job waits for the next
+        cluster; spread, N workers find it in about interval / (2N)."""
+        interval = self._config.poll_interval.total_seconds() * random.uniform(0.5, 1.5)
+        await _first(stop.wait(), self._slot_freed_wait(), asyncio.sleep(interval))
 
     async def _slot_freed_wait(self) -> None:
         self._slot_freed.clear()
