@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from jobcontrol.jobs import EventKind, Job, JobEvent, JobSpec, JobState, Progress
-from jobcontrol.server.hub import OVERFLOW, EventHub, Subscription, WatchEnded
+from jobcontrol.server.hub import OVERFLOW, Delivery, EventHub, Subscription, WatchEnded
 from jobcontrol.server.metrics import Metrics, metered
 from jobcontrol.store.sqlite import SqliteJobStore
 
@@ -31,9 +31,9 @@ JOB = Job(
 )
 
 
-def event(sequence: int, kind: EventKind, job_id: str = "j1", percent: float = 0) -> JobEvent:
+def event(sequence: int, kind: EventKind, job_id: str = "j1", percent: float = 0) -> Delivery:
     job = dataclasses.replace(JOB, id=job_id, progress=Progress(percent))
-    return JobEvent(sequence=sequence, kind=kind, time=NOW, job=job)
+    return Delivery(JobEvent(sequence=sequence, kind=kind, time=NOW, job=job))
 
 
 def drain(sub: Subscription) -> list[JobEvent]:
@@ -41,7 +41,7 @@ def drain(sub: Subscription) -> list[JobEvent]:
         out = []
         while True:
             try:
-                out.append(await asyncio.wait_for(sub.next(), 0.01))
+                out.append((await asyncio.wait_for(sub.next(), 0.01)).event)
             except TimeoutError:
                 return out
 
@@ -77,7 +77,7 @@ def test_state_changes_are_never_dropped_and_overflow_ends_the_subscription():
     for n in range(6, 13):
         sub.push(event(n, EventKind.SUBMITTED, job_id=f"j{n}"), batch=2)
 
-    async def next_event() -> JobEvent:
+    async def next_event() -> Delivery:
         return await sub.next()
 
     with pytest.raises(WatchEnded) as ended:

@@ -10,6 +10,9 @@ updates coalesced: a newer one replaces an older one of the same job that was al
 waiting when the tailer's previous batch arrived (so a reader keeping up gets every
 update); state changes are never dropped. When state changes alone overflow the
 buffer, the subscription ends and the watcher is told to resume from its last sequence.
+
+Every subscription gets the same `Delivery` for an event, so the stream that sends it
+first encodes it once for all of them.
 """
 
 from __future__ import annotations
@@ -55,8 +58,18 @@ def matches(job_filter: JobFilter, job: Job) -> bool:
 
 
 @dataclasses.dataclass(slots=True, eq=False)
-class _Entry:
+class Delivery:
+    """One event as the hub hands it to every subscription that wants it. `encoded`
+    holds its wire form once a stream has made it, for the other streams to send:
+    a thousand watchers of one job then cost one conversion, not a thousand."""
+
     event: JobEvent
+    encoded: bytes | None = None
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class _Entry:
+    delivery: Delivery
     batch: int  # the hub fan-out that delivered it
     live: bool = True
 
@@ -104,14 +117,15 @@ class Subscription:
             self.last_job = snapshot.job
             self.last_sequence = snapshot.sequence
 
-    def push(self, event: JobEvent, batch: int) -> None:
+    def push(self, delivery: Delivery, batch: int) -> None:
         """Add an event of fan-out number `batch`."""
         if self._ended is not None:
             return
+        event = delivery.event
         if event.sequence >= self.last_sequence:
             self.last_job = event.job
             self.last_sequence = event.sequence
-        entry = _Entry(event, batch)
+        entry = _Entry(delivery, batch)
         if event.kind in COALESCIBLE:
             waiting = self._waiting_updates.setdefault(event.job.id, deque())
             while waiting and waiting[0].batch < batch:  # fan-outs come in order
@@ -134,7 +148,7 @@ class Subscription:
             self._waiting_updates.clear()
             self._ready.set()
 
-    async def next(self) -> JobEvent:
+    async def next(self) -> Delivery:
         while True:
             if self._ended is not None:
                 raise WatchEnded(self._ended)
@@ -143,18 +157,19 @@ class Subscription:
                 if not entry.live:
                     continue
                 self._live -= 1
-                if entry.event.kind in COALESCIBLE:
+                if entry.delivery.event.kind in COALESCIBLE:
                     self._forget_update(entry)
-                return entry.event
+                return entry.delivery
             self._ready.clear()
             await self._ready.wait()
 
     def _forget_update(self, entry: _Entry) -> None:
-        waiting = self._waiting_updates.get(entry.event.job.id)
+        job_id = entry.delivery.event.job.id
+        waiting = self._waiting_updates.get(job_id)
         if waiting is not None:
             waiting.remove(entry)
             if not waiting:
-                del self._waiting_updates[entry.event.job.id]
+                del self._waiting_updates[job_id]
 
 
 class EventHub:
@@ -282,11 +297,12 @@ class EventHub:
                         future.set_result(events.get(job_id))
 
     def _dispatch(self, event: JobEvent) -> None:
+        delivery = Delivery(event)
         for sub in list(self._by_job.get(event.job.id, ())):
-            sub.push(event, self._batch)
+            sub.push(delivery, self._batch)
         for sub in list(self._filtered):
             if sub.wants(event):
-                sub.push(event, self._batch)
+                sub.push(delivery, self._batch)
 
     async def _tail(self) -> None:
         failures = 0
@@ -345,12 +361,10 @@ class EventHub:
                         continue
                     if job.queue_position == position:
                         continue
-                    sub.push(
-                        JobEvent(
-                            sequence=sub.last_sequence,
-                            kind=EventKind.QUEUE_POSITION,
-                            time=now,
-                            job=dataclasses.replace(job, queue_position=position),
-                        ),
-                        self._batch,
+                    event = JobEvent(
+                        sequence=sub.last_sequence,
+                        kind=EventKind.QUEUE_POSITION,
+                        time=now,
+                        job=dataclasses.replace(job, queue_position=position),
                     )
+                    sub.push(Delivery(event), self._batch)

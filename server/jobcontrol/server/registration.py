@@ -4,6 +4,9 @@ grpcio turns an exception in a request deserializer into UNKNOWN. Requests here 
 as bytes and are parsed inside the handler instead, so bytes that are not a valid
 message (corrupt wire format, nesting past protobuf's limit) get INVALID_ARGUMENT with a
 message saying which message type was expected.
+
+Streaming handlers may yield bytes already serialized (an event encoded once for every
+watcher); their serializer sends those as they are.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def register(server: grpc.aio.Server, servicer: Any, metrics: Metrics) -> None:
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 _streaming(behaviour, request_type, metrics, method.name),
-                response_serializer=response_type.SerializeToString,
+                response_serializer=_serialize_unless_bytes,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
@@ -42,6 +45,12 @@ def register(server: grpc.aio.Server, servicer: Any, metrics: Metrics) -> None:
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
     )
+
+
+def _serialize_unless_bytes(response: protobuf_message.Message | bytes) -> bytes:
+    if isinstance(response, bytes):
+        return response
+    return response.SerializeToString()
 
 
 async def _parse(

@@ -2,7 +2,8 @@
 
 Handlers convert the request, call the store, and convert the answer back; the
 `unary`/`streaming` wrappers turn domain errors into status codes. Writes made here
-wake the EventHub so watchers in this process see them at once.
+wake the EventHub so watchers in this process see them at once. Watch streams send the
+hub's events as bytes encoded once for all streams (see `registration`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from jobcontrol import convert
 from jobcontrol.errors import InvalidArgument, JobNotFound
 from jobcontrol.ids import parse_id
 from jobcontrol.jobs import EventKind, JobEvent
-from jobcontrol.server.hub import OVERFLOW, EventHub, Subscription, WatchEnded
+from jobcontrol.server.hub import OVERFLOW, Delivery, EventHub, Subscription, WatchEnded
 from jobcontrol.server.metrics import Metrics
 from jobcontrol.server.status import StreamEnded, streaming, unary
 from jobcontrol.store import JobFilter, JobStore
@@ -123,10 +124,11 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
                     return
                 last = snapshot.sequence
             while True:
-                event = await sub.next()
+                delivery = await sub.next()
+                event = delivery.event
                 if event.sequence <= last and event.kind is not EventKind.QUEUE_POSITION:
                     continue
-                yield api.WatchJobResponse(event=convert.event_to_proto(event))
+                yield _encoded(delivery)
                 last = max(last, event.sequence)
                 if _ends_watch(event):
                     return
@@ -154,10 +156,11 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
                     yield api.WatchJobsResponse(event=convert.event_to_proto(event))
                     last = event.sequence
             while True:
-                event = await sub.next()
+                delivery = await sub.next()
+                event = delivery.event
                 if event.sequence <= last and event.kind is not EventKind.QUEUE_POSITION:
                     continue
-                yield api.WatchJobsResponse(event=convert.event_to_proto(event))
+                yield _encoded(delivery)
                 last = max(last, event.sequence)
         except WatchEnded as ended:
             raise _stream_ended(ended, last) from None
@@ -183,6 +186,16 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
             if len(page) < REPLAY_PAGE:
                 return
             after = page[-1].sequence
+
+
+def _encoded(delivery: Delivery) -> bytes:
+    """The event as a serialized WatchJobResponse, made by the first stream to send it.
+    WatchJobsResponse is the same single field (`JobEvent event = 1`), so the same bytes
+    serve both RPCs."""
+    if delivery.encoded is None:
+        message = api.WatchJobResponse(event=convert.event_to_proto(delivery.event))
+        delivery.encoded = message.SerializeToString()
+    return delivery.encoded
 
 
 def _check_sequence(value: int) -> None:
