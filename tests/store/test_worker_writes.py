@@ -113,9 +113,8 @@ async def test_complete_jobs_fences_each_completion_on_its_own(store: SqlJobStor
             Completion(third.id, "f" * 32, {"n": 3}),
         ]
     )
-    assert done[0] is not None
-    assert done[0].result == {"n": 1}
-    assert done[1:] == [None, None]
+    assert done == [True, False, False]
+    assert (await store.get_job(first.id)).result == {"n": 1}
     assert (await store.get_job(second.id)).state is JobState.CANCELLED
     assert (await store.get_job(third.id)) == third
     events = await store.list_events(after_sequence=before)
@@ -136,6 +135,22 @@ async def test_complete_jobs_with_one_bad_result_writes_nothing(store: SqlJobSto
     assert await store.last_sequence() == before
     assert (await store.get_job(good.id)).state is JobState.RUNNING
     assert await store.complete_jobs([]) == []
+
+
+async def test_complete_jobs_agrees_with_the_state_machine(store: SqlJobStore, clock: ManualClock):
+    plain, busy = await running(store), await running(store, timeout=timedelta(minutes=1))
+    busy = await store.report_progress(**lease(busy), progress=Progress(70, "mixing", "x"))
+    await store.cancel_job(busy.id)
+    busy = await store.get_job(busy.id)
+    clock.advance(1)
+    results = {plain.id: {"a": 1}, busy.id: {"b": [2, None]}}
+    done = await store.complete_jobs(
+        [Completion(j.id, j.lease_id or "", results[j.id]) for j in (busy, plain)]
+    )
+    assert done == [True, True]
+    for job in (plain, busy):
+        expected, _ = jobs.succeed(job, results[job.id], now=clock())
+        assert await store.get_job(job.id) == expected
 
 
 async def test_retryable_failure_goes_back_to_pending_after_backoff(

@@ -27,7 +27,7 @@ from jobcontrol.ids import new_id, parse_id
 from jobcontrol.jobs import Job, JobError, JobEvent, JobSpec, JobState, Progress
 from jobcontrol.retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from jobcontrol.store import sql
-from jobcontrol.store.database import Database, Tx
+from jobcontrol.store.database import Database, Row, Tx
 from jobcontrol.store.paging import PageCursor, decode_token, effective_page_size, encode_token
 from jobcontrol.store.protocol import (
     MAX_BATCH_SIZE,
@@ -322,39 +322,36 @@ class SqlJobStore:
         )
 
     async def complete_job(self, *, job_id: str, lease_id: str, result: Mapping[str, Any]) -> Job:
-        (job,) = await self.complete_jobs([Completion(job_id, lease_id, result)])
-        if job is None:
+        rows = await self._complete([Completion(job_id, lease_id, result)])
+        if not rows:
             raise LeaseLost(job_id, lease_id)
-        return job
+        return job_from_row(rows[0])
 
-    async def complete_jobs(self, completions: Sequence[Completion]) -> list[Job | None]:
+    async def complete_jobs(self, completions: Sequence[Completion]) -> list[bool]:
+        rows = await self._complete(completions)
+        recorded = {(row["id"], row["lease_id"]) for row in rows}
+        return [(c.job_id, c.lease_id) in recorded for c in completions]
+
+    async def _complete(self, completions: Sequence[Completion]) -> list[Row]:
         if len(completions) > MAX_BATCH_SIZE:
             raise InvalidArgument(
                 "completions", f"at most {MAX_BATCH_SIZE} per call, got {len(completions)}"
             )
-        params = []
+        batch = []
         for index, completion in enumerate(completions):
             field = "result" if len(completions) == 1 else f"completions[{index}].result"
             encoded = encode_json(
                 completion.result, field=field, max_bytes=self._limits.max_payload_bytes
             )
-            params.append(
-                {"id": completion.job_id, "lease_id": completion.lease_id, "result": encoded}
-            )
-        if not params:
+            batch.append([completion.job_id, completion.lease_id, encoded])
+        if not batch:
             return []
+        params = {"completions": dump_json(batch)}
 
-        def complete(tx: Tx) -> list[Job | None]:
-            now_us = to_us(self._clock())
-            done = []
-            for one in params:
-                rows = tx.execute(sql.COMPLETE_JOB, {**one, "now_us": now_us})
-                done.append(job_from_row(rows[0]) if rows else None)
-            return done
+        def complete(tx: Tx) -> list[Row]:
+            return tx.execute(sql.COMPLETE_JOBS, {**params, "now_us": to_us(self._clock())})
 
-        # One statement per job, each fenced on its own: a batch needs no atomicity,
-        # only the one commit that makes it cheap.
-        return await self._write(complete, atomic=len(params) > 1)
+        return await self._write(complete, atomic=False)  # one statement: atomic anyway
 
     async def fail_job(self, *, job_id: str, lease_id: str, error: JobError) -> Job:
         error = JobError(

@@ -127,9 +127,9 @@ class JobStore(Protocol):
         self, *, job_id: str, lease_id: str, result: Mapping[str, Any]
     ) -> Job: ...
 
-    async def complete_jobs(self, completions: Sequence[Completion]) -> list[Job | None]:
-        """Many completions in one transaction, each fenced by its own lease: None where
-        that lease was lost. A result that is not valid JSON rejects the whole batch
+    async def complete_jobs(self, completions: Sequence[Completion]) -> list[bool]:
+        """Many successes in one statement, each fenced by its own lease: False where that
+        lease was lost. A result that is not valid JSON rejects the whole batch
         (InvalidArgument naming it) before anything is written."""
         ...
 

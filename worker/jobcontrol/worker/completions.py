@@ -13,11 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobcontrol.errors import InvalidArgument, LeaseLost
-from jobcontrol.jobs import Job
 from jobcontrol.store import Completion, JobStore
 from jobcontrol.store.protocol import MAX_BATCH_SIZE
 
-_Pending = tuple[Completion, "asyncio.Future[Job]"]
+_Pending = tuple[Completion, "asyncio.Future[None]"]
 
 
 class CompletionWriter:
@@ -27,9 +26,9 @@ class CompletionWriter:
         self._queue: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def complete(self, *, job_id: str, lease_id: str, result: Mapping[str, Any]) -> Job:
+    async def complete(self, *, job_id: str, lease_id: str, result: Mapping[str, Any]) -> None:
         """Record the result; raises what `JobStore.complete_job` raises for this job."""
-        future: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((Completion(job_id, lease_id, result), future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued(), name="completions")
@@ -50,7 +49,7 @@ class CompletionWriter:
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
-            jobs = await self._store.complete_jobs([completion for completion, _ in batch])
+            recorded_all = await self._store.complete_jobs([c for c, _ in batch])
         except InvalidArgument:
             # One result the store refuses (too big, not JSON) must not sink the others:
             # write each alone, so only that job gets the error.
@@ -62,20 +61,20 @@ class CompletionWriter:
                 if not future.done():
                     future.set_exception(error)
             return
-        for (completion, future), job in zip(batch, jobs, strict=True):
+        for (completion, future), recorded in zip(batch, recorded_all, strict=True):
             if future.done():  # its job task was cancelled; the result is written anyway
                 continue
-            if job is None:
-                future.set_exception(LeaseLost(completion.job_id, completion.lease_id))
+            if recorded:
+                future.set_result(None)
             else:
-                future.set_result(job)
+                future.set_exception(LeaseLost(completion.job_id, completion.lease_id))
 
 
 async def _settle_alone(
-    store: JobStore, completion: Completion, future: asyncio.Future[Job]
+    store: JobStore, completion: Completion, future: asyncio.Future[None]
 ) -> None:
     try:
-        job = await store.complete_job(
+        await store.complete_job(
             job_id=completion.job_id, lease_id=completion.lease_id, result=completion.result
         )
     except Exception as error:
@@ -83,4 +82,4 @@ async def _settle_alone(
             future.set_exception(error)
         return
     if not future.done():
-        future.set_result(job)
+        future.set_result(None)
