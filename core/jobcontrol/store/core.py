@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from jobcontrol import jobs
 from jobcontrol.errors import (
@@ -48,6 +49,7 @@ from jobcontrol.store.rows import (
     to_us,
     worker_from_row,
 )
+from jobcontrol.store.schema import apply_migrations
 from jobcontrol.validation import (
     DEFAULT_LIMITS,
     Limits,
@@ -59,6 +61,8 @@ from jobcontrol.validation import (
     validate_type,
 )
 from jobcontrol.workers import Worker, WorkerInfo, WorkerState
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -112,6 +116,21 @@ class SqlJobStore:
         self._clock = clock
         self._retry_policy = retry_policy
         self._limits = limits
+
+    @classmethod
+    async def _migrated(cls, db: Database, where: str, *, clock: Clock, **options: Any) -> Self:
+        """The store over `db` with its schema brought up to date in one write
+        transaction; the driver is closed if that fails, so a failed open leaks nothing."""
+        try:
+            applied = await db.run(
+                lambda tx: apply_migrations(tx, now_us=to_us(clock())), write=True
+            )
+        except BaseException:
+            await db.close()
+            raise
+        if applied:
+            log.info("applied schema migrations %s to %s", applied, where)
+        return cls(db, clock=clock, **options)
 
     async def _write(self, fn: Callable[[Tx], T], *, atomic: bool = True) -> T:
         return await self._db.run(fn, write=True, atomic=atomic)

@@ -30,8 +30,6 @@ from jobcontrol.errors import StoreUnavailable
 from jobcontrol.store.config import REMOTE_SCHEMES
 from jobcontrol.store.core import Clock, SqlJobStore, utc_now
 from jobcontrol.store.database import Params, Row
-from jobcontrol.store.rows import to_us
-from jobcontrol.store.schema import apply_migrations
 
 log = logging.getLogger(__name__)
 
@@ -261,13 +259,4 @@ class LibsqlJobStore(SqlJobStore):
         **options: Any,
     ) -> LibsqlJobStore:
         db = LibsqlDatabase(url, auth_token=auth_token, lock_wait=lock_wait, retry_for=retry_for)
-        try:
-            applied = await db.run(
-                lambda tx: apply_migrations(tx, now_us=to_us(clock())), write=True
-            )
-        except BaseException:
-            await db.close()
-            raise
-        if applied:
-            log.info("applied schema migrations %s to %s", applied, db.where)
-        return cls(db, clock=clock, **options)
+        return await cls._migrated(db, db.where, clock=clock, **options)

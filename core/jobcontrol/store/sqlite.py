@@ -20,8 +20,6 @@ from typing import Any, TypeVar
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.store.core import Clock, SqlJobStore, utc_now
 from jobcontrol.store.database import Params, Row
-from jobcontrol.store.rows import to_us
-from jobcontrol.store.schema import apply_migrations
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +153,4 @@ class SqliteJobStore(SqlJobStore):
         """Open (creating if needed) and migrate the file. `lock_wait` bounds how long a
         transaction waits for other processes before StoreUnavailable."""
         db = SqliteDatabase(path, busy_timeout=busy_timeout, lock_wait=lock_wait)
-        try:
-            applied = await db.run(
-                lambda tx: apply_migrations(tx, now_us=to_us(clock())), write=True
-            )
-        except BaseException:
-            await db.close()
-            raise
-        if applied:
-            log.info("applied schema migrations %s to %s", applied, path)
-        return cls(db, clock=clock, **options)
+        return await cls._migrated(db, str(path), clock=clock, **options)
