@@ -53,7 +53,7 @@ def to_us(value: datetime) -> int:
 
 
 def from_us(value: int) -> datetime:
-    return EPOCH + timedelta(microseconds=value)
+    return EPOCH + timedelta(0, 0, value)  # positional: measurably cheaper on hot paths
 
 
 def _opt_to_us(value: datetime | None) -> int | None:
@@ -62,6 +62,11 @@ def _opt_to_us(value: datetime | None) -> int | None:
 
 def _opt_from_us(value: int | None) -> datetime | None:
     return None if value is None else from_us(value)
+
+
+def _load_object(text: str) -> Any:
+    """Most payloads, labels and results are empty: skip the parser for those."""
+    return {} if text == "{}" else json.loads(text)
 
 
 def dump_json(value: object) -> str:
@@ -117,10 +122,10 @@ def job_from_row(row: Row) -> Job:
     return Job(
         id=row["id"],
         type=row["type"],
-        payload=json.loads(row["payload"]),
+        payload=_load_object(row["payload"]),
         state=JobState(row["state"]),
         priority=row["priority"],
-        labels=json.loads(row["labels"]),
+        labels=_load_object(row["labels"]),
         attempt=row["attempt"],
         max_attempts=row["max_attempts"],
         create_time=from_us(row["create_us"]),
@@ -131,7 +136,7 @@ def job_from_row(row: Row) -> Job:
             stage=row["progress_stage"],
             message=row["progress_message"],
         ),
-        result=None if row["result"] is None else json.loads(row["result"]),
+        result=None if row["result"] is None else _load_object(row["result"]),
         error=error,
         cancel_requested=bool(row["cancel_requested"]),
         cancel_reason=row["cancel_reason"],
