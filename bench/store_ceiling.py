@@ -6,8 +6,9 @@ SQLite file (WAL, synchronous=NORMAL, as the store opens it) pre-filled with PRE
 pending jobs; each variant works on an identical copy:
 
 - store API: `claim_jobs(limit=1)` then `complete_job` (each a transaction run on the
-  driver's thread: the fenced read, the state machine, the full-row versioned UPDATE,
-  and the trigger appending the event with the job as JSON);
+  driver's thread: since #7 the completion is one fenced UPDATE, `sql.COMPLETE_JOBS`
+  with one completion, whose returned row is decoded into a Job; the trigger appends
+  the event with the job as JSON);
 - raw, with the event triggers: `sql.CLAIM_JOBS` then an UPDATE of the finishing
   columns (state, result, end/update time, progress, version) by id and lease, each in
   its own BEGIN IMMEDIATE ... COMMIT, straight from this thread; the triggers of
