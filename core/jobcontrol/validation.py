@@ -33,7 +33,6 @@ MAX_TIMEOUT = timedelta(days=7)
 # ListJobs issues tokens of about 100 characters. Anything much longer is not one of
 # ours, and refusing it before decoding keeps a hostile token (JSON nested a thousand
 # levels deep, megabytes of base64) away from the decoder.
-MAX_PAGE_TOKEN_LENGTH = 512
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
 TYPE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z][A-Za-z0-9_-]*)*")
@@ -91,11 +90,6 @@ def validate_labels(labels: Mapping[str, str], *, field: str = "labels") -> None
                 f"{field}[{key!r}]", f"values are at most {MAX_LABEL_VALUE_LENGTH} characters"
             )
         _check_text(value, field=f"{field}[{key!r}]")
-
-
-def validate_page_token(token: str) -> None:
-    if len(token) > MAX_PAGE_TOKEN_LENGTH:
-        raise InvalidArgument("page_token", "is not a token returned by ListJobs")
 
 
 def validate_spec(spec: JobSpec, limits: Limits = DEFAULT_LIMITS) -> str:

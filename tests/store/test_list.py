@@ -98,7 +98,7 @@ async def test_negative_page_size_is_refused(store: SqlJobStore):
         await store.list_jobs(job_filter=JobFilter(), page_size=-5)
 
 
-@pytest.mark.parametrize("token", ["garbage", "eyJ2IjogMn0", "%%%"])
+@pytest.mark.parametrize("token", ["garbage", "eyJ2IjogMn0", "%%%", "W" * 10_000 + "="])
 async def test_malformed_page_token_is_refused(store: SqlJobStore, token: str):
     with pytest.raises(InvalidArgument) as caught:
         await store.list_jobs(job_filter=JobFilter(), page_token=token)

@@ -12,6 +12,9 @@ from jobcontrol.errors import InvalidArgument
 from jobcontrol.store.protocol import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobFilter
 
 _VERSION = 1
+# Our tokens are ~100 characters; anything far longer is not ours, and is refused before
+# it costs a base64 and JSON decode.
+MAX_TOKEN_LENGTH = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +33,8 @@ def decode_token(token: str, job_filter: JobFilter) -> PageCursor | None:
     ours or that were issued for a different filter."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidArgument("page_token", "is not a token returned by ListJobs")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)

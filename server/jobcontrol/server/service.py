@@ -24,7 +24,7 @@ from jobcontrol.server.status import StreamEnded, streaming, unary
 from jobcontrol.store import JobFilter, JobStore
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
-from jobcontrol.validation import validate_labels, validate_page_token, validate_type
+from jobcontrol.validation import validate_labels, validate_type
 
 Context = grpc.aio.ServicerContext[Any, Any]
 REPLAY_PAGE = 1000
@@ -65,7 +65,6 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
 
     @unary
     async def ListJobs(self, request: api.ListJobsRequest, context: Context) -> Any:
-        validate_page_token(request.page_token)
         page = await self.store.list_jobs(
             job_filter=convert.filter_from_proto(request.filter),
             page_size=request.page_size,
