@@ -36,16 +36,18 @@ def event(sequence: int, kind: EventKind, job_id: str = "j1", percent: float = 0
     return Delivery(JobEvent(sequence=sequence, kind=kind, time=NOW, job=job))
 
 
-def drain(sub: Subscription) -> list[JobEvent]:
-    async def take() -> list[JobEvent]:
-        out = []
-        while True:
-            try:
-                out.append((await asyncio.wait_for(sub.next(), 0.01)).event)
-            except TimeoutError:
-                return out
+async def take(sub: Subscription) -> list[JobEvent]:
+    """Everything the subscription has for its reader now."""
+    out = []
+    while True:
+        try:
+            out.append((await asyncio.wait_for(sub.next(), 0.01)).event)
+        except TimeoutError:
+            return out
 
-    return asyncio.run(take())
+
+def drain(sub: Subscription) -> list[JobEvent]:
+    return asyncio.run(take(sub))
 
 
 def test_progress_of_a_slow_reader_is_coalesced_to_the_latest():
@@ -67,6 +69,37 @@ def test_a_reader_that_keeps_up_gets_every_progress_update_of_a_batch():
     for n in range(1, 6):
         sub.push(event(n, EventKind.PROGRESS, percent=n), batch=1)
     assert [e.sequence for e in drain(sub)] == [1, 2, 3, 4, 5]
+
+
+async def test_a_reader_that_read_the_last_fan_out_gets_every_update_of_the_next():
+    sub = Subscription(job_id="j1", job_filter=None, capacity=100, metrics=Metrics())
+    sub.push(event(1, EventKind.PROGRESS, percent=1), batch=1)
+    assert [e.sequence for e in await take(sub)] == [1]
+    for n in range(2, 6):
+        sub.push(event(n, EventKind.PROGRESS, percent=n), batch=2)
+    assert [e.sequence for e in await take(sub)] == [2, 3, 4, 5]
+
+
+def test_a_reader_behind_gets_only_the_newest_update_of_a_fan_out():
+    metrics = Metrics()
+    sub = Subscription(job_id="j1", job_filter=None, capacity=100, metrics=metrics)
+    sub.push(event(1, EventKind.STARTED), batch=1)  # not read before the next fan-out
+    for n in range(2, 6):
+        sub.push(event(n, EventKind.PROGRESS, percent=n), batch=2)
+    assert [e.sequence for e in drain(sub)] == [1, 5]
+    assert metrics.coalesced._value.get() == 3
+
+
+def test_a_reader_behind_keeps_state_changes_and_each_jobs_newest_update():
+    sub = Subscription(job_id=None, job_filter=None, capacity=100, metrics=Metrics())
+    sub.push(event(1, EventKind.PROGRESS, job_id="j1", percent=1), batch=1)
+    sub.push(event(2, EventKind.PROGRESS, job_id="j1", percent=2), batch=1)
+    sub.push(event(3, EventKind.PROGRESS, job_id="j2", percent=3), batch=2)
+    sub.push(event(4, EventKind.CANCEL_REQUESTED, job_id="j1"), batch=2)
+    sub.push(event(5, EventKind.PROGRESS, job_id="j1", percent=5), batch=2)
+    sub.push(event(6, EventKind.PROGRESS, job_id="j2", percent=6), batch=2)
+    sub.push(event(7, EventKind.PROGRESS, job_id="j1", percent=7), batch=2)
+    assert [e.sequence for e in drain(sub)] == [4, 6, 7]
 
 
 def test_state_changes_are_never_dropped_and_overflow_ends_the_subscription():

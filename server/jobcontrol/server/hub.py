@@ -6,10 +6,11 @@ ten thousand. Snapshots for new watchers are loaded in batches, and queue positi
 watched PENDING jobs are refreshed for all of them in one query per tick.
 
 Each subscription has a bounded buffer. A watcher that falls behind has its progress
-updates coalesced: a newer one replaces an older one of the same job that was already
-waiting when the tailer's previous batch arrived (so a reader keeping up gets every
-update); state changes are never dropped. When state changes alone overflow the
-buffer, the subscription ends and the watcher is told to resume from its last sequence.
+updates coalesced: if it had not read everything before the tailer's batch arrived, a
+newer update replaces every older one of the same job still waiting, from that batch or
+an earlier one (a reader keeping up gets every update); state changes are never dropped.
+When state changes alone overflow the buffer, the subscription ends and the watcher is
+told to resume from its last sequence.
 
 Every subscription gets the same `Delivery` for an event, so the stream that sends it
 first encodes it once for all of them.
@@ -70,20 +71,19 @@ class Delivery:
 @dataclasses.dataclass(slots=True, eq=False)
 class _Entry:
     delivery: Delivery
-    batch: int  # the hub fan-out that delivered it
     live: bool = True
 
 
 class Subscription:
     """What one watcher is owed: a bounded, coalescing buffer of events.
 
-    A progress (or queue-position) update still waiting when a later fan-out brings a
-    newer one for the same job is dropped: the watcher had a whole tail interval to read
-    it and did not. Updates arriving in the same fan-out are all kept, so a reader that
-    keeps up sees every one. Dropped entries stay in the deque, marked dead, until
-    popped or compacted. A job's waiting updates are kept in fan-out order, so the
-    stale ones are at the front: superseding costs O(1) per update dropped, and a
-    fan-out of n updates to a stalled reader costs O(n), not O(n^2).
+    A reader that had read everything when a fan-out began gets every update of that
+    fan-out. One that had not is behind: it had a whole tail interval and did not keep
+    up, so each progress (or queue-position) update of that fan-out replaces the job's
+    waiting ones, earlier fan-outs' and its own, and only the newest goes out (when the
+    tailer lags, one fan-out can carry many updates of a job). Dropped entries stay in
+    the deque, marked dead, until popped or compacted; dropping costs O(1) per update,
+    so a fan-out of n updates to a stalled reader costs O(n), not O(n^2).
     """
 
     def __init__(
@@ -101,6 +101,8 @@ class Subscription:
         self._buffer: deque[_Entry] = deque()
         self._live = 0
         self._waiting_updates: dict[str, deque[_Entry]] = {}
+        self._batch = 0  # the fan-out the last push belonged to
+        self._behind = False  # whether the reader had unread events when it began
         self._ready = asyncio.Event()
         self._ended: str | None = None
         self.last_job: Job | None = None
@@ -121,17 +123,21 @@ class Subscription:
         """Add an event of fan-out number `batch`."""
         if self._ended is not None:
             return
+        if batch != self._batch:  # no reader runs within a fan-out, so this is its start
+            self._batch = batch
+            self._behind = self._live > 0
         event = delivery.event
         if event.sequence >= self.last_sequence:
             self.last_job = event.job
             self.last_sequence = event.sequence
-        entry = _Entry(delivery, batch)
+        entry = _Entry(delivery)
         if event.kind in COALESCIBLE:
             waiting = self._waiting_updates.setdefault(event.job.id, deque())
-            while waiting and waiting[0].batch < batch:  # fan-outs come in order
-                waiting.popleft().live = False
-                self._live -= 1
-                self._metrics.coalesced.inc()
+            if self._behind:
+                while waiting:
+                    waiting.popleft().live = False
+                    self._live -= 1
+                    self._metrics.coalesced.inc()
             waiting.append(entry)
         self._buffer.append(entry)
         self._live += 1
