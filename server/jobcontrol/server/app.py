@@ -26,6 +26,12 @@ from jobcontrol.v1 import job_control_pb2
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Calls gRPC's core may hold before the application takes them: past the soft limit it
+# cancels new ones at random, past the hard one all (defaults 1,000 and 3,000). When a
+# server restarts, every watcher reconnects at once: 10,000 WatchJob calls opened
+# together had 56% CANCELLED with the defaults and none with these.
+MAX_PENDING_CALLS = 20_000
+MAX_PENDING_CALLS_HARD_LIMIT = 30_000
 SHUTDOWN_GRACE_SECONDS = 5.0
 
 
@@ -57,6 +63,8 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD_LIMIT),
 ]
 
 
