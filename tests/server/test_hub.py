@@ -141,3 +141,38 @@ async def test_concurrent_snapshots_share_one_store_read(tmp_path: Path):
         await store.close()
     assert all(s is not None and s.job.id == job.id for s in snapshots)
     assert reads <= 2
+
+
+def calls(metrics: Metrics, name: str) -> float:
+    return float(metrics.store_calls.labels(name)._value.get())
+
+
+async def until(predicate: object, within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_with_nobody_watching_the_tailer_follows_the_sequence_without_reading_events(
+    tmp_path: Path,
+):
+    metrics = Metrics()
+    store = metered(await SqliteJobStore.open(tmp_path / "jobs.db"), metrics)
+    hub = EventHub(store, metrics=metrics, idle_interval=0.01)
+    try:
+        await hub.start()
+        submitted = await store.create_jobs([JobSpec(type="t") for _ in range(50)])
+        newest = await store.last_sequence()
+        hub.wake()
+        await until(lambda: hub.position == newest)
+        assert calls(metrics, "list_events") == 0
+        sub = hub.subscribe(job_id=submitted[0].job.id)
+        await store.cancel_job(submitted[0].job.id)
+        got = await asyncio.wait_for(sub.next(), 10)
+        assert got.event.kind is EventKind.CANCELLED
+        assert got.event.sequence == newest + 1
+        assert calls(metrics, "list_events") >= 1
+    finally:
+        await hub.close()
+        await store.close()
