@@ -81,16 +81,23 @@ def _positional(sql: str, params: Params) -> tuple[Any, ...]:
 class _LibsqlTx:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
-        self.wrote = False  # a write statement was sent: running again may not be safe
+        self.landed = False  # a write may have been applied: running again may not be safe
 
     def execute(self, sql: str, params: Params = ()) -> list[Row]:
-        if not sql.lstrip().upper().startswith("SELECT"):
-            self.wrote = True
-        cursor = _sdk(self._conn, sql, _positional(sql, params))
+        write = not sql.lstrip().upper().startswith("SELECT")
         try:
+            cursor = _sdk(self._conn, sql, _positional(sql, params))
             rows = cursor.fetchall()
         except ValueError as error:
             raise _SdkError(str(error)) from error
+        except _SdkError as error:
+            # SQLITE_BUSY means the statement did not run (a failed statement is rolled
+            # back whole); any other failure may have come after the server applied it.
+            if write and _classify(error) != "busy":
+                self.landed = True
+            raise
+        if write:
+            self.landed = True
         if not rows:
             return []
         names = [column[0] for column in cursor.description]
@@ -98,8 +105,7 @@ class _LibsqlTx:
 
     def executemany(self, sql: str, params: Sequence[Params]) -> None:
         for one in params:
-            self.wrote = True
-            _sdk(self._conn, sql, _positional(sql, one))
+            self.execute(sql, one)
 
 
 def _classify(error: Exception) -> str:
@@ -202,9 +208,9 @@ class LibsqlDatabase:
                     self._discard_connection()
                 elapsed = time.monotonic() - started
                 budget = self._lock_wait if kind == "busy" else self._retry_for
-                # Once a write may have landed (COMMIT sent, or an autocommit write sent)
-                # running it again could apply it twice: report instead.
-                landed = commit_sent or (not transactional and tx is not None and tx.wrote)
+                # Once a write may have landed (COMMIT sent, or an autocommit write that
+                # ran or failed other than busy) running it again could apply it twice.
+                landed = commit_sent or (not transactional and tx is not None and tx.landed)
                 if (write and landed) or elapsed >= budget:
                     raise StoreUnavailable(
                         f"libSQL store {self.where} is unavailable: {error}"
