@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.jobs import JobSpec
 from jobcontrol.store.schema import MIGRATIONS
-from jobcontrol.store.sqlite import SqliteJobStore
+from jobcontrol.store.sqlite import SqliteDatabase, SqliteJobStore
 
 
 async def test_migrations_are_recorded_and_applied_once(tmp_path: Path):
@@ -53,3 +54,28 @@ async def test_a_file_that_is_not_a_database_is_unavailable(tmp_path: Path):
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreUnavailable):
         await SqliteJobStore.open(path)
+
+
+async def test_quick_calls_run_on_the_callers_thread_unless_they_would_wait(tmp_path: Path):
+    path = tmp_path / "jobs.db"
+    db = SqliteDatabase(path)
+    blocker = sqlite3.connect(path, isolation_level=None)
+
+    def thread_name(tx: object) -> str:
+        return threading.current_thread().name
+
+    try:
+        here = threading.current_thread().name
+        assert await db.run(thread_name, write=True, quick=True) == here
+        assert await db.run(thread_name, write=False, quick=True) == here
+        assert (await db.run(thread_name, write=True)).startswith("jobcontrol-sqlite")
+        blocker.execute("BEGIN IMMEDIATE")
+        waiting = asyncio.create_task(db.run(thread_name, write=True, quick=True))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # the lock is taken: it waits, on the driver thread
+        blocker.execute("ROLLBACK")
+        assert (await asyncio.wait_for(waiting, 10)).startswith("jobcontrol-sqlite")
+        assert await db.run(thread_name, write=True, quick=True) == here
+    finally:
+        blocker.close()
+        await db.close()

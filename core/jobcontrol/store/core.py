@@ -72,6 +72,8 @@ MAX_ERROR_MESSAGE_LENGTH = 4096
 MAX_EVENTS_PER_READ = 10_000
 MAX_WORKER_TEXT_LENGTH = 256
 MAX_CONFLICT_RETRIES = 5
+# Claims and completions of up to this many jobs count as quick (see Database.run).
+QUICK_ROWS = 64
 
 
 def utc_now() -> datetime:
@@ -132,22 +134,23 @@ class SqlJobStore:
             log.info("applied schema migrations %s to %s", applied, where)
         return cls(db, clock=clock, **options)
 
-    async def _write(self, fn: Callable[[Tx], T], *, atomic: bool = True) -> T:
-        return await self._db.run(fn, write=True, atomic=atomic)
+    # `quick`: the function touches a few rows by index (see Database.run).
+    async def _write(self, fn: Callable[[Tx], T], *, atomic: bool = True, quick: bool = False) -> T:
+        return await self._db.run(fn, write=True, atomic=atomic, quick=quick)
 
-    async def _change(self, fn: Callable[[Tx], T]) -> T:
+    async def _change(self, fn: Callable[[Tx], T], *, quick: bool = False) -> T:
         """Read-then-write changes to jobs. Each `_save` is one conditional statement,
         so they need no transaction (a remote driver saves its round trips); when a row
         changed meanwhile, the whole function runs again on fresh data."""
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                return await self._db.run(fn, write=True, atomic=False)
+                return await self._db.run(fn, write=True, atomic=False, quick=quick)
             except _Conflict:
                 continue
-        return await self._db.run(fn, write=True, atomic=True)
+        return await self._db.run(fn, write=True, atomic=True, quick=quick)
 
-    async def _read(self, fn: Callable[[Tx], T]) -> T:
-        return await self._db.run(fn, write=False)
+    async def _read(self, fn: Callable[[Tx], T], *, quick: bool = False) -> T:
+        return await self._db.run(fn, write=False, quick=quick)
 
     # ---- clients -------------------------------------------------------------------
 
@@ -196,7 +199,7 @@ class SqlJobStore:
                 out.append(Submitted(job, created=True))
             return out
 
-        return await self._write(create)
+        return await self._write(create, quick=len(prepared) == 1)
 
     async def get_job(self, job_id: str) -> Job:
         job_id = parse_id(job_id)
@@ -208,7 +211,7 @@ class SqlJobStore:
                 return _with_position(job, positions)
             return job
 
-        return await self._read(get)
+        return await self._read(get, quick=True)
 
     async def list_jobs(
         self, *, job_filter: JobFilter, page_size: int = 0, page_token: str = ""
@@ -249,7 +252,7 @@ class SqlJobStore:
             change = jobs.request_cancel(job, reason=reason, now=self._clock())
             return job if change is None else _save(tx, change, version)
 
-        return await self._change(cancel)
+        return await self._change(cancel, quick=True)
 
     async def retry_job(self, job_id: str) -> Job:
         job_id = parse_id(job_id)
@@ -258,7 +261,7 @@ class SqlJobStore:
             job, version = _load(tx, job_id)
             return _save(tx, jobs.retry(job, now=self._clock()), version)
 
-        return await self._change(retry)
+        return await self._change(retry, quick=True)
 
     async def queue_positions(self, job_ids: Sequence[str]) -> dict[str, int]:
         ids = [parse_id(job_id) for job_id in job_ids]
@@ -298,7 +301,7 @@ class SqlJobStore:
                 key=lambda j: (-j.priority, j.run_after, j.create_time, j.id),
             )
 
-        return await self._write(claim, atomic=False)
+        return await self._write(claim, atomic=False, quick=limit <= QUICK_ROWS)
 
     async def has_claimable_jobs(self, *, types: Sequence[str]) -> bool:
         for job_type in types:
@@ -311,7 +314,7 @@ class SqlJobStore:
             rows = tx.execute(sql.HAS_CLAIMABLE_JOBS, {**params, "now_us": to_us(self._clock())})
             return bool(rows[0]["claimable"])
 
-        return await self._read(probe)
+        return await self._read(probe, quick=True)
 
     async def heartbeat_job(
         self, *, job_id: str, lease_id: str, lease_timeout: timedelta
@@ -332,7 +335,7 @@ class SqlJobStore:
                 lease_expire_time=from_us(rows[0]["lease_expire_us"]),
             )
 
-        return await self._write(heartbeat, atomic=False)
+        return await self._write(heartbeat, atomic=False, quick=True)
 
     async def report_progress(self, *, job_id: str, lease_id: str, progress: Progress) -> Job:
         validate_progress(progress)
@@ -370,7 +373,8 @@ class SqlJobStore:
         def complete(tx: Tx) -> list[Row]:
             return tx.execute(sql.COMPLETE_JOBS, {**params, "now_us": to_us(self._clock())})
 
-        return await self._write(complete, atomic=False)  # one statement: atomic anyway
+        # One statement: atomic anyway.
+        return await self._write(complete, atomic=False, quick=len(batch) <= QUICK_ROWS)
 
     async def fail_job(self, *, job_id: str, lease_id: str, error: JobError) -> Job:
         error = JobError(
@@ -396,7 +400,8 @@ class SqlJobStore:
         return await self._read(
             lambda tx: [
                 row["id"] for row in tx.execute(sql.CANCEL_REQUESTS, {"worker_id": worker_id})
-            ]
+            ],
+            quick=True,
         )
 
     async def _fenced(
@@ -411,7 +416,7 @@ class SqlJobStore:
                 raise LeaseLost(job_id, lease_id)
             return _save(tx, change(job, self._clock()), rows[0]["version"])
 
-        return await self._change(write)
+        return await self._change(write, quick=True)
 
     async def register_worker(self, info: WorkerInfo) -> Worker:
         for name, value in (("name", info.name), ("host", info.host)):
@@ -462,7 +467,7 @@ class SqlJobStore:
                 raise WorkerNotFound(worker_id)
             return worker_from_row(rows[0])
 
-        return await self._write(update)
+        return await self._write(update, quick=True)
 
     async def list_workers(self, *, include_stopped: bool = False) -> list[Worker]:
         def list_all(tx: Tx) -> list[Worker]:
@@ -497,7 +502,9 @@ class SqlJobStore:
 
     async def last_sequence(self, *, job_id: str | None = None) -> int:
         if job_id is None:
-            return await self._read(lambda tx: int(tx.execute(sql.LAST_SEQUENCE)[0]["seq"]))
+            return await self._read(
+                lambda tx: int(tx.execute(sql.LAST_SEQUENCE)[0]["seq"]), quick=True
+            )
         params = {"job_id": parse_id(job_id)}
         return await self._read(lambda tx: int(tx.execute(sql.LAST_JOB_SEQUENCE, params)[0]["seq"]))
 
@@ -578,7 +585,7 @@ class SqlJobStore:
         return await self._write(prune)
 
     async def ping(self) -> None:
-        await self._read(lambda tx: tx.execute(sql.PING))
+        await self._read(lambda tx: tx.execute(sql.PING), quick=True)
 
     async def close(self) -> None:
         await self._db.close()

@@ -26,12 +26,16 @@ class Tx(Protocol):
 
 
 class Database(Protocol):
-    async def run(self, fn: Callable[[Tx], T], *, write: bool, atomic: bool = True) -> T:
+    async def run(
+        self, fn: Callable[[Tx], T], *, write: bool, atomic: bool = True, quick: bool = False
+    ) -> T:
         """Run `fn` in one transaction (a write transaction takes the write lock up
         front), commit, and return its result; roll back if it raises.
 
         `atomic=False` says `fn` is correct without a transaction (each of its writes is
-        one self-contained statement): a driver may then run it in autocommit mode."""
+        one self-contained statement): a driver may then run it in autocommit mode.
+        `quick=True` says `fn` touches a few rows by index: a local driver may run it on
+        the caller's thread when it can do so without waiting for a lock."""
         ...
 
     async def close(self) -> None: ...

@@ -225,7 +225,11 @@ class LibsqlDatabase:
         except _SdkError:
             self._discard_connection()
 
-    async def run(self, fn: Callable[[Any], T], *, write: bool, atomic: bool = True) -> T:
+    async def run(
+        self, fn: Callable[[Any], T], *, write: bool, atomic: bool = True, quick: bool = False
+    ) -> T:
+        """Always on the driver thread (`quick` is ignored): remotely every statement is a
+        round trip, and the SDK holds the GIL while it waits for one."""
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
             self._executor, self._run_sync, fn, write, atomic, time.monotonic()
