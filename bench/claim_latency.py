@@ -31,12 +31,14 @@ from pathlib import Path
 from bench import procs, report, rpc
 from bench.report import Headline
 from bench.stats import Figures, percentiles_ms
+from jobcontrol.worker.runtime import LOCAL_POLL_INTERVAL
 
 CONFIGS = ((1, 0.25), (8, 0.25), (1, 0.05), (8, 0.05))  # (workers, poll interval)
 SETTLE = 0.5
 IDLE = 1.5
 SAMPLES = 10
 GOAL_P50_MS = 50.0
+DEFAULT_POLL_S = LOCAL_POLL_INTERVAL.total_seconds()
 
 
 def _key(workers: int, poll: float) -> str:
@@ -152,17 +154,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for count, poll in CONFIGS:
         key = _key(count, poll)
         p50 = figures[f"{key}.p50"]
+        default = poll == DEFAULT_POLL_S
         headlines.append(
             Headline.of(
                 "claim latency",
                 f"p50 submit -> claimed, {count} idle worker{'s' if count > 1 else ''}, "
-                f"poll {poll:g} s ({figures[f'{key}.idle_claims_per_s'].median:.0f} idle "
+                f"poll {poll:g} s{' (default)' if default else ''} "
+                f"({figures[f'{key}.idle_claims_per_s'].median:.0f} idle "
                 f"claims/s, {figures[f'{key}.idle_probes_per_s'].median:.0f} idle probes/s)",
                 "sqlite",
                 p50,
                 "ms",
-                goal=f"<= {GOAL_P50_MS:.0f} ms",
-                met=p50.median <= GOAL_P50_MS,
+                # The goal is for the system as shipped: at the default poll interval.
+                goal=f"<= {GOAL_P50_MS:.0f} ms" if default else "",
+                met=p50.median <= GOAL_P50_MS if default else None,
             )
         )
     return report.finish(
