@@ -30,9 +30,6 @@ MAX_STAGE_LENGTH = 64
 MAX_PROGRESS_MESSAGE_LENGTH = 1024
 MAX_DELAY = timedelta(days=366)
 MAX_TIMEOUT = timedelta(days=7)
-# ListJobs issues tokens of about 100 characters. Anything much longer is not one of
-# ours, and refusing it before decoding keeps a hostile token (JSON nested a thousand
-# levels deep, megabytes of base64) away from the decoder.
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
 TYPE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]*(\.[A-Za-z][A-Za-z0-9_-]*)*")

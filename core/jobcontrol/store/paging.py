@@ -12,8 +12,9 @@ from jobcontrol.errors import InvalidArgument
 from jobcontrol.store.protocol import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, JobFilter
 
 _VERSION = 1
-# Our tokens are ~100 characters; anything far longer is not ours, and is refused before
-# it costs a base64 and JSON decode.
+# ListJobs issues tokens of about 100 characters. Anything much longer is not one of
+# ours, and refusing it before decoding keeps a hostile token (JSON nested a thousand
+# levels deep, megabytes of base64) away from the decoder.
 MAX_TOKEN_LENGTH = 512
 
 
