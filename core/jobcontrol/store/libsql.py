@@ -64,6 +64,13 @@ def _sdk(conn: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
         raise _SdkError(str(error)) from error
 
 
+def _fetchall(cursor: Any) -> Any:
+    try:
+        return cursor.fetchall()
+    except ValueError as error:
+        raise _SdkError(str(error)) from error
+
+
 @functools.lru_cache(maxsize=256)
 def _parameter_names(sql: str) -> tuple[str, ...]:
     names: dict[str, None] = {}
@@ -87,9 +94,7 @@ class _LibsqlTx:
         write = not sql.lstrip().upper().startswith("SELECT")
         try:
             cursor = _sdk(self._conn, sql, _positional(sql, params))
-            rows = cursor.fetchall()
-        except ValueError as error:
-            raise _SdkError(str(error)) from error
+            rows = _fetchall(cursor)
         except _SdkError as error:
             # SQLITE_BUSY means the statement did not run (a failed statement is rolled
             # back whole); any other failure may have come after the server applied it.
