@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,8 @@ from typing import TypeVar
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from jobcontrol.v1 import job_control_pb2_grpc
 
@@ -182,3 +185,25 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 def stub(server: ServerProcess) -> Iterator[job_control_pb2_grpc.JobControlStub]:
     with server.channel() as channel:
         yield job_control_pb2_grpc.JobControlStub(channel)
+
+
+def read_metrics(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a server's /metrics, keyed by (name, sorted labels)."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def health_status(channel: grpc.Channel) -> int | None:
+    """The JobControl service's health status, or None while the server does not answer."""
+    try:
+        response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
+            health_pb2.HealthCheckRequest(service="jobcontrol.v1.JobControl"), timeout=2
+        )
+    except grpc.RpcError:
+        return None
+    return int(response.status)

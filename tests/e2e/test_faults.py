@@ -28,13 +28,20 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from jobcontrol.jobs import ALLOWED_TRANSITIONS, EventKind, Job, JobEvent, JobState
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import ROOT, ServerProcess, free_port, start_server, wait_for
+from tests.conftest import (
+    ROOT,
+    ServerProcess,
+    free_port,
+    health_status,
+    start_server,
+    wait_for,
+)
 from tests.hrana_server import HranaProcess
 from tests.worker.conftest import StartWorker, SyncStore, WorkerProcess
 
@@ -78,16 +85,6 @@ def sleep_request(seconds: float, steps: int = 1, **fields: Any) -> api.SubmitJo
     return api.SubmitJobRequest(
         type="demo.sleep", payload=struct(seconds=seconds, steps=steps), **fields
     )
-
-
-def health(channel: grpc.Channel) -> int | None:
-    try:
-        response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
-            health_pb2.HealthCheckRequest(service="jobcontrol.v1.JobControl"), timeout=2
-        )
-    except grpc.RpcError:
-        return None
-    return int(response.status)
 
 
 def refusal(stub: Stub, request: api.SubmitJobRequest) -> grpc.RpcError | None:
@@ -274,7 +271,7 @@ def assert_health_stays(channel: grpc.Channel, status: int, seconds: float) -> N
     seen = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        seen.append(health(channel))
+        seen.append(health_status(channel))
         time.sleep(0.02)
     assert set(seen) == {status}, Counter(seen)
 
@@ -299,7 +296,9 @@ def assert_recovers(system: System, before: list[str], store_path: Path) -> list
         what="SubmitJob to work again",
     )
     assert accepted
-    wait_for(lambda: health(system.channel) == SERVING, timeout=15, interval=0.1, what="SERVING")
+    wait_for(
+        lambda: health_status(system.channel) == SERVING, timeout=15, interval=0.1, what="SERVING"
+    )
     after = run_jobs(system, 5, 0.1)
     finished = wait_terminal(system.store, before + after, timeout=60)
     assert {job.state for job in finished} == {JobState.SUCCEEDED}, [
@@ -444,7 +443,7 @@ def test_a_read_only_database_refuses_writes_as_unavailable_and_recovers_without
             print(f"\nread-only: SubmitJob -> {error.code().name}: {error.details()}")
             print(f"read-only: SubmitJobs -> {batch_error.value.code().name}")
             wait_for(
-                lambda: health(system.channel) == NOT_SERVING,
+                lambda: health_status(system.channel) == NOT_SERVING,
                 timeout=10,
                 interval=0.05,
                 what="health NOT_SERVING",
@@ -514,7 +513,7 @@ def test_a_full_disk_refuses_writes_as_unavailable_and_recovers_when_space_is_fr
 
             error = wait_for(refused, timeout=20, interval=0.01, what="SubmitJob to fail")
             assert_store_refusal(error, store_path)
-            status = health(system.channel)
+            status = health_status(system.channel)
             print(
                 f"\ndisk full: {len(fitted)} writes fitted, then SubmitJob -> "
                 f"{error.code().name}: {error.details()}; health right then: "
@@ -526,7 +525,7 @@ def test_a_full_disk_refuses_writes_as_unavailable_and_recovers_when_space_is_fr
             # reaper cannot write its retries either, and the server stops SERVING.
             wait_in_log(system.worker, r"could not record job", timeout=10)
             wait_for(
-                lambda: health(system.channel) == NOT_SERVING,
+                lambda: health_status(system.channel) == NOT_SERVING,
                 timeout=3 * LEASE_TIMEOUT,
                 interval=0.05,
                 what="health NOT_SERVING",

@@ -14,12 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import BIN, ServerProcess, free_port, start_server, wait_for
+from tests.conftest import BIN, ServerProcess, free_port, health_status, start_server, wait_for
 from tests.hrana_server import HranaProcess
 
 pytestmark = pytest.mark.slow
@@ -128,16 +128,6 @@ def test_a_job_streams_to_succeeded_and_a_cancel_reaches_the_worker(system: Remo
     print(f"cancel over the remote driver reached CANCELLED in {took * 1000:.0f} ms")
 
 
-def _health(channel: grpc.Channel) -> int | None:
-    try:
-        response = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
-            health_pb2.HealthCheckRequest(service="jobcontrol.v1.JobControl"), timeout=2
-        )
-    except grpc.RpcError:
-        return None
-    return int(response.status)
-
-
 def test_an_outage_of_the_database_is_survived_without_running_an_attempt_twice(
     system: RemoteSystem,
 ):
@@ -177,13 +167,13 @@ def test_an_outage_of_the_database_is_survived_without_running_an_attempt_twice(
             grpc.StatusCode.UNAVAILABLE
         )
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        wait_for(lambda: _health(channel) == not_serving, timeout=20, what="NOT_SERVING")
+        wait_for(lambda: health_status(channel) == not_serving, timeout=20, what="NOT_SERVING")
         # The outage itself lasts a few seconds: long enough for heartbeats to fail.
         time.sleep(max(0.0, 3.0 - (time.monotonic() - outage_started)))
         system.restart_hrana()
 
         serving = health_pb2.HealthCheckResponse.SERVING
-        wait_for(lambda: _health(channel) == serving, timeout=30, what="SERVING again")
+        wait_for(lambda: health_status(channel) == serving, timeout=30, what="SERVING again")
 
         def all_terminal() -> bool:
             jobs = [stub.GetJob(api.GetJobRequest(job_id=i), timeout=10).job for i in ids]

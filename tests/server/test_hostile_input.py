@@ -26,7 +26,6 @@ import os
 import re
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -41,14 +40,13 @@ import pytest
 from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
 
 from jobcontrol.jobs import JobError, JobSpec, Progress
 from jobcontrol.store.sqlite import SqliteJobStore
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_pb2 as pb
 from jobcontrol.workers import WorkerInfo
-from tests.conftest import ServerProcess, start_server, wait_for
+from tests.conftest import ServerProcess, read_metrics, start_server, wait_for
 
 SERVICE = "/jobcontrol.v1.JobControl/"
 UNARY_METHODS = (
@@ -1180,16 +1178,6 @@ STALLED_OPTIONS = [
 ]
 
 
-def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
 @dataclass
 class Drained:
     events: list[pb.JobEvent]
@@ -1296,7 +1284,7 @@ def test_watchers_that_never_read_leave_server_memory_bounded(
         ]
 
         def open_streams(method: str) -> float:
-            return scrape(metrics_address).get(
+            return read_metrics(metrics_address).get(
                 ("jobcontrol_open_streams", (("method", method),)), 0
             )
 
@@ -1330,7 +1318,7 @@ def test_watchers_that_never_read_leave_server_memory_bounded(
             asked = time.monotonic()
             get_job(api.GetJobRequest(job_id=job_id).SerializeToString(), timeout=60)
             slowest_answer = max(slowest_answer, time.monotonic() - asked)
-            samples = scrape(metrics_address)
+            samples = read_metrics(metrics_address)
             return samples.get(("jobcontrol_event_tail_lag_seconds_count", ()), 0) >= written
 
         wait_for(fanned_out, timeout=120, interval=0.2, what="the hub to fan out every event")
@@ -1362,7 +1350,7 @@ def test_watchers_that_never_read_leave_server_memory_bounded(
             assert "resume with after_sequence=" in result.details
             submitted = [e for e in result.events if e.kind == pb.EVENT_KIND_SUBMITTED]
             assert len(submitted) < SUBMISSIONS
-        samples = scrape(metrics_address)
+        samples = read_metrics(metrics_address)
         assert samples[("jobcontrol_events_coalesced_total", ())] > 0
         wait_for(
             lambda: open_streams("WatchJob") == open_streams("WatchJobs") == 0,

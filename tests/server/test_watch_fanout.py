@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from jobcontrol.jobs import Progress
 from jobcontrol.store.sqlite import SqliteJobStore
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess, read_metrics, start_server
 
 WATCHERS = 1_000
 CHANNELS = 10  # separate HTTP/2 connections, about 100 streams on each
@@ -184,17 +182,6 @@ async def drive_job_to_success(store: SqliteJobStore, job_id: str, watchers: Wat
         await watchers.wait_all(lambda stream, top=top: stream.top_percent >= top, f"{top}%")
     await store.complete_job(job_id=job_id, lease_id=lease_id, result={"ok": True})
     await watchers.finished()
-
-
-def read_metrics(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the server's /metrics, keyed by (name, sorted labels)."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 async def metrics_of(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
