@@ -31,7 +31,7 @@ def test_idle_polling_defaults_to_the_backend_and_yields_to_env_and_flag(
     assert poll_interval(["--poll-interval", "0.5"]) == timedelta(seconds=0.5)
 
 
-@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf", "nan"])
 def test_a_bad_poll_interval_in_the_environment_is_a_clear_error(tmp_path: Path, value: str):
     result = subprocess.run(
         [str(BIN / "jobcontrol-worker"), "--store-path", str(tmp_path / "jobs.db")],

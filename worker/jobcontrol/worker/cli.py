@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -29,6 +30,8 @@ from jobcontrol.worker.runtime import (
 )
 
 DEFAULTS = WorkerConfig()
+# A year: past timedelta's range ("inf") a value would crash instead of being refused.
+MAX_SECONDS = 366 * 86_400
 
 
 def _seconds(text: str) -> timedelta:
@@ -38,6 +41,8 @@ def _seconds(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not math.isfinite(value) or value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most a year ({MAX_SECONDS:,}), got {text}")
     return timedelta(seconds=value)
 
 
