@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -78,4 +80,31 @@ async def test_quick_calls_run_on_the_callers_thread_unless_they_would_wait(tmp_
         assert await db.run(thread_name, write=True, quick=True) == here
     finally:
         blocker.close()
+        await db.close()
+
+
+async def test_a_quick_call_waits_for_the_thread_even_if_the_caller_before_gave_up(
+    tmp_path: Path,
+):
+    """A task cancelled while its call runs on the driver thread stops waiting, but the
+    thread still holds the connection: a quick call then must not use it inline."""
+    db = SqliteDatabase(tmp_path / "jobs.db")
+    started = threading.Event()
+
+    def slow(tx: object) -> None:
+        started.set()
+        time.sleep(0.3)
+
+    def thread_name(tx: object) -> str:
+        return threading.current_thread().name
+
+    try:
+        abandoned = asyncio.create_task(db.run(slow, write=True))
+        await asyncio.to_thread(started.wait, 10)
+        abandoned.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await abandoned
+        assert (await db.run(thread_name, write=True, quick=True)).startswith("jobcontrol-sqlite")
+        assert await db.run(thread_name, write=True, quick=True) == threading.current_thread().name
+    finally:
         await db.close()

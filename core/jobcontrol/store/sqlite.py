@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +74,11 @@ class SqliteDatabase:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobcontrol-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._waits = True  # the connection's busy handler: on (busy_timeout) or off
-        self._queued = 0  # calls handed to the driver thread and not yet finished
+        # Calls handed to the driver thread that it has not finished with. Counted by the
+        # thread's own future, not by the awaiting task: a task cancelled meanwhile
+        # stops waiting while the thread still uses the connection.
+        self._in_thread = 0
+        self._in_thread_lock = threading.Lock()
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -153,15 +158,19 @@ class SqliteDatabase:
         it would have to wait for the lock it goes to the thread, which waits; a
         statement or two on a few indexed rows holds the loop for well under a
         millisecond."""
-        if quick and not self._queued:
+        if quick and not self._in_thread:
             with contextlib.suppress(_WouldWait):
                 return self._run_sync(fn, write, wait=False)
-        loop = asyncio.get_running_loop()
-        self._queued += 1
-        try:
-            return await loop.run_in_executor(self._executor, self._run_sync, fn, write)
-        finally:
-            self._queued -= 1
+        future = self._executor.submit(self._run_sync, fn, write)
+        with self._in_thread_lock:
+            self._in_thread += 1
+        future.add_done_callback(self._left_thread)
+        return await asyncio.wrap_future(future)
+
+    def _left_thread(self, _: object) -> None:
+        """The driver thread is done with a call (or it was cancelled before starting)."""
+        with self._in_thread_lock:
+            self._in_thread -= 1
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
