@@ -18,7 +18,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund
+	npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
 # ffmpeg for audio.transcode and its tests; Node.js for buf and the TypeScript client.
