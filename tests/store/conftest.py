@@ -60,7 +60,7 @@ async def open_driver(driver: str, tmp_path: Path, clock: ManualClock) -> SqlJob
 async def _drop_everything(url: str, token: str | None) -> None:
     store = await LibsqlJobStore.open(url, auth_token=token)
     try:
-        await store._db.run(_drop_tables, write=True)
+        await store._db.transaction(_drop_tables)
     finally:
         await store.close()
 

@@ -89,14 +89,14 @@ async def test_a_change_whose_event_cannot_be_written_is_not_made(
     """The event is appended by a trigger in the same statement: break the event log and
     every change fails whole, leaving the jobs as they were."""
     job = (await store.create_job(JobSpec(type="t"))).job
-    await store._db.run(_break_event_log, write=True)
+    await store._db.transaction(_break_event_log)
     with pytest.raises(Exception, match="event log is broken"):
         await store.create_job(JobSpec(type="t"))
     with pytest.raises(Exception, match="event log is broken"):
         await store.cancel_job(job.id)
     with pytest.raises(Exception, match="event log is broken"):
         await store.claim_jobs(worker_id="w", types=["t"], limit=1, lease_timeout=LEASE)
-    await store._db.run(_restore_event_log, write=True)
+    await store._db.transaction(_restore_event_log)
     page = await store.list_jobs(job_filter=JobFilter())
     assert [j.id for j in page.jobs] == [job.id]
     assert (await store.get_job(job.id)).state is JobState.PENDING

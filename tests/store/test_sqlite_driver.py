@@ -68,16 +68,16 @@ async def test_quick_calls_run_on_the_callers_thread_unless_they_would_wait(tmp_
 
     try:
         here = threading.current_thread().name
-        assert await db.run(thread_name, write=True, quick=True) == here
-        assert await db.run(thread_name, write=False, quick=True) == here
-        assert (await db.run(thread_name, write=True)).startswith("jobcontrol-sqlite")
+        assert await db.write(thread_name, small=True) == here
+        assert await db.read(thread_name, small=True) == here
+        assert (await db.write(thread_name)).startswith("jobcontrol-sqlite")
         blocker.execute("BEGIN IMMEDIATE")
-        waiting = asyncio.create_task(db.run(thread_name, write=True, quick=True))
+        waiting = asyncio.create_task(db.write(thread_name, small=True))
         await asyncio.sleep(0.2)
         assert not waiting.done()  # the lock is taken: it waits, on the driver thread
         blocker.execute("ROLLBACK")
         assert (await asyncio.wait_for(waiting, 10)).startswith("jobcontrol-sqlite")
-        assert await db.run(thread_name, write=True, quick=True) == here
+        assert await db.write(thread_name, small=True) == here
     finally:
         blocker.close()
         await db.close()
@@ -87,7 +87,7 @@ async def test_a_quick_call_waits_for_the_thread_even_if_the_caller_before_gave_
     tmp_path: Path,
 ):
     """A task cancelled while its call runs on the driver thread stops waiting, but the
-    thread still holds the connection: a quick call then must not use it inline."""
+    thread still holds the connection: a small operation then must not use it inline."""
     db = SqliteDatabase(tmp_path / "jobs.db")
     started = threading.Event()
 
@@ -99,12 +99,12 @@ async def test_a_quick_call_waits_for_the_thread_even_if_the_caller_before_gave_
         return threading.current_thread().name
 
     try:
-        abandoned = asyncio.create_task(db.run(slow, write=True))
+        abandoned = asyncio.create_task(db.write(slow))
         await asyncio.to_thread(started.wait, 10)
         abandoned.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await abandoned
-        assert (await db.run(thread_name, write=True, quick=True)).startswith("jobcontrol-sqlite")
-        assert await db.run(thread_name, write=True, quick=True) == threading.current_thread().name
+        assert (await db.write(thread_name, small=True)).startswith("jobcontrol-sqlite")
+        assert await db.write(thread_name, small=True) == threading.current_thread().name
     finally:
         await db.close()

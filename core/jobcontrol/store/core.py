@@ -28,7 +28,7 @@ from jobcontrol.ids import new_id, parse_id
 from jobcontrol.jobs import Job, JobError, JobEvent, JobSpec, JobState, Progress
 from jobcontrol.retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from jobcontrol.store import sql
-from jobcontrol.store.database import Database, Row, Tx
+from jobcontrol.store.database import Conflict, Database, Row, Tx
 from jobcontrol.store.paging import PageCursor, decode_token, effective_page_size, encode_token
 from jobcontrol.store.protocol import (
     MAX_BATCH_SIZE,
@@ -46,6 +46,7 @@ from jobcontrol.store.rows import (
     from_us,
     job_from_row,
     job_to_row,
+    json_arrays,
     to_us,
     worker_from_row,
 )
@@ -71,9 +72,13 @@ MAX_ERROR_CODE_LENGTH = 64
 MAX_ERROR_MESSAGE_LENGTH = 4096
 MAX_EVENTS_PER_READ = 10_000
 MAX_WORKER_TEXT_LENGTH = 256
-MAX_CONFLICT_RETRIES = 5
-# Claims and completions of up to this many jobs count as quick (see Database.run).
-QUICK_ROWS = 64
+# Claims and completions of up to this many jobs count as small (see database.py).
+SMALL_BATCH = 64
+# Batches travel as one JSON text argument per statement; sqld refuses an argument of a
+# few MiB, so bigger batches are split into statements of at most this size.
+MAX_ARGUMENT_BYTES = 2 * 1024 * 1024
+# A job row's JSON besides its payload and labels, at most (ids, key, times, type).
+ROW_BYTES = 2048
 
 
 def utc_now() -> datetime:
@@ -124,9 +129,7 @@ class SqlJobStore:
         """The store over `db` with its schema brought up to date in one write
         transaction; the driver is closed if that fails, so a failed open leaks nothing."""
         try:
-            applied = await db.run(
-                lambda tx: apply_migrations(tx, now_us=to_us(clock())), write=True
-            )
+            applied = await db.transaction(lambda tx: apply_migrations(tx, now_us=to_us(clock())))
         except BaseException:
             await db.close()
             raise
@@ -134,29 +137,11 @@ class SqlJobStore:
             log.info("applied schema migrations %s to %s", applied, where)
         return cls(db, clock=clock, **options)
 
-    # `quick`: the function touches a few rows by index (see Database.run).
-    async def _write(self, fn: Callable[[Tx], T], *, atomic: bool = True, quick: bool = False) -> T:
-        return await self._db.run(fn, write=True, atomic=atomic, quick=quick)
-
-    async def _change(self, fn: Callable[[Tx], T], *, quick: bool = False) -> T:
-        """Read-then-write changes to jobs. Each `_save` is one conditional statement,
-        so they need no transaction (a remote driver saves its round trips); when a row
-        changed meanwhile, the whole function runs again on fresh data."""
-        for _ in range(MAX_CONFLICT_RETRIES):
-            try:
-                return await self._db.run(fn, write=True, atomic=False, quick=quick)
-            except _Conflict:
-                continue
-        return await self._db.run(fn, write=True, atomic=True, quick=quick)
-
-    async def _read(self, fn: Callable[[Tx], T], *, quick: bool = False) -> T:
-        return await self._db.run(fn, write=False, quick=quick)
-
     # ---- clients -------------------------------------------------------------------
 
     async def create_job(self, spec: JobSpec) -> Submitted:
-        validate_spec(spec, self._limits)
-        (submitted,) = await self._create([(spec, request_hash(spec))])
+        payload = validate_spec(spec, self._limits)
+        (submitted,) = await self._create([(spec, request_hash(spec), _text_bytes(spec, payload))])
         return submitted
 
     async def create_jobs(self, specs: Sequence[JobSpec]) -> list[Submitted]:
@@ -164,42 +149,59 @@ class SqlJobStore:
             raise InvalidArgument(
                 "requests", f"must hold between 1 and {MAX_BATCH_SIZE} jobs, got {len(specs)}"
             )
+        prepared = []
         for index, spec in enumerate(specs):
             try:
-                validate_spec(spec, self._limits)
+                payload = validate_spec(spec, self._limits)
             except InvalidArgument as error:
                 raise InvalidArgument(
                     f"requests[{index}].{error.field}", error.description
                 ) from None
-        return await self._create([(spec, request_hash(spec)) for spec in specs])
+            prepared.append((spec, request_hash(spec), _text_bytes(spec, payload)))
+        return await self._create(prepared)
 
-    async def _create(self, prepared: list[tuple[JobSpec, str]]) -> list[Submitted]:
+    async def _create(self, prepared: list[tuple[JobSpec, str, int]]) -> list[Submitted]:
+        """New jobs go in as few INSERT statements as their size allows (one, nearly
+        always). Idempotency keys, or more than one statement, need a transaction: the
+        keys' read and the insert must see the same database."""
+        keys = [spec.idempotency_key for spec, _, _ in prepared if spec.idempotency_key is not None]
+        # Escaping at most doubles a text inside the row's JSON.
+        size = sum(2 * text_bytes + ROW_BYTES for _, _, text_bytes in prepared)
+
         def create(tx: Tx) -> list[Submitted]:
             now = self._clock()
+            known: dict[str, Row] = {}
+            if keys:
+                for row in tx.execute(
+                    sql.SELECT_JOBS_BY_IDEMPOTENCY_KEYS, {"keys": dump_json(keys)}
+                ):
+                    known[row["idempotency_key"]] = row
             out = []
-            for spec, digest in prepared:
-                if spec.idempotency_key is not None:
-                    rows = tx.execute(
-                        sql.SELECT_JOB_BY_IDEMPOTENCY_KEY,
-                        {"idempotency_key": spec.idempotency_key},
-                    )
-                    if rows:
-                        if rows[0]["request_hash"] != digest:
-                            raise AlreadyExists(
-                                f"idempotency_key {spec.idempotency_key!r} was already used for "
-                                f"a different request (job {rows[0]['id']}); use a new key"
-                            )
-                        out.append(Submitted(job_from_row(rows[0]), created=False))
-                        continue
+            new_rows: list[str] = []
+            for spec, digest, _ in prepared:
+                key = spec.idempotency_key
+                if key is not None and key in known:
+                    row = known[key]
+                    if row["request_hash"] != digest:
+                        raise AlreadyExists(
+                            f"idempotency_key {key!r} was already used for "
+                            f"a different request (job {row['id']}); use a new key"
+                        )
+                    out.append(Submitted(job_from_row(row), created=False))
+                    continue
                 job, kind = jobs.submit(spec, job_id=new_id(), now=now)
-                tx.execute(
-                    sql.INSERT_JOB,
-                    {**job_to_row(job), "request_hash": digest, "event_kind": kind.value},
-                )
+                row = {**job_to_row(job), "request_hash": digest, "event_kind": kind.value}
+                if key is not None:
+                    known[key] = row  # a repeat of the key later in this batch finds it
+                new_rows.append(dump_json([row[column] for column in sql.INSERT_JOBS_COLUMNS]))
                 out.append(Submitted(job, created=True))
+            for chunk in json_arrays(new_rows, max_bytes=MAX_ARGUMENT_BYTES):
+                tx.execute(sql.INSERT_JOBS, {"jobs": chunk})
             return out
 
-        return await self._write(create, quick=len(prepared) == 1)
+        if keys or (len(prepared) > 1 and size > MAX_ARGUMENT_BYTES):
+            return await self._db.transaction(create)
+        return await self._db.write(create, small=len(prepared) == 1)
 
     async def get_job(self, job_id: str) -> Job:
         job_id = parse_id(job_id)
@@ -211,7 +213,7 @@ class SqlJobStore:
                 return _with_position(job, positions)
             return job
 
-        return await self._read(get, quick=True)
+        return await self._db.read(get, small=True)
 
     async def list_jobs(
         self, *, job_filter: JobFilter, page_size: int = 0, page_token: str = ""
@@ -241,7 +243,7 @@ class SqlJobStore:
                 token = encode_token(PageCursor(page[-1].id, job_filter.fingerprint()))
             return JobPage(jobs=page, next_page_token=token)
 
-        return await self._read(list_page)
+        return await self._db.read(list_page)
 
     async def cancel_job(self, job_id: str, *, reason: str = "") -> Job:
         job_id = parse_id(job_id)
@@ -252,7 +254,7 @@ class SqlJobStore:
             change = jobs.request_cancel(job, reason=reason, now=self._clock())
             return job if change is None else _save(tx, change, version)
 
-        return await self._change(cancel, quick=True)
+        return await self._db.change(cancel, small=True)
 
     async def retry_job(self, job_id: str) -> Job:
         job_id = parse_id(job_id)
@@ -261,13 +263,13 @@ class SqlJobStore:
             job, version = _load(tx, job_id)
             return _save(tx, jobs.retry(job, now=self._clock()), version)
 
-        return await self._change(retry, quick=True)
+        return await self._db.change(retry, small=True)
 
     async def queue_positions(self, job_ids: Sequence[str]) -> dict[str, int]:
         ids = [parse_id(job_id) for job_id in job_ids]
         if not ids:
             return {}
-        return await self._read(lambda tx: _queue_positions(tx, ids, to_us(self._clock())))
+        return await self._db.read(lambda tx: _queue_positions(tx, ids, to_us(self._clock())))
 
     # ---- workers -------------------------------------------------------------------
 
@@ -301,7 +303,7 @@ class SqlJobStore:
                 key=lambda j: (-j.priority, j.run_after, j.create_time, j.id),
             )
 
-        return await self._write(claim, atomic=False, quick=limit <= QUICK_ROWS)
+        return await self._db.write(claim, small=limit <= SMALL_BATCH)
 
     async def has_claimable_jobs(self, *, types: Sequence[str]) -> bool:
         for job_type in types:
@@ -314,7 +316,7 @@ class SqlJobStore:
             rows = tx.execute(sql.HAS_CLAIMABLE_JOBS, {**params, "now_us": to_us(self._clock())})
             return bool(rows[0]["claimable"])
 
-        return await self._read(probe, quick=True)
+        return await self._db.read(probe, small=True)
 
     async def heartbeat_job(
         self, *, job_id: str, lease_id: str, lease_timeout: timedelta
@@ -335,13 +337,25 @@ class SqlJobStore:
                 lease_expire_time=from_us(rows[0]["lease_expire_us"]),
             )
 
-        return await self._write(heartbeat, atomic=False, quick=True)
+        return await self._db.write(heartbeat, small=True)
 
     async def report_progress(self, *, job_id: str, lease_id: str, progress: Progress) -> Job:
         validate_progress(progress)
-        return await self._fenced(
-            job_id, lease_id, lambda job, now: jobs.report_progress(job, progress, now=now)
-        )
+        params = {
+            "id": job_id,
+            "lease_id": lease_id,
+            "percent": progress.percent,
+            "stage": progress.stage,
+            "message": progress.message,
+        }
+
+        def report(tx: Tx) -> Job:
+            rows = tx.execute(sql.REPORT_PROGRESS, {**params, "now_us": to_us(self._clock())})
+            if not rows:
+                raise LeaseLost(job_id, lease_id)
+            return job_from_row(rows[0])
+
+        return await self._db.write(report, small=True)
 
     async def complete_job(self, *, job_id: str, lease_id: str, result: Mapping[str, Any]) -> Job:
         rows = await self._complete([Completion(job_id, lease_id, result)])
@@ -365,16 +379,18 @@ class SqlJobStore:
             encoded = encode_json(
                 completion.result, field=field, max_bytes=self._limits.max_payload_bytes
             )
-            batch.append([completion.job_id, completion.lease_id, encoded])
-        if not batch:
-            return []
-        params = {"completions": dump_json(batch)}
+            batch.append(dump_json([completion.job_id, completion.lease_id, encoded]))
+        rows: list[Row] = []
+        # Each completion stands alone, so a batch too big for one statement is several.
+        for chunk in json_arrays(batch, max_bytes=MAX_ARGUMENT_BYTES):
 
-        def complete(tx: Tx) -> list[Row]:
-            return tx.execute(sql.COMPLETE_JOBS, {**params, "now_us": to_us(self._clock())})
+            def complete(tx: Tx, chunk: str = chunk) -> list[Row]:
+                return tx.execute(
+                    sql.COMPLETE_JOBS, {"completions": chunk, "now_us": to_us(self._clock())}
+                )
 
-        # One statement: atomic anyway.
-        return await self._write(complete, atomic=False, quick=len(batch) <= QUICK_ROWS)
+            rows += await self._db.write(complete, small=len(batch) <= SMALL_BATCH)
+        return rows
 
     async def fail_job(self, *, job_id: str, lease_id: str, error: JobError) -> Job:
         error = JobError(
@@ -397,11 +413,11 @@ class SqlJobStore:
         return await self._fenced(job_id, lease_id, lambda job, now: jobs.release(job, now=now))
 
     async def list_cancel_requests(self, *, worker_id: str) -> list[str]:
-        return await self._read(
+        return await self._db.read(
             lambda tx: [
                 row["id"] for row in tx.execute(sql.CANCEL_REQUESTS, {"worker_id": worker_id})
             ],
-            quick=True,
+            small=True,
         )
 
     async def _fenced(
@@ -416,7 +432,7 @@ class SqlJobStore:
                 raise LeaseLost(job_id, lease_id)
             return _save(tx, change(job, self._clock()), rows[0]["version"])
 
-        return await self._change(write, quick=True)
+        return await self._db.change(write, small=True)
 
     async def register_worker(self, info: WorkerInfo) -> Worker:
         for name, value in (("name", info.name), ("host", info.host)):
@@ -441,7 +457,7 @@ class SqlJobStore:
             rows = tx.execute(sql.INSERT_WORKER, {**params, "now_us": to_us(self._clock())})
             return worker_from_row(rows[0])
 
-        return await self._write(register)
+        return await self._db.write(register)
 
     async def heartbeat_worker(self, worker_id: str) -> Worker:
         return await self._update_worker(sql.HEARTBEAT_WORKER, worker_id, {})
@@ -467,7 +483,7 @@ class SqlJobStore:
                 raise WorkerNotFound(worker_id)
             return worker_from_row(rows[0])
 
-        return await self._write(update, quick=True)
+        return await self._db.write(update, small=True)
 
     async def list_workers(self, *, include_stopped: bool = False) -> list[Worker]:
         def list_all(tx: Tx) -> list[Worker]:
@@ -479,7 +495,7 @@ class SqlJobStore:
                     running.setdefault(job_row["worker_id"], []).append(job_row["id"])
             return [worker_from_row(row, tuple(running.get(row["id"], ()))) for row in rows]
 
-        return await self._read(list_all)
+        return await self._db.read(list_all)
 
     # ---- events --------------------------------------------------------------------
 
@@ -496,17 +512,19 @@ class SqlJobStore:
         if job_id is not None:
             params["job_id"] = parse_id(job_id)
             statement = sql.SELECT_JOB_EVENTS
-        return await self._read(
+        return await self._db.read(
             lambda tx: [event_from_row(row) for row in tx.execute(statement, params)]
         )
 
     async def last_sequence(self, *, job_id: str | None = None) -> int:
         if job_id is None:
-            return await self._read(
-                lambda tx: int(tx.execute(sql.LAST_SEQUENCE)[0]["seq"]), quick=True
+            return await self._db.read(
+                lambda tx: int(tx.execute(sql.LAST_SEQUENCE)[0]["seq"]), small=True
             )
         params = {"job_id": parse_id(job_id)}
-        return await self._read(lambda tx: int(tx.execute(sql.LAST_JOB_SEQUENCE, params)[0]["seq"]))
+        return await self._db.read(
+            lambda tx: int(tx.execute(sql.LAST_JOB_SEQUENCE, params)[0]["seq"])
+        )
 
     async def latest_events(self, job_ids: Sequence[str]) -> dict[str, JobEvent]:
         ids = sorted({parse_id(job_id) for job_id in job_ids})
@@ -523,7 +541,7 @@ class SqlJobStore:
                 for job_id, event in events.items()
             }
 
-        return await self._read(latest)
+        return await self._db.read(latest)
 
     async def count_jobs_by_state(self) -> dict[JobState, int]:
         def count(tx: Tx) -> dict[JobState, int]:
@@ -532,7 +550,7 @@ class SqlJobStore:
                 counts[JobState(row["state"])] = int(row["jobs"])
             return counts
 
-        return await self._read(count)
+        return await self._db.read(count)
 
     # ---- housekeeping --------------------------------------------------------------
 
@@ -549,7 +567,12 @@ class SqlJobStore:
                     change = jobs.expire_lease(job, now=now, policy=self._retry_policy)
                 else:
                     change = jobs.time_out(job, now=now, policy=self._retry_policy)
-                saved = _save(tx, change, row["version"])
+                try:
+                    saved = _save(tx, change, row["version"])
+                except Conflict:
+                    # Another reaper, or the worker, moved it first: each row stands
+                    # alone, and the next pass looks at it again.
+                    continue
                 bucket = {
                     JobState.PENDING: result.retried,
                     JobState.FAILED: result.failed,
@@ -558,14 +581,14 @@ class SqlJobStore:
                 bucket.append(saved.id)
             return result
 
-        return await self._change(reap)
+        return await self._db.change(reap)
 
     async def mark_lost_workers(self, *, silent_for: timedelta) -> list[str]:
         def mark(tx: Tx) -> list[str]:
             cutoff = to_us(self._clock() - silent_for)
             return [row["id"] for row in tx.execute(sql.MARK_LOST_WORKERS, {"cutoff_us": cutoff})]
 
-        return await self._write(mark, atomic=False)
+        return await self._db.write(mark)
 
     async def prune(self, *, older_than: timedelta, limit: int = 1000) -> PruneResult:
         def prune(tx: Tx) -> PruneResult:
@@ -582,13 +605,19 @@ class SqlJobStore:
             workers = len(tx.execute(sql.DELETE_OLD_WORKERS, {"cutoff_us": cutoff}))
             return PruneResult(jobs=jobs_deleted, events=events, workers=workers)
 
-        return await self._write(prune)
+        return await self._db.transaction(prune)
 
     async def ping(self) -> None:
-        await self._read(lambda tx: tx.execute(sql.PING), quick=True)
+        await self._db.read(lambda tx: tx.execute(sql.PING), small=True)
 
     async def close(self) -> None:
         await self._db.close()
+
+
+def _text_bytes(spec: JobSpec, payload: str) -> int:
+    """The free text a submission puts in its row: payload and labels, in UTF-8 bytes at
+    most."""
+    return 4 * len(payload) + 4 * len(dump_json(spec.labels))
 
 
 def _load(tx: Tx, job_id: str) -> tuple[Job, int]:
@@ -599,10 +628,6 @@ def _load(tx: Tx, job_id: str) -> tuple[Job, int]:
     return job_from_row(rows[0]), int(rows[0]["version"])
 
 
-class _Conflict(Exception):
-    """The row changed between reading it and writing the change computed from it."""
-
-
 def _save(tx: Tx, change: jobs.Change, version: int) -> Job:
     """Write a change (its event is appended by the trigger) if the row is unchanged."""
     job, kind = change
@@ -611,7 +636,7 @@ def _save(tx: Tx, change: jobs.Change, version: int) -> Job:
         {**job_to_row(job), "event_kind": kind.value, "expected_version": version},
     )
     if not saved:
-        raise _Conflict(job.id)
+        raise Conflict(job.id)
     return job
 
 

@@ -1,9 +1,21 @@
-"""The seam between the SQL core and a driver: a transaction that runs statements.
+"""The seam between the SQL core and a driver.
 
-A driver (SQLite, libSQL) only knows how to connect, run one statement, and hold a
-transaction; every SQL statement lives in the core. Core operations are plain functions
-of a `Tx`, run whole inside one transaction by `Database.run`, so a driver may retry
-them after a transient failure.
+The core says what an operation is; the driver decides how to run it:
+
+- `read`: statements that only read.
+- `write`: one self-contained statement, atomic on its own.
+- `change`: read, decide in Python, then write with statements fenced on what was read
+  (a row version, a lease). A fenced write that finds its row changed raises `Conflict`
+  and the driver runs the whole function again on fresh data.
+- `transaction`: several writes that must commit or roll back together.
+
+`small=True` says the operation touches a few rows by index. Every operation is a plain
+function of a `Tx` and may run more than once (after a transient failure, or a
+conflict), so it must have no effects outside the `Tx`.
+
+A local SQLite file runs every kind as a transaction (BEGIN/COMMIT cost nothing there
+and serialize writers). A remote server runs reads, writes and changes statement by
+statement, one round trip each, and pays for BEGIN/COMMIT only for a `transaction`.
 """
 
 from __future__ import annotations
@@ -17,25 +29,28 @@ Row = Mapping[str, Any]
 Params = Mapping[str, Any] | Sequence[Any]
 
 
+class Conflict(Exception):
+    """A fenced write found its row changed since the read its change was computed from."""
+
+
 class Tx(Protocol):
     def execute(self, sql: str, params: Params = ()) -> list[Row]:
         """Run one statement; rows come back as mappings of column name to value."""
         ...
 
-    def executemany(self, sql: str, params: Sequence[Params]) -> None: ...
+
+Operation = Callable[[Tx], T]
 
 
 class Database(Protocol):
-    async def run(
-        self, fn: Callable[[Tx], T], *, write: bool, atomic: bool = True, quick: bool = False
-    ) -> T:
-        """Run `fn` in one transaction (a write transaction takes the write lock up
-        front), commit, and return its result; roll back if it raises.
+    async def read(self, fn: Operation[T], *, small: bool = False) -> T: ...
 
-        `atomic=False` says `fn` is correct without a transaction (each of its writes is
-        one self-contained statement): a driver may then run it in autocommit mode.
-        `quick=True` says `fn` touches a few rows by index: a local driver may run it on
-        the caller's thread when it can do so without waiting for a lock."""
+    async def write(self, fn: Operation[T], *, small: bool = False) -> T:
+        """`fn` runs exactly one statement."""
         ...
+
+    async def change(self, fn: Operation[T], *, small: bool = False) -> T: ...
+
+    async def transaction(self, fn: Operation[T]) -> T: ...
 
     async def close(self) -> None: ...

@@ -73,6 +73,24 @@ def dump_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def json_arrays(elements: list[str], *, max_bytes: int) -> list[str]:
+    """JSON arrays of the given encoded elements, in order, each at most `max_bytes` of
+    UTF-8 unless one element alone is bigger."""
+    arrays: list[str] = []
+    batch: list[str] = []
+    size = 2
+    for element in elements:
+        length = len(element) if element.isascii() else len(element.encode())
+        if batch and size + length + 1 > max_bytes:
+            arrays.append("[" + ",".join(batch) + "]")
+            batch, size = [], 2
+        batch.append(element)
+        size += length + 1
+    if batch:
+        arrays.append("[" + ",".join(batch) + "]")
+    return arrays
+
+
 def job_to_row(job: Job) -> dict[str, Any]:
     timeout_us = None if job.timeout is None else job.timeout // _MICROSECOND
     deadline_us = None

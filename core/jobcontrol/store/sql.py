@@ -12,12 +12,17 @@ _TERMINAL = "('SUCCEEDED', 'FAILED', 'CANCELLED')"
 
 SELECT_JOB = "SELECT * FROM jobs WHERE id = :id"
 
-SELECT_JOB_BY_IDEMPOTENCY_KEY = "SELECT * FROM jobs WHERE idempotency_key = :idempotency_key"
+SELECT_JOBS_BY_IDEMPOTENCY_KEYS = (
+    "SELECT * FROM jobs WHERE idempotency_key IN (SELECT value FROM json_each(:keys))"
+)
 
-# The triggers of migration 3 append each change's event (see schema.py).
-INSERT_JOB = (
-    f"INSERT INTO jobs ({', '.join(JOB_COLUMNS)}, request_hash, version, event_kind)"
-    f" VALUES ({', '.join(':' + c for c in JOB_COLUMNS)}, :request_hash, 1, :event_kind)"
+# New jobs, in order: `:jobs` is a JSON array of rows, each an array of these columns'
+# values. The triggers of migration 3 append each job's event (see schema.py).
+INSERT_JOBS_COLUMNS = (*JOB_COLUMNS, "request_hash", "event_kind")
+INSERT_JOBS = (
+    f"INSERT INTO jobs ({', '.join(INSERT_JOBS_COLUMNS)}, version) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(INSERT_JOBS_COLUMNS)))
+    + ", 1 FROM json_each(:jobs) ORDER BY key"
 )
 
 # Optimistic: applies only if the row is still the version the change was computed
@@ -94,6 +99,20 @@ FROM (
     FROM json_each(:completions)
 ) AS done
 WHERE jobs.id = done.id AND jobs.lease_id = done.lease_id AND +jobs.state = 'RUNNING'
+RETURNING *
+"""
+
+# Progress of the attempt the lease names, in one fenced statement. Mirrors
+# `jobcontrol.jobs.report_progress`.
+REPORT_PROGRESS = """
+UPDATE jobs SET
+    progress_percent = :percent,
+    progress_stage = :stage,
+    progress_message = :message,
+    update_us = :now_us,
+    version = version + 1,
+    event_kind = 'PROGRESS'
+WHERE id = :id AND lease_id = :lease_id AND state = 'RUNNING'
 RETURNING *
 """
 

@@ -15,14 +15,14 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.store.core import Clock, SqlJobStore, utc_now
-from jobcontrol.store.database import Params, Row
+from jobcontrol.store.database import Operation, Params, Row
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,6 @@ class _SqliteTx:
 
     def execute(self, sql: str, params: Params = ()) -> list[Row]:
         return self._conn.execute(sql, params).fetchall()
-
-    def executemany(self, sql: str, params: Sequence[Params]) -> None:
-        if params:
-            self._conn.executemany(sql, params)
 
 
 class SqliteDatabase:
@@ -147,18 +143,30 @@ class SqliteDatabase:
                 log.debug("closing a failed SQLite connection", exc_info=True)
             self._conn = None
 
-    async def run(
-        self, fn: Callable[[Any], T], *, write: bool, atomic: bool = True, quick: bool = False
-    ) -> T:
+    async def read(self, fn: Operation[T], *, small: bool = False) -> T:
+        return await self._run(fn, write=False, small=small)
+
+    async def write(self, fn: Operation[T], *, small: bool = False) -> T:
+        return await self._run(fn, write=True, small=small)
+
+    async def change(self, fn: Operation[T], *, small: bool = False) -> T:
+        """In a transaction that holds the write lock from its first read, so the row
+        cannot change under it (Conflict never happens here)."""
+        return await self._run(fn, write=True, small=small)
+
+    async def transaction(self, fn: Operation[T]) -> T:
+        return await self._run(fn, write=True, small=False)
+
+    async def _run(self, fn: Operation[T], *, write: bool, small: bool) -> T:
         """Always transactional: locally BEGIN/COMMIT cost nothing and serialize writers.
 
-        A quick call runs right here on the event loop's thread when the driver thread is
-        idle and the lock is free: handing it to the thread and back cost more than the
-        statements (two thread switches per call, half of a claim+complete's time). If
-        it would have to wait for the lock it goes to the thread, which waits; a
-        statement or two on a few indexed rows holds the loop for well under a
+        A small operation runs right here on the event loop's thread when the driver
+        thread is idle and the lock is free: handing it to the thread and back cost more
+        than the statements (two thread switches per call, half of a claim+complete's
+        time). If it would have to wait for the lock it goes to the thread, which waits;
+        a statement or two on a few indexed rows holds the loop for well under a
         millisecond."""
-        if quick and not self._in_thread:
+        if small and not self._in_thread:
             with contextlib.suppress(_WouldWait):
                 return self._run_sync(fn, write, wait=False)
         future = self._executor.submit(self._run_sync, fn, write)
