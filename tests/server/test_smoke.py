@@ -38,7 +38,9 @@ def test_metrics_endpoint_reports_rpcs_streams_jobs_and_tail_lag(tmp_path: Path)
         def scrape() -> str | None:
             text = urllib.request.urlopen(f"http://{server.metrics_address}/metrics").read()
             body = text.decode()
-            return body if 'jobcontrol_jobs{state="PENDING"} 1.0' in body else None
+            ready = 'jobcontrol_jobs{state="PENDING"} 1.0' in body
+            sampled = "jobcontrol_event_loop_lag_seconds_count 0.0" not in body
+            return body if ready and sampled else None
 
         body = wait_for(scrape, timeout=30, interval=0.2, what="job counts in /metrics")
     finally:
@@ -47,4 +49,5 @@ def test_metrics_endpoint_reports_rpcs_streams_jobs_and_tail_lag(tmp_path: Path)
     assert 'jobcontrol_rpcs_total{code="INVALID_ARGUMENT",method="GetJob"} 1.0' in body
     assert "jobcontrol_open_streams" in body
     assert "jobcontrol_event_tail_lag_seconds_bucket" in body
+    assert "jobcontrol_event_loop_lag_seconds_bucket" in body
     assert 'jobcontrol_store_calls_total{operation="create_job"} 1.0' in body

@@ -128,6 +128,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         metrics.serve(config.metrics_listen)
         log.info("metrics on http://%s/metrics", config.metrics_listen)
     housekeeper.start()
+    lag_sampler = asyncio.create_task(metrics.sample_loop_lag(), name="loop-lag")
     worker_stop = asyncio.Event()
     worker_task = _start_worker(store, hub, worker_stop) if config.with_worker else None
 
@@ -143,6 +144,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         if worker_task is not None:
             worker_stop.set()  # drains: running jobs finish or are handed back
             await asyncio.gather(worker_task, return_exceptions=True)
+        lag_sampler.cancel()
         await housekeeper.stop()
         await hub.close()
         await server.stop(SHUTDOWN_GRACE_SECONDS)

@@ -6,7 +6,9 @@ count of `list_events` calls depends on time, not on the number of open streams.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import time
 from typing import Any, cast
 
 import grpc
@@ -15,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from jobcontrol.jobs import JobState
 from jobcontrol.store import JobStore
+
+LOOP_LAG_INTERVAL = 0.02
 
 
 class Metrics:
@@ -50,11 +54,25 @@ class Metrics:
             ["operation"],
             registry=self.registry,
         )
+        self.loop_lag = Histogram(
+            "jobcontrol_event_loop_lag_seconds",
+            "How late the event loop ran a timer: time every stream and RPC of this "
+            "process waited for something else holding the loop (or the GIL)",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+            registry=self.registry,
+        )
         self.coalesced = Counter(
             "jobcontrol_events_coalesced",
             "Progress events replaced by a newer one because a watcher was behind",
             registry=self.registry,
         )
+
+    async def sample_loop_lag(self, every: float = LOOP_LAG_INTERVAL) -> None:
+        """Runs until cancelled."""
+        while True:
+            due = time.monotonic() + every
+            await asyncio.sleep(every)
+            self.loop_lag.observe(max(0.0, time.monotonic() - due))
 
     def observe_rpc(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         self.rpcs.labels(method, code.name).inc()
