@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self, TypeVar
 
@@ -172,30 +172,30 @@ class SqlJobStore:
             now = self._clock()
             known: dict[str, Row] = {}
             if keys:
-                for row in tx.execute(
-                    sql.SELECT_JOBS_BY_IDEMPOTENCY_KEYS, {"keys": dump_json(keys)}
-                ):
-                    known[row["idempotency_key"]] = row
-            out = []
-            new_rows: list[str] = []
-            for spec, digest, _ in prepared:
-                key = spec.idempotency_key
-                if key is not None and key in known:
-                    row = known[key]
-                    if row["request_hash"] != digest:
-                        raise AlreadyExists(
-                            f"idempotency_key {key!r} was already used for "
-                            f"a different request (job {row['id']}); use a new key"
-                        )
-                    out.append(Submitted(job_from_row(row), created=False))
-                    continue
-                job, kind = jobs.submit(spec, job_id=new_id(), now=now)
-                row = {**job_to_row(job), "request_hash": digest, "event_kind": kind.value}
-                if key is not None:
-                    known[key] = row  # a repeat of the key later in this batch finds it
-                new_rows.append(dump_json([row[column] for column in sql.INSERT_JOBS_COLUMNS]))
-                out.append(Submitted(job, created=True))
-            for chunk in json_arrays(new_rows, max_bytes=MAX_ARGUMENT_BYTES):
+                rows = tx.execute(sql.SELECT_JOBS_BY_IDEMPOTENCY_KEYS, {"keys": dump_json(keys)})
+                known = {row["idempotency_key"]: row for row in rows}
+            out: list[Submitted] = []
+
+            def new_rows() -> Iterator[str]:
+                for spec, digest, _ in prepared:
+                    key = spec.idempotency_key
+                    if key is not None and key in known:
+                        row = known[key]
+                        if row["request_hash"] != digest:
+                            raise AlreadyExists(
+                                f"idempotency_key {key!r} was already used for "
+                                f"a different request (job {row['id']}); use a new key"
+                            )
+                        out.append(Submitted(job_from_row(row), created=False))
+                        continue
+                    job, kind = jobs.submit(spec, job_id=new_id(), now=now)
+                    row = {**job_to_row(job), "request_hash": digest, "event_kind": kind.value}
+                    if key is not None:
+                        known[key] = row  # a repeat of the key later in this batch finds it
+                    out.append(Submitted(job, created=True))
+                    yield dump_json([row[column] for column in sql.INSERT_JOBS_COLUMNS])
+
+            for chunk in json_arrays(new_rows(), max_bytes=MAX_ARGUMENT_BYTES):
                 tx.execute(sql.INSERT_JOBS, {"jobs": chunk})
             return out
 

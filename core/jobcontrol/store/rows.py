@@ -6,6 +6,7 @@ An event stores the job row as JSON, so an event decodes through the same code a
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -73,22 +74,21 @@ def dump_json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def json_arrays(elements: list[str], *, max_bytes: int) -> list[str]:
+def json_arrays(elements: Iterable[str], *, max_bytes: int) -> Iterator[str]:
     """JSON arrays of the given encoded elements, in order, each at most `max_bytes` of
-    UTF-8 unless one element alone is bigger."""
-    arrays: list[str] = []
+    UTF-8 unless one element alone is bigger. Lazy, so only one array's elements are
+    held at a time."""
     batch: list[str] = []
     size = 2
     for element in elements:
         length = len(element) if element.isascii() else len(element.encode())
         if batch and size + length + 1 > max_bytes:
-            arrays.append("[" + ",".join(batch) + "]")
+            yield "[" + ",".join(batch) + "]"
             batch, size = [], 2
         batch.append(element)
         size += length + 1
     if batch:
-        arrays.append("[" + ",".join(batch) + "]")
-    return arrays
+        yield "[" + ",".join(batch) + "]"
 
 
 def job_to_row(job: Job) -> dict[str, Any]:
