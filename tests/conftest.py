@@ -1,5 +1,6 @@
-"""Shared fixtures: a controllable clock, and real server processes on loopback that are
-always stopped (SIGTERM, then kill) when the test ends."""
+"""Shared fixtures: a controllable clock, and real server processes on loopback (ours,
+and sqld for the remote store) that are always stopped (SIGTERM, then kill) when the
+test ends."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import pytest
@@ -24,8 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobcontrol.v1 import job_control_pb2_grpc
-
-T = TypeVar("T")
+from tests.polling import wait_for
+from tests.sqld import DelayProxy, JwtKey, SqldMissing, SqldProcess, sqld_binary, stop_all
 
 
 class ManualClock:
@@ -64,24 +64,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(
-    condition: Callable[[], T | None],
-    *,
-    timeout: float = 10.0,
-    interval: float = 0.01,
-    what: str = "",
-) -> T:
-    """Poll until `condition` returns something truthy, or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -170,6 +152,7 @@ def _no_process_left_behind() -> Iterator[None]:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+    stop_all()  # any sqld or delay proxy a test left running
 
 
 @pytest.fixture
@@ -207,3 +190,66 @@ def health_status(channel: grpc.Channel) -> int | None:
     except grpc.RpcError:
         return None
     return int(response.status)
+
+
+# ---- sqld, the libSQL server, for the remote store ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def sqld_jwt_key(tmp_path_factory: pytest.TempPathFactory) -> JwtKey:
+    """One key pair for the session: minting one takes three openssl runs."""
+    return JwtKey.create(tmp_path_factory.mktemp("sqld-jwt"))
+
+
+StartSqld = Callable[..., SqldProcess]
+
+
+@pytest.fixture
+def start_sqld(tmp_path: Path, sqld_jwt_key: JwtKey) -> Iterator[StartSqld]:
+    """`start_sqld(auth=True)` starts another sqld under tmp_path, with JWT auth (its
+    `token` is valid) unless auth=False; every one is stopped when the test ends.
+
+    A missing sqld fails the test rather than skipping it: CI must run these."""
+    try:
+        sqld_binary()
+    except SqldMissing as missing:
+        pytest.fail(str(missing), pytrace=False)
+    started: list[SqldProcess] = []
+
+    def start(*, auth: bool = True) -> SqldProcess:
+        process = SqldProcess(tmp_path, auth=sqld_jwt_key if auth else False)
+        started.append(process)
+        return process.start()
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.stop()
+
+
+@pytest.fixture
+def sqld(start_sqld: StartSqld) -> SqldProcess:
+    """A sqld of its own for this test, with JWT auth: `sqld.url`, `sqld.token`."""
+    return start_sqld()
+
+
+StartDelayProxy = Callable[..., DelayProxy]
+
+
+@pytest.fixture
+def delay_proxy() -> Iterator[StartDelayProxy]:
+    """`delay_proxy(sqld.url, rtt=0.020)`: a DelayProxy in front of it, stopped when the
+    test ends."""
+    started: list[DelayProxy] = []
+
+    def start(target: str, rtt: float = 0.020, **options: bool) -> DelayProxy:
+        proxy = DelayProxy(target, rtt, **options)
+        started.append(proxy)
+        return proxy.start()
+
+    try:
+        yield start
+    finally:
+        for proxy in started:
+            proxy.stop()
