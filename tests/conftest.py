@@ -243,8 +243,8 @@ def delay_proxy() -> Iterator[StartDelayProxy]:
     test ends."""
     started: list[DelayProxy] = []
 
-    def start(target: str, rtt: float = 0.020, **options: bool) -> DelayProxy:
-        proxy = DelayProxy(target, rtt, **options)
+    def start(target: str, rtt: float = 0.020, *, handshake: bool = True) -> DelayProxy:
+        proxy = DelayProxy(target, rtt, handshake=handshake)
         started.append(proxy)
         return proxy.start()
 

@@ -417,12 +417,12 @@ class _RequestCounter:
         end = buffer.find(b"\r\n")
         if end < 0:
             return False
-        line = bytes(buffer[:end])
+        raw = bytes(buffer[:end])
         del buffer[: end + 2]
         if self._state == "chunk-size":
-            size = int(line.split(b";")[0], 16)
+            size = int(raw.split(b";")[0], 16)
             self._state, self._remaining = ("trailer", 0) if size == 0 else ("chunk-data", size + 2)
-        elif not line:  # the empty line that ends the trailer section
+        elif not raw:  # the empty line that ends the trailer section
             self._state = "head"
         return True
 
@@ -489,7 +489,9 @@ class _Proxy:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _connection(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter):
+    async def _connection(
+        self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter
+    ) -> None:
         handler = asyncio.current_task()
         assert handler is not None
         self._handlers.add(handler)
@@ -502,7 +504,7 @@ class _Proxy:
             self._relays.discard(relay)
             self._handlers.discard(handler)
 
-    async def _relay(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter):
+    async def _relay(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         accepted = loop.time()
         with self._lock:
@@ -568,10 +570,9 @@ class _Proxy:
         loop = asyncio.get_running_loop()
         while True:
             due, data = await chunks.get()
-            if due > loop.time():
-                await asyncio.sleep(due - loop.time())  # this chunk's due time, not a pause
-            self._add_in_flight(-len(data))
             try:
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())  # this chunk's due time
                 if not data:
                     if sink.can_write_eof() and not sink.is_closing():
                         sink.write_eof()
@@ -581,6 +582,8 @@ class _Proxy:
             except OSError:
                 sink.transport.abort()
                 return
+            finally:
+                self._add_in_flight(-len(data))
 
 
 class DelayProxy:
@@ -730,6 +733,10 @@ class ProxyProcess:
     def address(self) -> str:
         return self.url.removeprefix("http://")
 
+    @property
+    def returncode(self) -> int | None:
+        return None if self._process is None else self._process.poll()
+
     def start(self, timeout: float = 30.0) -> ProxyProcess:
         command = [
             sys.executable,
@@ -773,12 +780,12 @@ class ProxyProcess:
         assert self._process is not None
         seen = len(self._stats_lines())
         self._process.send_signal(signal.SIGUSR1)
-        lines = wait_for(
-            lambda: (lines := self._stats_lines()) if len(lines) > seen else None,
-            timeout=timeout,
-            what="the proxy to report its counts",
-        )
-        return lines[-1]
+
+        def reported() -> dict[str, Any] | None:
+            lines = self._stats_lines()
+            return lines[-1] if len(lines) > seen else None
+
+        return wait_for(reported, timeout=timeout, what="the proxy to report its counts")
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:
         """SIGTERM, SIGKILL if it lingers; the final counts if it printed them."""
@@ -812,7 +819,10 @@ async def _serve_proxy(target: str, rtt: float, listen: str, handshake: bool) ->
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    report = lambda: print(json.dumps(proxy.stats()), flush=True)  # noqa: E731
+
+    def report() -> None:
+        print(json.dumps(proxy.stats()), flush=True)
+
     loop.add_signal_handler(signal.SIGUSR1, report)
     try:
         host, port = await proxy.listen(*host_port(listen))

@@ -20,7 +20,7 @@ from tests.sqld import SqldProcess
 DEADLINE = 60.0
 
 
-async def test_a_parameterized_write_lands_in_sqld_and_reads_back(sqld: SqldProcess):
+async def test_a_parameterized_write_lands_in_sqld_and_reads_back(sqld: SqldProcess) -> None:
     store = await asyncio.wait_for(LibsqlJobStore.open(sqld.url, auth_token=sqld.token), DEADLINE)
     try:
         spec = JobSpec(type="t", payload={"n": 1}, idempotency_key="key-1", labels={"a": "b"})
