@@ -3,7 +3,8 @@
 Workers on one machine are separate processes, each with its own connection to the
 same SQLite file. Here four real processes (spawned, so nothing is shared through
 fork) claim and complete jobs while the parent is still submitting them; every job
-must run exactly once, and the event log must tell each job's story exactly once.
+must run exactly once, and the event log must tell each job's story exactly once. The
+same runs on the remote driver, each process with its own connections to one real sqld.
 
 Children report through a queue: "ready" once their store is open, "done" with the
 jobs they claimed, or "error" with a traceback, which fails the test.
@@ -18,7 +19,7 @@ import queue
 import time
 import traceback
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from multiprocessing.context import SpawnProcess
 from multiprocessing.queues import Queue
@@ -31,7 +32,7 @@ import pytest
 from jobcontrol.jobs import EventKind, Job, JobEvent, JobSpec, JobState
 from jobcontrol.store import JobStore, StoreConfig, open_store
 from jobcontrol.store.protocol import JobFilter
-from tests.hrana_server import HranaProcess
+from tests.sqld import SqldProcess
 
 pytestmark = pytest.mark.slow
 
@@ -169,16 +170,12 @@ async def all_events(store: JobStore) -> list[JobEvent]:
 
 
 @pytest.fixture(params=["sqlite", "libsql-remote"])
-def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreConfig]:
+def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> StoreConfig:
     if request.param == "sqlite":
-        yield StoreConfig(backend="local", path=str(tmp_path / "jobs.db"))
-        return
-    token = "multiprocess-token"
-    hrana = HranaProcess(tmp_path / "remote.db", token=token).start()
-    try:
-        yield StoreConfig(backend="turso", url=hrana.url, auth_token=token)
-    finally:
-        hrana.stop()
+        return StoreConfig(backend="local", path=str(tmp_path / "jobs.db"))
+    sqld: SqldProcess = request.getfixturevalue("sqld")  # a real sqld, stopped at the end
+    assert sqld.token is not None
+    return StoreConfig(backend="turso", url=sqld.url, auth_token=sqld.token)
 
 
 async def test_four_processes_claim_every_job_exactly_once(store_config: StoreConfig) -> None:
