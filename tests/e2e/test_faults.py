@@ -37,12 +37,11 @@ from jobcontrol.v1 import job_pb2 as pb
 from tests.conftest import (
     ROOT,
     ServerProcess,
-    free_port,
     health_status,
     start_server,
     wait_for,
 )
-from tests.hrana_server import HranaProcess
+from tests.sqld import SqldProcess
 from tests.worker.conftest import StartWorker, SyncStore, WorkerProcess
 
 Stub = job_control_pb2_grpc.JobControlStub
@@ -543,21 +542,22 @@ def test_a_full_disk_refuses_writes_as_unavailable_and_recovers_when_space_is_fr
 
 @pytest.mark.slow
 def test_after_a_remote_database_outage_every_job_matches_its_newest_event(
-    tmp_path: Path, start_worker: StartWorker
+    tmp_path: Path, start_worker: StartWorker, sqld: SqldProcess
 ):
-    token = "faults-token"
-    port = free_port()
-    db_path = tmp_path / "remote.db"
-    hrana = HranaProcess(db_path, token=token, port=port).start()
+    """sqld crashes (kill -9) under a server and a worker and comes back on the same
+    port and data; afterwards its data file, read directly, must hold no half-written
+    transition and no job run twice."""
+    assert sqld.token is not None
     env = {
         "JOB_STORE_BACKEND": "turso",
-        "TURSO_DATABASE_URL": hrana.url,
-        "TURSO_AUTH_TOKEN": token,
+        "TURSO_DATABASE_URL": sqld.url,
+        "TURSO_AUTH_TOKEN": sqld.token,
     }
+    unused = tmp_path / "unused.db"  # the worker's --store-path; the env says turso
     try:
         server = start_server(tmp_path, env=env, args=FAST_REAPER)
         try:
-            worker = start_worker(db_path, *FAST_WORKER, "--concurrency", "4", env=env)
+            worker = start_worker(unused, *FAST_WORKER, "--concurrency", "4", env=env)
             with server.channel() as channel:
                 stub = Stub(channel)
                 requests = [
@@ -571,7 +571,7 @@ def test_after_a_remote_database_outage_every_job_matches_its_newest_event(
                     return bool(stub.ListJobs(api.ListJobsRequest(filter=filter_), timeout=10).jobs)
 
                 wait_for(some_done, timeout=30, interval=0.05, what="a first job to succeed")
-                hrana.stop()
+                sqld.kill()  # a crash: nothing of sqld's shutdown runs
                 # The outage lasts until the driver has given up retrying (5 s): every
                 # process then sees writes fail mid-run, not just slow down.
                 outage = time.monotonic()
@@ -582,7 +582,7 @@ def test_after_a_remote_database_outage_every_job_matches_its_newest_event(
                     f"\nremote outage: SubmitJob -> {error.code().name} after "
                     f"{time.monotonic() - outage:.1f}s: {error.details()}"
                 )
-                hrana = HranaProcess(db_path, token=token, port=port).start()
+                sqld.restart()
 
                 def all_terminal() -> bool:
                     return all(
@@ -596,8 +596,8 @@ def test_after_a_remote_database_outage_every_job_matches_its_newest_event(
         finally:
             server.stop()
     finally:
-        hrana.stop()
-    store = SyncStore(db_path)  # the Hrana server keeps its data in a plain SQLite file
+        sqld.stop()
+    store = SyncStore(sqld.data_file)  # sqld keeps the database in a plain SQLite file
     try:
         stories = assert_no_partial_transitions(store)
         assert set(stories) == set(job_ids), "the refused SubmitJob left a job behind"
