@@ -80,6 +80,25 @@ async def test_batch_submit_is_all_or_nothing(store: SqlJobStore):
     assert await store.last_sequence() == 1
 
 
+async def test_a_batch_too_big_for_one_statement_is_still_all_or_nothing(store: SqlJobStore):
+    """Past MAX_ARGUMENT_BYTES a batch is several INSERTs (sqld refuses bigger arguments):
+    they land together, in order, or not at all."""
+    big = "x" * 200_000
+    specs = [JobSpec(type="t", payload={"i": i, "blob": big}) for i in range(20)]
+    results = await store.create_jobs(specs)
+    events = await store.list_events(after_sequence=0)
+    assert [e.job.payload["i"] for e in events] == list(range(20))
+    assert [r.job.id for r in results] == [e.job.id for e in events]
+
+    specs.append(JobSpec(type="t", payload={"n": 2}, idempotency_key="taken"))
+    await store.create_job(JobSpec(type="t", idempotency_key="taken"))
+    before = await store.last_sequence()
+    with pytest.raises(AlreadyExists):
+        await store.create_jobs(specs)
+    assert await store.last_sequence() == before
+    assert len((await store.list_jobs(job_filter=JobFilter(), page_size=100)).jobs) == 21
+
+
 async def test_batch_submit_returns_jobs_in_request_order(store: SqlJobStore):
     specs = [JobSpec(type="t", payload={"i": i}) for i in range(50)]
     results = await store.create_jobs(specs)

@@ -77,8 +77,8 @@ SMALL_BATCH = 64
 # Batches travel as one JSON text argument per statement; sqld refuses an argument of a
 # few MiB, so bigger batches are split into statements of at most this size.
 MAX_ARGUMENT_BYTES = 2 * 1024 * 1024
-# A job row's JSON besides its payload and labels, at most (ids, key, times, type).
-ROW_BYTES = 2048
+# A job row's JSON besides its payload, labels and idempotency key, at most.
+ROW_BYTES = 1024
 
 
 def utc_now() -> datetime:
@@ -615,9 +615,8 @@ class SqlJobStore:
 
 
 def _text_bytes(spec: JobSpec, payload: str) -> int:
-    """The free text a submission puts in its row: payload and labels, in UTF-8 bytes at
-    most."""
-    return 4 * len(payload) + 4 * len(dump_json(spec.labels))
+    """The free text a submission puts in its row, in UTF-8 bytes at most."""
+    return 4 * (len(payload) + len(dump_json(spec.labels)) + len(spec.idempotency_key or ""))
 
 
 def _load(tx: Tx, job_id: str) -> tuple[Job, int]:
