@@ -342,6 +342,27 @@ class SqldProcess:
         return f"<SqldProcess {self.port} {state} {self.directory}>"
 
 
+def hrana_pipeline(
+    url: str,
+    requests: list[dict[str, Any]],
+    *,
+    token: str | None = None,
+    baton: str | None = None,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """One Hrana 3 pipeline request (`POST /v3/pipeline`), the JSON answer back: a client
+    of sqld's own that shares nothing with the store's driver. Pass the answer's `baton`
+    to go on with the same stream (a transaction spans requests that way)."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = json.dumps({"baton": baton, "requests": requests}).encode()
+    request = urllib.request.Request(f"{url}/v3/pipeline", data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
+        answer: dict[str, Any] = json.load(reply)
+    return answer
+
+
 # ---- the delaying proxy ---------------------------------------------------------------
 
 

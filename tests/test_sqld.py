@@ -22,21 +22,20 @@ import pytest
 import tests.sqld
 from tests.conftest import StartDelayProxy, StartSqld
 from tests.polling import wait_for
-from tests.sqld import JwtKey, ProxyProcess, SqldMissing, SqldProcess, _RequestCounter
+from tests.sqld import (
+    JwtKey,
+    ProxyProcess,
+    SqldMissing,
+    SqldProcess,
+    _RequestCounter,
+    hrana_pipeline,
+)
 
 
 def pipeline(url: str, statements: list[dict[str, Any]], token: str | None) -> dict[str, Any]:
-    """One Hrana 3 pipeline request that runs `statements` on a new stream and closes it."""
+    """Run `statements` on a new stream and close it, in one request."""
     requests = [{"type": "execute", "stmt": stmt} for stmt in statements] + [{"type": "close"}]
-    request = urllib.request.Request(
-        f"{url}/v3/pipeline",
-        data=json.dumps({"baton": None, "requests": requests}).encode(),
-        headers={"Content-Type": "application/json"}
-        | ({"Authorization": f"Bearer {token}"} if token else {}),
-    )
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        result: dict[str, Any] = json.load(reply)
-    return result
+    return hrana_pipeline(url, requests, token=token)
 
 
 def status_of(url: str, token: str | None) -> int:

@@ -1,40 +1,67 @@
-"""What only the remote libSQL driver does: waiting out another writer's lock."""
+"""What only the remote libSQL driver meets: another client holding sqld's write lock.
+
+sqld does not answer a write that finds the lock taken with SQLITE_BUSY: it holds the
+statement while the other transaction runs, for up to 5 s, and then rolls that
+transaction back and lets the waiting statement have the lock ("Transaction timed
+out" to the holder). A driver that gives up on a request sooner, or reports the wait as
+a failure, turns every long transaction elsewhere into StoreUnavailable here.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from datetime import timedelta
-from pathlib import Path
 
 from jobcontrol.jobs import JobSpec, JobState
 from jobcontrol.store.libsql import LibsqlJobStore
-from tests.hrana_server import HranaProcess
+from tests.sqld import SqldProcess, hrana_pipeline
+
+DEADLINE = 60.0  # far past sqld's 5 s: reaching it means the driver hung
 
 
-async def test_an_autocommit_write_refused_as_busy_is_retried_not_reported(tmp_path: Path):
-    """A write that SQLite refuses with SQLITE_BUSY never ran, so running it again is safe:
-    the completion waits out the lock instead of failing as StoreUnavailable."""
-    server = HranaProcess(tmp_path / "remote.db", busy_timeout=0.05).start()
-    store = await LibsqlJobStore.open(server.url, lock_wait=30)
-    blocker = sqlite3.connect(tmp_path / "remote.db", isolation_level=None)
+def execute(sql: str, **named: str) -> dict[str, object]:
+    args = [{"name": f":{k}", "value": {"type": "text", "value": v}} for k, v in named.items()]
+    return {"type": "execute", "stmt": {"sql": sql, "named_args": args}}
+
+
+async def test_a_write_waits_out_another_clients_transaction_instead_of_failing(
+    sqld: SqldProcess,
+) -> None:
+    store = await LibsqlJobStore.open(sqld.url, auth_token=sqld.token)
     try:
-        await store.create_job(JobSpec(type="t"))
-        (job,) = await store.claim_jobs(
+        job = (await store.create_job(JobSpec(type="t"))).job
+        (claimed,) = await store.claim_jobs(
             worker_id="w", types=["t"], limit=1, lease_timeout=timedelta(minutes=1)
         )
-        assert job.lease_id is not None
-        blocker.execute("BEGIN IMMEDIATE")
-        completing = asyncio.create_task(
-            store.complete_job(job_id=job.id, lease_id=job.lease_id, result={"ok": True})
+        assert claimed.lease_id is not None
+        # Another client takes the write lock on a Hrana stream of its own and keeps its
+        # transaction open, with a change to the same job in it.
+        holder = hrana_pipeline(
+            sqld.url,
+            [
+                execute("BEGIN IMMEDIATE"),
+                execute("UPDATE jobs SET priority = 99 WHERE id = :id", id=job.id),
+            ],
+            token=sqld.token,
         )
-        await asyncio.sleep(0.5)  # the lock is held for ten of the server's busy timeouts
-        assert not completing.done()
-        blocker.execute("ROLLBACK")
-        done = await asyncio.wait_for(completing, 30)
+        assert [r["type"] for r in holder["results"]] == ["ok", "ok"], holder
+        completion = store.complete_job(
+            job_id=job.id, lease_id=claimed.lease_id, result={"ok": True}
+        )
+        done = await asyncio.wait_for(completion, DEADLINE)
         assert done.state is JobState.SUCCEEDED
-        assert (await store.get_job(job.id)).result == {"ok": True}
+        # The completion had to wait for the lock: sqld took it from the holder.
+        commit = hrana_pipeline(
+            sqld.url,
+            [execute("COMMIT"), {"type": "close"}],
+            token=sqld.token,
+            baton=holder["baton"],
+        )
+        assert commit["results"][0]["type"] == "error", commit
+        assert commit["results"][0]["error"]["code"] == "TRANSACTION_TIMEOUT", commit
+        stored = await store.get_job(job.id)
+        assert stored.state is JobState.SUCCEEDED
+        assert stored.result == {"ok": True}
+        assert stored.priority == 0  # the holder's change was rolled back
     finally:
-        blocker.close()
         await store.close()
-        server.stop()
