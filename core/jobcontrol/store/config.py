@@ -1,4 +1,4 @@
-"""Which store to open, from flags or the environment (DESIGN §3)."""
+"""Which store to open, from flags or the environment (see docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`jobcontrol-server`: flags, environment, logging; see DESIGN §5."""
+"""`jobcontrol-server`: flags, environment, logging; see docs/architecture.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`jobcontrol-worker`: flags, environment, signals; see DESIGN §5.
+"""`jobcontrol-worker`: flags, environment, signals; see docs/architecture.md.
 
 The first SIGTERM/SIGINT stops claiming and gives running jobs the drain grace period;
 a second one stops them at once. Either way unfinished jobs are handed back (PENDING,

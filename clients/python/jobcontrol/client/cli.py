@@ -1,4 +1,4 @@
-"""`jobctl`: submit, follow, cancel and inspect jobs from a shell (DESIGN §5).
+"""`jobctl`: submit, follow, cancel and inspect jobs from a shell (docs/architecture.md).
 
 Exit codes, so scripts can branch on the outcome of a job:
 
