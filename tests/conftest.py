@@ -210,10 +210,13 @@ def start_sqld(tmp_path: Path, sqld_jwt_key: JwtKey) -> Iterator[StartSqld]:
     `token` is valid) unless auth=False; every one is stopped when the test ends.
 
     A missing sqld fails the test rather than skipping it: CI must run these."""
+    missing = ""
     try:
         sqld_binary()
-    except SqldMissing as missing:
-        pytest.fail(str(missing), pytrace=False)
+    except SqldMissing as error:
+        missing = str(error)
+    if missing:
+        pytest.fail(missing, pytrace=False)
     started: list[SqldProcess] = []
 
     def start(*, auth: bool = True) -> SqldProcess:
