@@ -5,7 +5,7 @@ BUF := node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test gen fmt lint typecheck bench install system-deps
+.PHONY: run cluster test gen fmt lint typecheck bench install system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,10 @@ install: system-deps $(STAMP) node_modules/.installed clients/typescript/node_mo
 
 run: $(STAMP)
 	$(VENV)/bin/jobcontrol-server --with-worker
+
+# sqld, two servers and two workers on loopback, as on separate machines (README).
+cluster: install
+	$(PY) scripts/cluster.py
 
 test: install
 	$(PY) -m pytest
