@@ -5,7 +5,7 @@ releases the GIL. The `libsql` SDK holds the GIL for each round trip, which stop
 stream and RPC in the process for as long as the database takes to answer.
 
 Round trips are what a remote store costs, so each operation kind runs in as few as the
-protocol allows (see database.py): a read, a write or each statement of a change is one
+protocol allows (see database.py): each statement of a read, a write or a change is one
 HTTP request that opens a stream, runs the statement and closes the stream; a
 transaction sends BEGIN with its first statement and COMMIT as the last request. A few
 kept-alive connections, one per driver thread, serve a process's concurrent calls.
@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import re
+import select
 import threading
 import time
 from collections.abc import Mapping
@@ -112,6 +113,8 @@ class _Session(Session):  # type: ignore[misc]
         return raw
 
     def _connection(self, scheme: str, origin: str) -> http.client.HTTPConnection:
+        if self._http is not None and _closed_by_server(self._http):
+            self._disconnect()
         if self._http is None or origin != self._http_origin:
             self._disconnect()
             secure = scheme in ("https", "wss")
@@ -129,6 +132,17 @@ class _Session(Session):  # type: ignore[misc]
     def close(self) -> None:
         super().close()
         self._disconnect()
+
+
+def _closed_by_server(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept-alive connection has been closed from the other end (the
+    server restarted, say): it would swallow the next request and answer nothing, which
+    looks like a write that may have been applied. An idle connection has nothing to
+    read unless the peer closed it."""
+    if conn.sock is None:
+        return True
+    readable, _, _ = select.select([conn.sock], [], [], 0)
+    return bool(readable)
 
 
 def _stmt(sql: str, params: Params) -> dict[str, Any]:
