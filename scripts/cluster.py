@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import fcntl
 import functools
 import os
@@ -168,9 +169,8 @@ class Plan:
 
 
 def check_port_free(port: int, owner: str, flag: str) -> None:
-    """Bind it ourselves first. A clearer message than a child's traceback, and needed
-    for the servers: gRPC binds with SO_REUSEPORT, so a second cluster's server would
-    silently share the port with the first one's instead of failing."""
+    """Bind it ourselves before starting anything: one clear line instead of a child's
+    log (sqld's is a Rust backtrace), and nothing to stop."""
     with socket.socket() as probe:
         # SO_REUSEADDR: a port that only has connections in TIME_WAIT (the last run's)
         # is free; one that something listens on is not.
@@ -178,9 +178,14 @@ def check_port_free(port: int, owner: str, flag: str) -> None:
         try:
             probe.bind((HOST, port))
         except OSError as error:
+            problem = (
+                "is in use"
+                if error.errno == errno.EADDRINUSE
+                else f"cannot be bound ({error.strerror})"
+            )
             raise UserError(
-                f"port {port} ({owner}) is taken ({error.strerror}): stop whatever listens "
-                f"there, or pick another port with {flag}"
+                f"port {port} ({owner}) {problem}: stop whatever listens there, "
+                f"or pick another with {flag}"
             ) from None
 
 
@@ -485,7 +490,7 @@ class Cluster:
         for child in running:
             child.signal(child.stop_signal)
         deadline = time.monotonic() + grace
-        killed = False
+        hurried = False
         while any(c.running for c in group):
             try:
                 kind, _ = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -493,17 +498,17 @@ class Cluster:
                 break
             if kind != "signal":
                 continue
-            if not killed and any(c.name.startswith("worker-") for c in running):
+            if not hurried and any(c.name.startswith("worker-") for c in running):
                 self.say("handing running jobs back now; Ctrl-C once more kills everything")
                 for child in group:  # a second signal: the worker's "stop now"
                     child.signal(child.stop_signal)
-                killed = True  # the next one is the last straw
+                hurried = True  # the next one is the last straw
             else:
                 self.say("killing everything")
                 for child in self.children:
                     child.signal(signal.SIGKILL)
         clean = True
-        for child in group:
+        for child in running:  # one that died before (and was reported) is not news
             if child.running:
                 self.say(f"{child.name} did not stop within {grace:g}s: killing it")
                 child.signal(signal.SIGKILL)
@@ -575,10 +580,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         plan = Plan.from_args(args)
         with locked(plan.directory):
-            check_port_free(plan.sqld_port, "sqld", "--sqld-port or CLUSTER_SQLD_PORT")
+            check_port_free(plan.sqld_port, "sqld", "--sqld-port (or CLUSTER_SQLD_PORT)")
             for index, port in enumerate(plan.server_ports):
                 check_port_free(
-                    port, f"server-{index + 1}", "--server-ports or CLUSTER_SERVER_PORTS"
+                    port, f"server-{index + 1}", "--server-ports (or CLUSTER_SERVER_PORTS)"
                 )
             return Cluster(plan).run()
     except UserError as error:

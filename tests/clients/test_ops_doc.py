@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,14 +23,13 @@ import pytest
 from jobcontrol.client import JobControlClient, JobState, TlsOptions
 from tests.clients.conftest import server_dir
 from tests.conftest import BIN, ROOT, ServerProcess, start_server, wait_for
+from tests.doc_blocks import Block
+from tests.doc_blocks import blocks as doc_blocks
 from tests.server.test_auth_tls import make_certs
 
 DOC = ROOT / "docs" / "ops.md"
 SERVERS = ("plain", "token", "tls", "mtls")
 JOBS = ("pending", "cancelled", "succeeded", "failed")
-_BLOCK = re.compile(
-    r"^```sh\n(?P<code>.*?)^```\n(?:\s*<!--\s*expect:(?P<expect>.*?)-->)?", re.M | re.S
-)
 
 
 @dataclass(frozen=True)
@@ -49,40 +47,22 @@ class Example:
         return f"ops.md:{self.line}"
 
 
-@dataclass(frozen=True)
-class Block:
-    line: int
-    code: str
-    expect: str | None
-
-
 def blocks() -> list[Block]:
-    text = DOC.read_text(encoding="utf-8")
-    return [
-        Block(text.count("\n", 0, m.start()) + 2, m.group("code"), m.group("expect"))
-        for m in _BLOCK.finditer(text)
-    ]
+    return doc_blocks(DOC)
 
 
 def parse(block: Block) -> Example:
-    assert block.expect is not None
-    settings: dict[str, str] = {}
-    contains: list[str] = []
-    for word in shlex.split(block.expect):
-        key, sep, value = word.partition("=")
-        assert sep, f"ops.md:{block.line}: {word!r} is not key=value"
-        if key == "contains":
-            contains.append(value)
-        else:
-            assert key in {"server", "job", "exit", "match"}, f"ops.md:{block.line}: {key}?"
-            settings[key] = value
+    found = block.expectations()
+    for key in found:
+        assert key in {"server", "job", "exit", "match", "contains"}, f"ops.md:{block.line}: {key}?"
+    settings = {key: values[-1] for key, values in found.items()}
     example = Example(
         line=block.line,
         code=block.code,
         server=settings.get("server", "plain"),
         job=settings.get("job"),
         exit=int(settings.get("exit", "0")),
-        contains=tuple(contains),
+        contains=tuple(found.get("contains", ())),
         match=settings.get("match"),
     )
     assert example.server in SERVERS, example
