@@ -246,6 +246,9 @@ class Child:
 
 
 class Cluster:
+    """The children, started in order and stopped in reverse, and one queue of what
+    happens to them (signals, exits) that the main thread waits on."""
+
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.events: queue.SimpleQueue[tuple[str, object]] = queue.SimpleQueue()
@@ -261,7 +264,7 @@ class Cluster:
     def say(self, text: str) -> None:
         """A line of our own, between the children's lines."""
         with self.output_lock:
-            print(f"cluster: {text}" if text else "", flush=True)
+            print(f"cluster: {text}", flush=True)
 
     def _pump(self, child: Child, colour: str) -> None:
         assert child.process is not None
@@ -290,7 +293,8 @@ class Cluster:
 
         def die_with_parent() -> None:  # runs in the child, between fork and exec
             # If this script is killed outright, the kernel sends the child its stop
-            # signal, so nothing is left running on the ports.
+            # signal, so nothing is left running on the ports. (The signal follows the
+            # thread that forked, so only the main thread starts children.)
             _libc.prctl(_PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0)
             if os.getppid() != parent:  # the parent died before prctl
                 os.kill(os.getpid(), pdeathsig)
