@@ -18,6 +18,7 @@ from bench import (
     fanout,
     progress_latency,
     report,
+    sdk_choice,
     store_ceiling,
     store_load,
     store_rates,
@@ -35,6 +36,7 @@ BENCHMARKS: dict[str, tuple[Main, bool]] = {
     "progress_latency": (progress_latency.main, True),
     "store_load": (store_load.main, False),
     "fanout": (fanout.main, False),
+    "sdk_choice": (sdk_choice.main, False),
 }
 # Extra arguments in a full run, to keep it within ten minutes on two cores.
 SUITE_ARGS: dict[str, list[str]] = {"store_rates": ["--remote-budget", "10"]}
