@@ -19,7 +19,13 @@ from grpc_health.v1 import health_pb2
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import BIN, ServerProcess, health_status, start_server, wait_for
+from tests.conftest import (
+    BIN,
+    ServerProcess,
+    health_status,
+    start_server,
+    wait_for,
+)
 from tests.sqld import SqldProcess
 
 pytestmark = pytest.mark.slow
@@ -187,3 +193,64 @@ def test_an_outage_of_the_database_is_survived_without_running_an_attempt_twice(
         finals = [e for e in events if e.kind == K.EVENT_KIND_SUCCEEDED]
         assert len(finals) <= 1
         assert events[-1].job.state == pb.JOB_STATE_SUCCEEDED, (job_id, events[-1])
+
+
+def test_while_sqld_hangs_the_server_answers_health_and_streams_flow_from_what_it_read(
+    tmp_path: Path, sqld: SqldProcess
+):
+    """A store call waiting on a hung database must not stop the process: Health/Check
+    answers, and a dashboard's stream delivers the events the server had already read.
+    (With a driver that holds the GIL through the network wait, neither happens.)"""
+    assert sqld.token is not None
+    env = {
+        "JOB_STORE_BACKEND": "turso",
+        "TURSO_DATABASE_URL": sqld.url,
+        "TURSO_AUTH_TOKEN": sqld.token,
+    }
+    server = start_server(tmp_path, env=env)
+    try:
+        with server.channel() as channel:
+            stub = job_control_pb2_grpc.JobControlStub(channel)
+            start = stub.SubmitJob(api.SubmitJobRequest(type="e2e.nobody"), timeout=10).job
+            dashboard = stub.WatchJobs(
+                api.WatchJobsRequest(filter=api.JobFilter(types=["e2e.nobody"]), after_sequence=0),
+                timeout=120,
+            )
+            assert next(dashboard).event.job.id == start.id
+            # Nobody serves this type, so these 200 events are all the feed holds.
+            requests = [api.SubmitJobRequest(type="e2e.nobody") for _ in range(200)]
+            ids = [
+                j.id
+                for j in stub.SubmitJobs(api.SubmitJobsRequest(requests=requests), timeout=30).jobs
+            ]
+            # The 200 events committed in one statement, so the server's read that
+            # brought the first of them brought them all.
+            first = next(dashboard).event.job.id
+            sqld.pause()
+            try:
+                received = [first] + [next(dashboard).event.job.id for _ in ids[1:]]
+                # Health answers all along, until the server's own ping gives up on the
+                # hung database and says so.
+                answers: list[int | None] = []
+                not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+
+                def check() -> bool:
+                    answers.append(health_status(channel))
+                    return answers[-1] == not_serving
+
+                wait_for(check, timeout=60, interval=0.2, what="NOT_SERVING")
+                still_paused = sqld.running and _stopped(sqld.pid)
+            finally:
+                sqld.resume()
+            dashboard.cancel()
+    finally:
+        server.stop()
+    assert received == ids
+    assert None not in answers, answers
+    assert still_paused, "sqld came back before the checks ended: they proved nothing"
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped by a signal (state T in /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return fields[0] == "T"
