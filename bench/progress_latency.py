@@ -2,9 +2,9 @@
 
 Latency is the time from a store write to its receipt by a watcher over WatchJob, with
 1, 100 and 1,000 watchers per job (10,000 with --watchers, see WATCHERS), on each backend of
-`bench/backends.py` (remote: the libSQL driver over Hrana/HTTP to the test server on
+`bench/backends.py` (remote: the store's driver over Hrana/HTTP to a real sqld on
 loopback, server and worker configured through JOB_STORE_BACKEND=turso and
-TURSO_DATABASE_URL/TURSO_AUTH_TOKEN):
+TURSO_DATABASE_URL):
 
 - worker write (tailed): a separate "worker" OS process, with its own store (open_store)
   on the server's database as a real worker has, calls report_progress PROGRESS_UPDATES
@@ -38,9 +38,10 @@ ones), and `delivered` says what share of the updates reached the average watche
 Writer and reader share the machine's clock. Every statistic is the median over runs,
 each run on a fresh server and store; percentiles pool all watchers' samples of a run.
 
-On remote, "req/write" counts the HTTP requests the Hrana server received while the
-writes were being delivered, per write: every client's (the server's tail and snapshot
-reads as well as the writes themselves), since the server's log cannot tell them apart.
+On remote, "req/write" counts the HTTP requests sqld received (through the counting
+proxy in front of it) while the writes were being delivered, per write: every client's
+(the server's tail and snapshot reads as well as the writes themselves), since the
+proxy cannot tell them apart.
 
 Run: `.venv/bin/python -m bench.progress_latency [--runs N] [--backend sqlite|remote|both]
 [--no-polling]`.
@@ -53,7 +54,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import math
 import multiprocessing
 import os
@@ -516,8 +516,7 @@ def render(metrics: Sequence[Metric], runs: int) -> str:
         notes.append(f"sqlite: a SQLite {sqlite3.sqlite_version} file (WAL), local backend.")
     if "remote" in backends_shown:
         notes += [
-            f"remote: libsql {importlib.metadata.version('libsql')} (turso backend) over "
-            "Hrana/HTTP to tests/hrana_server.py on loopback;",
+            backends.remote_note(),
             "  req/write: HTTP requests served from each write until every watcher had it,",
             "  per write (all clients: the server's tail and snapshot reads are included).",
         ]
@@ -638,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - began
     print(render(list(metrics.values()), args.runs))
     comparison, headlines = fresher(metrics, pollers)
-    if not args.no_polling:
+    if any(pollers.values()):
         print(comparison)
     for backend in chosen:
         at = metrics.get((backend, "worker", 1_000))

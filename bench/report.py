@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import sqlite3
+import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import backends
 from bench.stats import Figure
 
 RESULTS = Path(__file__).parent / "results"
@@ -56,6 +58,13 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _sqld_version() -> str | None:
+    try:
+        return backends.sqld_version()
+    except (RuntimeError, OSError, subprocess.CalledProcessError):
+        return None
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     try:
@@ -75,6 +84,8 @@ def machine() -> dict[str, Any]:
         "jobcontrol": _version("jobcontrol"),
         "grpcio": _version("grpcio"),
         "libsql": _version("libsql"),
+        "turso-serverless": _version("turso-serverless"),
+        "sqld": _sqld_version(),
         "huey": _version("huey"),
         "platform": platform.platform(),
         "cpu": cpu,

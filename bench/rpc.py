@@ -1,11 +1,11 @@
 """gRPC client helpers for the benchmarks: channels, job submission, and reading job
-rows straight from the database file (SQLite, or the file behind the Hrana server)."""
+rows straight from a SQLite database file (`backends.Database.query` reads either
+backend)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import struct_pb2
 
+from bench import backends
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 
@@ -75,10 +76,8 @@ async def submit(stub: Stub, requests: Sequence[api.SubmitJobRequest]) -> list[s
 
 
 def query(db_path: Path, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    """Read the database file directly (read-only, beside whatever serves it)."""
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        return conn.execute(statement, params).fetchall()
+    """Read a SQLite database file directly (read-only, beside whatever writes it)."""
+    return backends.query_file(db_path, statement, params)
 
 
 async def until(

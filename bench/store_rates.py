@@ -4,8 +4,8 @@ A baseline for later work on the store: every figure is a rate (operations per s
 on a fresh database in a temporary directory, the median of several runs with the
 min-max spread, printed as a table (one row per backend) and written to
 `bench/results/store_rates.json`. Backends are described in `bench/backends.py`: remote
-is the libSQL driver over Hrana/HTTP to the test server on loopback, and its rows also
-give the HTTP requests each operation took ("req/op"), counted from the server's log.
+is the store's driver over Hrana/HTTP to a real sqld on loopback, and its rows also give
+the HTTP requests each operation took ("req/op"), counted by the proxy in front of sqld.
 
 Claims are measured in worker processes (spawned, each opening its own store with
 `open_store`, as real workers run), once alone and once four at a time on the same
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import multiprocessing
 import queue
 import sqlite3
@@ -163,7 +162,7 @@ def spec(index: int) -> JobSpec:
 
 
 def per(requests: int, operations: int, db: Database) -> float | None:
-    return requests / operations if db.requests is not None else None
+    return requests / operations if db.remote else None
 
 
 # ---- submits (in this process) --------------------------------------------------------
@@ -500,9 +499,8 @@ def render(
         notes.append(f"sqlite: a SQLite {sqlite3.sqlite_version} file (WAL), local backend.")
     if "remote" in measured:
         notes += [
-            f"remote: libsql {importlib.metadata.version('libsql')} (turso backend) over "
-            "Hrana/HTTP to tests/hrana_server.py on loopback;",
-            "  req/op: HTTP requests the server received per job (jobs/s) or per call (calls/s).",
+            backends.remote_note(),
+            "  req/op: HTTP requests sqld received per job (jobs/s) or per call (calls/s).",
         ]
         workload = workloads["remote"]
         if workload.scale > 1 and estimate is not None:

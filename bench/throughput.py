@@ -19,9 +19,11 @@ Huey by a few ms.
 
 Both run in every run, one after the other (their order alternating), so the ratio is
 measured under the same conditions; the best configurations were found with
-`--sweep` on this 2-core machine (see BENCHMARKS.md). On the remote backend (libSQL
-over Hrana on loopback) only jobcontrol runs, with REMOTE_JOBS jobs: every store
-operation is an HTTP round trip or several, and Huey has no libSQL storage.
+`--sweep` on this 2-core machine (see BENCHMARKS.md). On the remote backend (a real
+sqld on loopback, see `backends.py`) only jobcontrol runs, with REMOTE_JOBS jobs: every
+store operation is an HTTP request, and Huey has no libSQL storage. `bench.cluster` has
+the remote end-to-end rate with two servers and two workers, with and without 20 ms of
+round trip.
 
 Run: `.venv/bin/python -m bench.throughput [--runs N] [--backend sqlite|remote|both]
 [--jobs N] [--sweep] [--profile]`.
@@ -43,7 +45,7 @@ from bench.report import Headline
 from bench.stats import Figures
 
 JOBS = 20_000
-REMOTE_JOBS = 400  # remote claims and completes run at tens per second
+REMOTE_JOBS = JOBS  # the same workload: the remote driver takes one request per claim or batch
 # The best of the --sweep configurations on the 2-core machine of BENCHMARKS.md (all
 # within ~10% of each other: the drain is bound by per-job work, not by slots).
 WORKERS = 1
@@ -81,7 +83,11 @@ class Outcome:
 
 
 async def _drain(
-    address: str, db_path: Path, jobs: int, *, profile_pids: tuple[int, int] | None = None
+    address: str,
+    db: backends.Database,
+    jobs: int,
+    *,
+    profile_pids: tuple[int, int] | None = None,
 ) -> Outcome:
     requests = [rpc.request(seconds=0, steps=0) for _ in range(jobs)]
     worker_pid, server_pid = profile_pids or (None, None)
@@ -97,8 +103,8 @@ async def _drain(
 
             def done() -> bool:
                 nonlocal finished
-                ((count, last_end),) = rpc.query(
-                    db_path, "SELECT count(*), max(end_us) FROM jobs WHERE state = 'SUCCEEDED'"
+                ((count, last_end),) = db.query(
+                    "SELECT count(*), max(end_us) FROM jobs WHERE state = 'SUCCEEDED'"
                 )
                 finished = (last_end or 0) / 1e6
                 return bool(count == jobs)
@@ -119,7 +125,7 @@ def run_jobcontrol(
     with procs.deployment(backend, directory) as (db, server, fleet):
         started = procs.workers(directory, db.config, workers, concurrency=concurrency, into=fleet)
         pids = (started[0].pid, server.pid) if profile else None
-        return rpc.run(_drain(server.address, directory / f"{backend}.db", jobs, profile_pids=pids))
+        return rpc.run(_drain(server.address, db, jobs, profile_pids=pids))
 
 
 def run_huey(directory: Path, jobs: int, workers: int, kind: str) -> Outcome:
