@@ -352,7 +352,11 @@ def test_the_readme_shows_make_cluster_and_checks_its_examples():
     assert "make cluster" in section[1].split("\n### ")[0]
     assert readme_examples(), "no README block is marked run=cluster"
     dry_run = subprocess.run(
-        ["make", "-n", "cluster"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        ["make", "-n", "--no-print-directory", "cluster"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert dry_run.stdout.splitlines()[-1] == ".venv/bin/python scripts/cluster.py"
 
