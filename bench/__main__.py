@@ -15,6 +15,7 @@ from bench import (
     backends,
     cancel_latency,
     claim_latency,
+    cluster,
     fanout,
     progress_latency,
     report,
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, tuple[Main, bool]] = {
     "store_load": (store_load.main, False),
     "fanout": (fanout.main, False),
     "sdk_choice": (sdk_choice.main, False),
+    "cluster": (cluster.main, False),
 }
 # Extra arguments in a full run, to keep it within ten minutes on two cores.
 SUITE_ARGS: dict[str, list[str]] = {"store_rates": ["--remote-budget", "10"]}

@@ -1,0 +1,959 @@
+"""The multi-machine shape on one machine: one real sqld, a proxy in front of it adding
+0 ms and then 20 ms of round trip, two `jobcontrol-server`s and two `jobcontrol-worker`s,
+all on the proxy's URL (JOB_STORE_BACKEND=turso) and sharing nothing else.
+
+Each run starts, for each added round trip (RTT) in turn, a fresh sqld and proxy
+(`backends.serve`, the proxy counting every HTTP request), then:
+
+- calibration, before any server or worker starts: this process's own store through
+  the same proxy calls each store operation a few times alone: HTTP requests per call
+  (the proxy's count) and time per call.
+- the cluster: servers A and B (`--metrics-listen`) and two workers
+  (`bench.counted_worker`: `jobcontrol-worker` with its store calls counted on /metrics,
+  `--concurrency` slots each, default poll intervals, handlers `bench.cancel_handlers`
+  and `bench.cluster_handlers`), all ready before anything is measured.
+- idle: IDLE seconds with nothing to do (the background: idle polls, reaper, tails).
+- claim latency: CLAIM_SAMPLES `demo.sleep` {"seconds": 0, "steps": 0} submitted one at a
+  time through server A, 100-250 ms apart at random; latency is the job's start_time
+  (the claiming worker's clock) minus its create_time (server A's clock).
+- progress latency: PROGRESS_JOBS `bench.progress_probe` jobs (PROGRESS_UPDATES
+  `report_progress` calls each, PROGRESS_SPACING apart, stamped with time.time() just
+  before the call, which the worker writes at once) submitted through server A and
+  watched with WatchJob on both servers; latency is arrival minus stamp. Neither
+  server wrote the progress, so both see it by tailing the store (every 200 ms remote).
+  The goal is held against the watcher on server B, the other server.
+- cancel latency: CANCEL_JOBS `bench.cancel_probe` jobs (`cancel_handlers.py`) submitted
+  through server A and watched there; once all run, each is cancelled through server B
+  at a random moment within a second. Measured: the handler seeing the stop (the time
+  it writes to a file), CANCELLED recorded (end_time), and CANCELLED at the watcher on A.
+- throughput: JOBS no-op `demo.sleep` jobs in SubmitJobs batches of 1,000, the batches
+  alternating between server A and B (one client task per server, both at once),
+  drained by the two workers; the clock runs from just before the first submit to the
+  last job's end_time.
+
+Every phase is bracketed by snapshots of the proxy's request count, every process's
+store calls by operation, both servers' `jobcontrol_event_loop_lag_seconds` histogram
+(how late each server's event loop ran a 20 ms timer) and every process's CPU time, so
+each phase has its own requests, calls, loop lag and CPU. Loop-lag percentiles are
+bucket upper bounds (0.5, 1, 2, 5, 10, 25, 50, 100, 250 ms, 1 s, 5 s) over both servers'
+samples pooled. The benchmark's own reads (is every job claimed, finished?) go straight
+to sqld, not through the proxy, and are not counted.
+
+Figures are medians over runs (min-max); percentiles pool one run's samples. Nothing
+is asserted: the table shows each figure beside its goal.
+
+Run: `.venv/bin/python -m bench.cluster [--runs N] [--concurrency C] [--jobs N]
+[--rtts 0,20] [--sweep 16,64,128] [--profile]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import random
+import statistics
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench import backends, cancel_latency, procs, profiling, report, rpc, streams
+from bench.report import Headline
+from bench.stats import Figure, Figures, percentiles_ms
+from jobcontrol.jobs import JobSpec, Progress
+from jobcontrol.server.cli import REMOTE_TAIL_INTERVAL
+from jobcontrol.store import Completion, JobStore, open_store
+from jobcontrol.v1 import job_control_pb2 as api
+from jobcontrol.v1 import job_pb2 as pb
+
+T = TypeVar("T")
+
+RTTS_MS = (0, 20)
+JOBS = 20_000
+CONCURRENCY = 64  # slots per worker
+BATCH = 1_000  # jobs per SubmitJobs call (its limit)
+SWEEP = (16, 64, 128)
+IDLE = 2.0
+CLAIM_SAMPLES = 10
+PROGRESS_JOBS = 4
+PROGRESS_UPDATES = 12
+PROGRESS_SPACING = 0.3  # above the runtime's throttle of 4 writes a second
+PROGRESS_AFTER = 1.0  # seconds a probe waits before its first update (watchers open)
+CANCEL_JOBS = 8
+CALIBRATION_CALLS = 5
+WAIT = 120.0
+HANDLERS = ("bench.cancel_handlers", "bench.cluster_handlers")
+PHASES = ("idle", "claim", "progress", "cancel", "throughput")
+SERVERS = ("A", "B")
+
+GOAL_RATE = {0: 1_500.0, 20: 300.0}  # jobs/s, by RTT in ms
+GOAL_LAG_P99_MS = {20: 5.0}
+TAIL_MS = REMOTE_TAIL_INTERVAL * 1000
+
+
+def goal_progress_ms(rtt_ms: int) -> float:
+    """The server's tail interval plus two round trips."""
+    return TAIL_MS + 2 * rtt_ms
+
+
+# ---- what the processes say about themselves --------------------------------------------
+
+
+def _metric_text(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def loop_lag(address: str) -> dict[float, float]:
+    """The server's `jobcontrol_event_loop_lag_seconds` buckets: cumulative count by
+    upper bound (inf last)."""
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(_metric_text(address)):
+        if family.name != "jobcontrol_event_loop_lag_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                buckets[float(sample.labels["le"])] = sample.value
+    return dict(sorted(buckets.items()))
+
+
+def lag_stats_ms(buckets: dict[float, float]) -> dict[str, float]:
+    """p50, p99 and max of a (diffed, cumulative) histogram, as bucket upper bounds in
+    ms (inf: above the last bound), and the number of samples."""
+    total = max(buckets.values(), default=0.0)
+    found: dict[str, float] = {"samples": total}
+    for key, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+        bound = next((le for le, n in buckets.items() if total and n >= fraction * total), None)
+        found[key] = float("nan") if bound is None else bound * 1000
+    return found
+
+
+@dataclass
+class Snapshot:
+    """The cluster's counters at one moment."""
+
+    at: float
+    requests: int
+    calls: dict[str, float]  # store calls by operation, summed over servers and workers
+    lag: dict[float, float]  # both servers' loop-lag buckets, summed
+    cpu: dict[str, float]  # CPU seconds by process
+
+    def since(self, before: Snapshot) -> Delta:
+        return Delta(
+            seconds=self.at - before.at,
+            requests=self.requests - before.requests,
+            calls={op: n - before.calls.get(op, 0.0) for op, n in self.calls.items()},
+            lag={le: n - before.lag.get(le, 0.0) for le, n in self.lag.items()},
+            cpu={name: s - before.cpu.get(name, 0.0) for name, s in self.cpu.items()},
+        )
+
+
+@dataclass
+class Delta:
+    """What the cluster did during one phase."""
+
+    seconds: float
+    requests: int
+    calls: dict[str, float]
+    lag: dict[float, float]
+    cpu: dict[str, float]
+
+    def cpu_percent(self) -> dict[str, float]:
+        return {name: 100 * s / self.seconds for name, s in self.cpu.items()}
+
+
+@dataclass
+class Cluster:
+    db: backends.Database
+    servers: list[procs.Server]
+    workers: list[procs.Worker]
+    seen_dir: Path
+    pids: dict[str, int] = field(default_factory=dict)
+    deltas: dict[str, Delta] = field(default_factory=dict)  # by phase
+
+    def snapshot(self) -> Snapshot:
+        requests = self.db.requests_so_far()
+        calls: dict[str, float] = {}
+        for process in (*self.servers, *self.workers):
+            for op, n in process.store_calls().items():
+                calls[op] = calls.get(op, 0.0) + n
+        lag: dict[float, float] = {}
+        for server in self.servers:
+            assert server.metrics_address is not None
+            for le, n in loop_lag(server.metrics_address).items():
+                lag[le] = lag.get(le, 0.0) + n
+        cpu = {}
+        for name, pid in self.pids.items():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                cpu[name] = procs.cpu_seconds(pid)
+        return Snapshot(time.perf_counter(), requests, calls, lag, cpu)
+
+    async def measure(self, phase: str, body: Awaitable[T]) -> T:
+        """Run `body` between two snapshots (taken off the event loop: they block); what
+        happened in between is `deltas[phase]`."""
+        before = await asyncio.to_thread(self.snapshot)
+        value = await body
+        after = await asyncio.to_thread(self.snapshot)
+        self.deltas[phase] = after.since(before)
+        return value
+
+    @property
+    def a(self) -> str:
+        return self.servers[0].address
+
+    @property
+    def b(self) -> str:
+        return self.servers[1].address
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.db.query(statement, params)
+
+
+def _proxy_pid(db: backends.Database) -> int | None:
+    """The proxy process among this process's children (`python -m tests.sqld proxy`)."""
+    for pid in procs.children(os.getpid()):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            if b"tests.sqld\0proxy" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+    return None
+
+
+@contextlib.contextmanager
+def cluster(directory: Path, db: backends.Database, concurrency: int) -> Iterator[Cluster]:
+    """Servers A and B and two workers on `db`: all ready, all stopped at the end."""
+    seen_dir = directory / "cancel-seen"
+    seen_dir.mkdir()
+    with procs.fleet() as fleet:
+        with ThreadPoolExecutor(2) as pool:
+            started = list(
+                pool.map(
+                    lambda name: procs.Server.start(
+                        directory / f"server-{name}.log", db.config, metrics=True
+                    ),
+                    SERVERS,
+                )
+            )
+        for server in started:
+            fleet.add(server)
+        workers = procs.workers(
+            directory,
+            db.config,
+            2,
+            concurrency=concurrency,
+            handlers=HANDLERS,
+            metrics=True,
+            env={"BENCH_CANCEL_DIR": str(seen_dir)},
+            into=fleet,
+        )
+        assert db.sqld is not None
+        pids = {f"server {n}": s.pid for n, s in zip(SERVERS, started, strict=True)}
+        pids |= {f"worker {n}": w.pid for n, w in enumerate(workers, start=1)}
+        pids["sqld"] = db.sqld.pid
+        proxy = _proxy_pid(db)
+        if proxy is not None:
+            pids["proxy"] = proxy
+        pids["bench client"] = os.getpid()
+        yield Cluster(db, started, workers, seen_dir, pids)
+
+
+# ---- calibration: each store operation alone ----------------------------------------------
+
+
+def _spec(index: int, key: bool = False) -> JobSpec:
+    return JobSpec(
+        type="bench.calibration",
+        payload={"index": index},
+        idempotency_key=f"calibration-{index}" if key else None,
+    )
+
+
+async def calibrate(db: backends.Database) -> dict[str, dict[str, float]]:
+    """Requests per call (the proxy's count over CALIBRATION_CALLS calls) and median ms
+    per call of each store operation, from this process with nothing else running."""
+    lease = timedelta(minutes=10)
+    worker = f"bench-calibration-{os.getpid()}"
+    store: JobStore = await open_store(db.config)  # creates the schema too
+    found: dict[str, dict[str, float]] = {}
+    counter = iter(range(10**9))
+
+    async def measure(name: str, call: Callable[[], Awaitable[Any]]) -> list[Any]:
+        before = await asyncio.to_thread(db.requests_so_far)
+        times, values = [], []
+        for _ in range(CALIBRATION_CALLS):
+            started = time.perf_counter()
+            values.append(await call())
+            times.append(time.perf_counter() - started)
+        requests = await asyncio.to_thread(db.requests_so_far) - before
+        found[name] = {
+            "requests": requests / CALIBRATION_CALLS,
+            "ms": 1000 * statistics.median(times),
+        }
+        return values
+
+    try:
+        await measure("create_job", lambda: store.create_job(_spec(next(counter))))
+        await measure(
+            "create_jobs (1,000)",
+            lambda: store.create_jobs([_spec(next(counter)) for _ in range(1_000)]),
+        )
+        await measure(
+            "create_jobs (1,000, idempotency keys)",
+            lambda: store.create_jobs([_spec(next(counter), key=True) for _ in range(1_000)]),
+        )
+        await measure(
+            "has_claimable_jobs", lambda: store.has_claimable_jobs(types=["bench.calibration"])
+        )
+        claimed = await measure(
+            "claim_jobs (limit 8)",
+            lambda: store.claim_jobs(
+                worker_id=worker, types=["bench.calibration"], limit=8, lease_timeout=lease
+            ),
+        )
+        jobs = [job for batch in claimed for job in batch]
+        first = jobs[0]
+        assert first.lease_id is not None
+        await measure(
+            "report_progress",
+            lambda: store.report_progress(
+                job_id=first.id, lease_id=first.lease_id or "", progress=Progress(50.0)
+            ),
+        )
+        await measure(
+            "heartbeat_job",
+            lambda: store.heartbeat_job(
+                job_id=first.id, lease_id=first.lease_id or "", lease_timeout=lease
+            ),
+        )
+        await measure("list_cancel_requests", lambda: store.list_cancel_requests(worker_id=worker))
+        to_cancel = iter(jobs[1 : 1 + CALIBRATION_CALLS])
+        await measure("cancel_job (running)", lambda: store.cancel_job(next(to_cancel).id))
+        rest = jobs[1 + CALIBRATION_CALLS :]
+        batches = iter([rest[6 * n : 6 * n + 6] for n in range(CALIBRATION_CALLS)])
+        await measure(
+            "complete_jobs (6)",
+            lambda: store.complete_jobs(
+                [Completion(j.id, j.lease_id or "", {}) for j in next(batches)]
+            ),
+        )
+        last = await store.last_sequence()
+        await measure("last_sequence", store.last_sequence)
+        await measure(
+            "list_events (tail, 100)",
+            lambda: store.list_events(after_sequence=max(0, last - 100), limit=1_000),
+        )
+        await measure("latest_events (8 jobs)", lambda: store.latest_events([j.id for j in jobs]))
+        await measure("reap", store.reap)
+    finally:
+        await store.close()
+    return found
+
+
+# ---- the phases ---------------------------------------------------------------------------
+
+
+async def _until(condition: Callable[[], bool], what: str, interval: float = 0.02) -> None:
+    """`rpc.until` for conditions that block (reads from sqld): off the event loop."""
+    deadline = time.monotonic() + WAIT
+    while not await asyncio.to_thread(condition):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {WAIT:.0f} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def _rows_of(c: Cluster, columns: str, job_ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    return c.query(
+        f"SELECT {columns} FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+        [json.dumps(list(job_ids))],
+    )
+
+
+async def claim_phase(c: Cluster) -> list[float]:
+    async with rpc.stubs(c.a) as (a,):
+        await a.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)  # connected
+
+        async def body() -> list[str]:
+            ids: list[str] = []
+            for _ in range(CLAIM_SAMPLES):
+                ids += await rpc.submit(a, [rpc.request(seconds=0, steps=0)])
+                await asyncio.sleep(random.uniform(0.10, 0.25))
+            waits: list[tuple[Any, ...]] = []
+
+            def claimed() -> bool:
+                waits[:] = _rows_of(c, "start_us - create_us", ids)
+                return all(w is not None for (w,) in waits)
+
+            await _until(claimed, "the jobs to be claimed")
+            return [us / 1e6 for (us,) in waits]
+
+        return await c.measure("claim", body())
+
+
+@dataclass
+class ProgressSeen:
+    by_server: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SERVERS})
+
+
+async def progress_phase(c: Cluster) -> ProgressSeen:
+    seen = ProgressSeen()
+    async with rpc.stubs(c.a) as (a,), rpc.stubs(c.b) as (b,):
+        await a.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)
+        await b.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)
+
+        def recorder(server: str) -> streams.OnEvent:
+            def on_event(index: int, event: pb.JobEvent, arrived: float) -> None:
+                if event.kind == pb.EVENT_KIND_PROGRESS:
+                    seen.by_server[server].append(arrived - float(event.job.progress.message))
+
+            return on_event
+
+        async def body() -> None:
+            payload = {"updates": PROGRESS_UPDATES, "spacing": PROGRESS_SPACING}
+            requests = [
+                rpc.request("bench.progress_probe", **payload, after=PROGRESS_AFTER)
+                for _ in range(PROGRESS_JOBS)
+            ]
+            ids = await rpc.submit(a, requests)
+            watching = [
+                streams.Streams([stub], ids, recorder(name))
+                for name, stub in zip(SERVERS, (a, b), strict=True)
+            ]
+            try:
+                for watch in watching:
+                    await watch.open(len(ids), wait=WAIT)
+                await rpc.until(  # WatchJob ends after the job's terminal event
+                    lambda: all(watch.ended >= len(ids) for watch in watching),
+                    "every watch to end",
+                    wait=WAIT,
+                )
+            finally:
+                for watch in watching:
+                    await watch.close()
+
+        await c.measure("progress", body())
+    return seen
+
+
+async def cancel_phase(c: Cluster) -> dict[str, list[float]]:
+    found: dict[str, list[float]] = {"handler": [], "recorded": [], "watched": []}
+    async with rpc.stubs(c.a) as (a,), rpc.stubs(c.b) as (b,):
+        await a.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)
+        await b.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)
+
+        async def body() -> None:
+            requests = [rpc.request("bench.cancel_probe", seconds=60) for _ in range(CANCEL_JOBS)]
+            job_ids = await rpc.submit(a, requests)
+            async with cancel_latency.Jobs([a], job_ids) as jobs:  # waits until all run
+                began = time.time()
+                offsets = sorted((random.uniform(0, 1), i) for i in range(len(job_ids)))
+                sent = [0.0] * len(job_ids)
+                for offset, index in offsets:
+                    await asyncio.sleep(max(0.0, began + offset - time.time()))
+                    sent[index] = time.time()
+                    await b.CancelJob(api.CancelJobRequest(job_id=job_ids[index]), timeout=WAIT)
+                await jobs.all_cancelled()
+            found["watched"] = [jobs.cancelled[i] - sent[i] for i in range(len(job_ids))]
+            for job_id, sent_at in zip(job_ids, sent, strict=True):
+                seen = float((c.seen_dir / job_id).read_text())
+                found["handler"].append(seen - sent_at)
+            ends = dict(await asyncio.to_thread(_rows_of, c, "id, end_us", job_ids))
+            found["recorded"] = [ends[j] / 1e6 - s for j, s in zip(job_ids, sent, strict=True)]
+
+        await c.measure("cancel", body())
+    return found
+
+
+@dataclass(frozen=True)
+class Settings:
+    jobs: int = JOBS  # in the throughput phase
+    concurrency: int = CONCURRENCY  # slots per worker
+    batch: int = BATCH  # jobs per SubmitJobs call
+
+
+@dataclass
+class Drained:
+    jobs: int
+    seconds: float  # first submit to the last job's end_time
+    submit_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.seconds
+
+    @property
+    def submit_rate(self) -> float:
+        return self.jobs / self.submit_seconds
+
+
+async def throughput_phase(c: Cluster, how: Settings, profile: str | None = None) -> Drained:
+    jobs = how.jobs
+    requests = [rpc.request(seconds=0, steps=0) for _ in range(jobs)]
+    batches = [requests[i : i + how.batch] for i in range(0, jobs, how.batch)]
+    async with rpc.stubs(c.a) as (a,), rpc.stubs(c.b) as (b,):
+        await a.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)
+        await b.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)
+
+        async def submitter(stub: rpc.Stub, mine: Sequence[list[api.SubmitJobRequest]]) -> None:
+            for batch in mine:
+                await rpc.submit(stub, batch)
+
+        async def body() -> Drained:
+            started = time.time()
+            await asyncio.gather(submitter(a, batches[0::2]), submitter(b, batches[1::2]))
+            submitted = time.time()
+            last_end = [0.0]
+
+            def drained() -> bool:
+                ((count, end_us),) = c.query(
+                    "SELECT count(*), max(end_us) FROM jobs"
+                    " WHERE state = 'SUCCEEDED' AND type = 'demo.sleep' AND create_us >= ?",
+                    [int(started * 1e6)],
+                )
+                last_end[0] = (end_us or 0) / 1e6
+                return bool(count == jobs)
+
+            await _until(drained, f"{jobs:,} jobs to succeed", interval=0.1)
+            return Drained(jobs, last_end[0] - started, submitted - started)
+
+        pids = c.pids if profile else {}
+        with contextlib.ExitStack() as stack:
+            for name in ("server A", "worker 1"):
+                if name in pids:
+                    label = f"cluster-{profile}-{name.replace(' ', '-')}"
+                    stack.enter_context(profiling.profile(pids[name], label))
+            return await c.measure("throughput", body())
+
+
+# ---- one run ------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    calibration: dict[str, dict[str, float]]
+    claim: list[float]
+    progress: ProgressSeen
+    cancel: dict[str, list[float]]
+    drained: Drained
+    deltas: dict[str, Delta]
+
+
+async def _phases(c: Cluster, how: Settings, profile: str | None) -> RunResult:
+    await c.measure("idle", asyncio.sleep(IDLE))
+    print(" claim", end="", flush=True)
+    claim = await claim_phase(c)
+    print(" progress", end="", flush=True)
+    progress = await progress_phase(c)
+    print(" cancel", end="", flush=True)
+    cancel = await cancel_phase(c)
+    print(" throughput", end="", flush=True)
+    drained = await throughput_phase(c, how, profile)
+    print(f" {drained.rate:,.0f} jobs/s;", end="", flush=True)
+    return RunResult({}, claim, progress, cancel, drained, c.deltas)
+
+
+def one_run(directory: Path, rtt_ms: int, how: Settings, profile: str | None = None) -> RunResult:
+    """A fresh sqld and proxy at `rtt_ms`: calibration, then the cluster's phases."""
+    print(f" {rtt_ms} ms: calibration", end="", flush=True)
+    with backends.serve("remote", directory / "cluster.db", rtt=rtt_ms / 1000) as db:
+        calibration = rpc.run(calibrate(db))
+        with cluster(directory, db, how.concurrency) as c:
+            result = rpc.run(_phases(c, how, profile))
+    result.calibration = calibration
+    return result
+
+
+# ---- figures ------------------------------------------------------------------------------
+
+
+def collect(figures: Figures, rtt_ms: int, run: RunResult) -> None:
+    """One run's figures, keyed `<rtt>ms.<name>`."""
+
+    def add(name: str, value: float) -> None:
+        figures.add(f"{rtt_ms}ms.{name}", value)
+
+    def add_all(prefix: str, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            add(f"{prefix}.{key}", value)
+
+    drained = run.drained
+    add("rate", drained.rate)
+    add("submit_rate", drained.submit_rate)
+    add("seconds", drained.seconds)
+    phase = run.deltas["throughput"]
+    add("requests_per_job", phase.requests / drained.jobs)
+    for op, calls in phase.calls.items():
+        add(f"calls_per_job.{op}", calls / drained.jobs)
+    add("jobs_per_claim", drained.jobs / max(1.0, phase.calls.get("claim_jobs", 0.0)))
+    add("jobs_per_completion", drained.jobs / max(1.0, phase.calls.get("complete_jobs", 0.0)))
+    add_all("cpu", phase.cpu_percent())
+    for name, delta in run.deltas.items():
+        add_all(f"lag.{name}", lag_stats_ms(delta.lag))
+        add(f"requests_per_s.{name}", delta.requests / delta.seconds)
+        calls = sum(delta.calls.values())
+        add(f"requests_per_call.{name}", delta.requests / calls if calls else float("nan"))
+        add(f"calls_per_s.{name}", calls / delta.seconds)
+    everything: dict[float, float] = {}
+    for delta in run.deltas.values():
+        for le, n in delta.lag.items():
+            everything[le] = everything.get(le, 0.0) + n
+    add_all("lag.all", lag_stats_ms(everything))
+    add("lag.worst_p99", max(lag_stats_ms(d.lag)["p99"] for d in run.deltas.values()))
+    add_all("claim", percentiles_ms(run.claim))
+    expected = PROGRESS_JOBS * PROGRESS_UPDATES
+    for server, latencies in run.progress.by_server.items():
+        add_all(f"progress.{server}", percentiles_ms(latencies, fractions=(0.5, 0.9, 0.99)))
+        add(f"progress.{server}.delivered", 100 * len(latencies) / expected)
+    progress = run.deltas["progress"]
+    writes = progress.calls.get("report_progress", 0.0)
+    if writes:
+        add("progress_write_share", 100 * writes / progress.requests)
+    for kind, latencies in run.cancel.items():
+        add_all(f"cancel.{kind}", percentiles_ms(latencies))
+    for op, measured in run.calibration.items():
+        add(f"calibration.{op}.requests", measured["requests"])
+        add(f"calibration.{op}.ms", measured["ms"])
+
+
+def _fig(figures: Figures, rtt: int, key: str) -> Figure:
+    return figures[f"{rtt}ms.{key}"]
+
+
+def render(figures: Figures, rtts: Sequence[int], runs: int, how: Settings) -> str:
+    def f(rtt: int, name: str) -> Any:
+        return figures[f"{rtt}ms.{name}"]
+
+    goals: list[tuple[str, ...]] = []
+    for rtt in rtts:
+        rate = f(rtt, "rate")
+        goal = GOAL_RATE.get(rtt)
+        goals.append(
+            (
+                "end-to-end throughput, jobs/s",
+                f"{rtt}",
+                rate.cell(),
+                f">= {goal:,.0f}" if goal else "",
+                report.verdict(rate.median >= goal if goal else None),
+            )
+        )
+    for rtt in rtts:
+        p99 = f(rtt, "progress.B.p99")
+        goal_ms = goal_progress_ms(rtt)
+        goals.append(
+            (
+                "progress p99, worker write -> watcher on server B, ms",
+                f"{rtt}",
+                p99.cell(),
+                f"<= {goal_ms:.0f}",
+                report.verdict(p99.median <= goal_ms),
+            )
+        )
+    for rtt in rtts:
+        worst = f(rtt, "lag.worst_p99")
+        goal_lag = GOAL_LAG_P99_MS.get(rtt)
+        goals.append(
+            (
+                "event-loop lag p99, both servers, worst phase, ms",
+                f"{rtt}",
+                worst.cell(1),
+                f"<= {goal_lag:g}" if goal_lag else "",
+                report.verdict(worst.median <= goal_lag if goal_lag else None),
+            )
+        )
+    for rtt in rtts:
+        goals.append(
+            (
+                "event-loop lag p99, both servers, all phases pooled, ms",
+                f"{rtt}",
+                f(rtt, "lag.all.p99").cell(1),
+                "",
+                "",
+            )
+        )
+    for name, key in (
+        ("claim latency p50 / p99, ms", "claim"),
+        ("cancel: CancelJob on B -> handler sees it, p50 / p99, ms", "cancel.handler"),
+        ("cancel: CancelJob on B -> CANCELLED recorded, p50 / p99, ms", "cancel.recorded"),
+        ("cancel: CancelJob on B -> CANCELLED at a watcher on A, p50 / p99, ms", "cancel.watched"),
+        ("progress p50 / p99, watcher on server A (submitted there), ms", "progress.A"),
+        ("progress p50 / p99, watcher on server B, ms", "progress.B"),
+    ):
+        for rtt in rtts:
+            goals.append(
+                (
+                    name,
+                    f"{rtt}",
+                    f"{f(rtt, f'{key}.p50').cell()} / {f(rtt, f'{key}.p99').cell()}",
+                    "",
+                    "",
+                )
+            )
+    for rtt in rtts:
+        goals.append(
+            (
+                "HTTP requests per job, end to end",
+                f"{rtt}",
+                f(rtt, "requests_per_job").cell(3),
+                "",
+                "",
+            )
+        )
+    notes = [
+        f"{runs} run{'s' if runs != 1 else ''} per RTT; median (min-max) over runs; "
+        "percentiles pool one run's samples.",
+        f"throughput: {how.jobs:,} demo.sleep {{seconds: 0, steps: 0}} jobs, SubmitJobs "
+        f"batches of {how.batch:,} alternating between servers A and B; 2 workers x "
+        f"{how.concurrency} slots.",
+        f"progress: {PROGRESS_JOBS} probes x {PROGRESS_UPDATES} updates "
+        f"{PROGRESS_SPACING * 1000:.0f}-{PROGRESS_SPACING * 1500:.0f} ms apart; goal: the "
+        f"server's tail interval ({TAIL_MS:.0f} ms) plus two round trips.",
+        f"claim: {CLAIM_SAMPLES} jobs submitted one at a time through A; start_time - "
+        f"create_time. cancel: {CANCEL_JOBS} running probes cancelled through B.",
+        "event-loop lag: how late each server ran a 20 ms timer (histogram buckets: a "
+        "figure is the bucket's upper bound).",
+        backends.remote_note("adding the RTT shown"),
+    ]
+    table = report.table(
+        "Two servers and two workers on one sqld, by added round trip (RTT)",
+        ("figure", "RTT ms", "median (min-max)", "goal", ""),
+        goals,
+        align="<>><<",
+        notes=notes,
+    )
+    details = [render_calibration(figures, rtts), render_phases(figures, rtts)]
+    return "\n\n".join([table, *details, render_calls(figures, rtts)])
+
+
+def render_calibration(figures: Figures, rtts: Sequence[int]) -> str:
+    ops = sorted(
+        {key.split(".", 2)[2].rsplit(".", 1)[0] for key in figures if ".calibration." in key},
+        key=lambda op: list(figures).index(f"{rtts[0]}ms.calibration.{op}.requests"),
+    )
+    rows = []
+    for op in ops:
+        requests = figures[f"{rtts[0]}ms.calibration.{op}.requests"]
+        cells = [figures[f"{rtt}ms.calibration.{op}.ms"].cell(1) for rtt in rtts]
+        rows.append((op, f"{requests.median:g}", *cells))
+    return report.table(
+        "Store operations alone: HTTP requests per call (the proxy's count) and ms per call",
+        ("operation", "requests/call", *(f"ms/call at {rtt} ms" for rtt in rtts)),
+        rows,
+        notes=[
+            f"this process's own store through the same proxy, {CALIBRATION_CALLS} calls each, "
+            "before the servers and workers start; ms: median call."
+        ],
+    )
+
+
+def render_phases(figures: Figures, rtts: Sequence[int]) -> str:
+    rows = []
+    for name in PHASES:
+        for rtt in rtts:
+            f = functools.partial(_fig, figures, rtt)
+            rows.append(
+                (
+                    name,
+                    f"{rtt}",
+                    f(f"requests_per_s.{name}").cell(),
+                    f(f"requests_per_call.{name}").cell(2),
+                    f"{f(f'lag.{name}.p50').median:g}",
+                    f(f"lag.{name}.p99").cell(1),
+                    f"{f(f'lag.{name}.max').median:g}",
+                    f"{f(f'lag.{name}.samples').median:,.0f}",
+                )
+            )
+    cpu_rows = []
+    processes = sorted(
+        {key.split(".", 2)[2] for key in figures if ".cpu." in key},
+        key=lambda p: list(figures).index(f"{rtts[0]}ms.cpu.{p}"),
+    )
+    for process in processes:
+        cpu_rows.append((process, *(figures[f"{rtt}ms.cpu.{process}"].cell() for rtt in rtts)))
+    phases = report.table(
+        "By phase: HTTP requests, and the servers' event-loop lag (ms, bucket bounds)",
+        ("phase", "RTT ms", "requests/s", "requests/store call", "lag p50", "lag p99",
+         "lag max", "lag samples"),
+        rows,
+        align="<>>>>>>>",
+        notes=[
+            "requests/store call: the proxy's count over every store call the four processes "
+            "made (their own counters)."
+        ],
+    )  # fmt: skip
+    cpu = report.table(
+        "CPU during the throughput phase, % of one core",
+        ("process", *(f"at {rtt} ms" for rtt in rtts)),
+        cpu_rows,
+    )
+    return f"{phases}\n\n{cpu}"
+
+
+def render_calls(figures: Figures, rtts: Sequence[int]) -> str:
+    ops = sorted(
+        {key.split(".", 2)[2] for key in figures if ".calls_per_job." in key},
+        key=lambda op: -figures[f"{rtts[0]}ms.calls_per_job.{op}"].median,
+    )
+
+    def cell(rtt: int, op: str) -> str:
+        key = f"{rtt}ms.calls_per_job.{op}"
+        return figures[key].cell(4) if key in figures else "0"  # never called at that RTT
+
+    rows: list[tuple[str, ...]] = [(op, *(cell(rtt, op) for rtt in rtts)) for op in ops]
+    rows.append(("jobs per claim", *(figures[f"{r}ms.jobs_per_claim"].cell(1) for r in rtts)))
+    rows.append(
+        (
+            "jobs per completion batch",
+            *(figures[f"{r}ms.jobs_per_completion"].cell(1) for r in rtts),
+        )
+    )
+    rows.append(
+        ("HTTP requests per job", *(figures[f"{r}ms.requests_per_job"].cell(4) for r in rtts))
+    )
+    return report.table(
+        "Throughput phase: store calls per job, by operation (all four processes)",
+        ("operation", *(f"at {rtt} ms" for rtt in rtts)),
+        rows,
+    )
+
+
+def headlines(figures: Figures, rtts: Sequence[int]) -> list[Headline]:
+    found = []
+    for rtt in rtts:
+        f = functools.partial(_fig, figures, rtt)
+        where = f"remote +{rtt} ms"
+        goal = GOAL_RATE.get(rtt)
+        found.append(
+            Headline.of(
+                "cluster", "end-to-end, 2 servers + 2 workers", where, f("rate"), "jobs/s",
+                goal=f">= {goal:,.0f}" if goal else "",
+                met=f("rate").median >= goal if goal else None,
+            )
+        )  # fmt: skip
+        goal_ms = goal_progress_ms(rtt)
+        found.append(
+            Headline.of(
+                "cluster", "progress p99, worker -> watcher on the other server", where,
+                f("progress.B.p99"), "ms",
+                goal=f"<= {goal_ms:.0f} ms", met=f("progress.B.p99").median <= goal_ms,
+            )
+        )  # fmt: skip
+        goal_lag = GOAL_LAG_P99_MS.get(rtt)
+        found.append(
+            Headline.of(
+                "cluster", "server event-loop lag p99, worst phase", where,
+                f("lag.worst_p99"), "ms", digits=1,
+                goal=f"<= {goal_lag:g} ms" if goal_lag else "",
+                met=f("lag.worst_p99").median <= goal_lag if goal_lag else None,
+            )
+        )  # fmt: skip
+        found.append(Headline.of("cluster", "claim p50", where, f("claim.p50"), "ms"))
+        found.append(
+            Headline.of("cluster", "cancel p99 -> handler", where, f("cancel.handler.p99"), "ms")
+        )
+        found.append(
+            Headline.of(
+                "cluster", "HTTP requests per job", where, f("requests_per_job"), "", digits=3
+            )
+        )
+    return found
+
+
+def _ints(text: str) -> list[int]:
+    return [int(n) for n in text.split(",") if n.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = report.parser("cluster", __doc__)
+    parser.add_argument("--jobs", type=int, default=JOBS, help=f"throughput jobs (default {JOBS})")
+    parser.add_argument(
+        "--concurrency", type=int, default=CONCURRENCY, help=f"slots per worker ({CONCURRENCY})"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=BATCH, help=f"jobs per SubmitJobs call (default {BATCH})"
+    )
+    parser.add_argument(
+        "--rtts", type=_ints, default=list(RTTS_MS), help="added round trips, ms (default 0,20)"
+    )
+    parser.add_argument(
+        "--sweep",
+        type=_ints,
+        default=None,
+        metavar="C,C,...",
+        help="one run per worker concurrency instead (throughput only is reported)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy server A and worker 1 in the last run's throughput phase "
+        "(bench/results/profiles)",
+    )
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    figures = Figures()
+    load: list[list[float]] = []
+    concurrencies = args.sweep or [args.concurrency]
+    sweep_rows = []
+    for concurrency in concurrencies:
+        sweep_figures = Figures() if args.sweep else figures
+        runs = 1 if args.sweep else args.runs
+        for run, directory in report.run_directories(runs, "cluster"):
+            for rtt in args.rtts:
+                rtt_dir = directory / f"rtt-{rtt}"
+                rtt_dir.mkdir()
+                profile = f"{rtt}ms" if args.profile and run == runs else None
+                how = Settings(args.jobs, concurrency, args.batch)
+                result = one_run(rtt_dir, rtt, how, profile)
+                collect(sweep_figures, rtt, result)
+            load.append([round(x, 2) for x in os.getloadavg()])
+            print(f" load {load[-1][0]:.2f}", end="", flush=True)
+        if args.sweep:
+            sweep_rows.append(
+                (
+                    f"2 x {concurrency}",
+                    *(sweep_figures[f"{rtt}ms.rate"].cell() for rtt in args.rtts),
+                )
+            )
+    elapsed = time.perf_counter() - began
+    if args.sweep:
+        print(
+            report.table(
+                f"Cluster throughput by worker concurrency, {args.jobs:,} jobs, one run each",
+                ("workers x slots", *(f"jobs/s at {rtt} ms" for rtt in args.rtts)),
+                sweep_rows,
+            )
+        )
+        return 0
+    print(render(figures, args.rtts, args.runs, Settings(args.jobs, args.concurrency, args.batch)))
+    return report.finish(
+        "cluster",
+        runs=args.runs,
+        elapsed=elapsed,
+        headlines=headlines(figures, args.rtts),
+        workload={
+            "rtts_ms": args.rtts,
+            "jobs": args.jobs,
+            "workers": 2,
+            "concurrency": args.concurrency,
+            "servers": 2,
+            "claim_samples": CLAIM_SAMPLES,
+            "progress_jobs": PROGRESS_JOBS,
+            "progress_updates": PROGRESS_UPDATES,
+            "progress_spacing_s": PROGRESS_SPACING,
+            "cancel_jobs": CANCEL_JOBS,
+            "tail_interval_ms": TAIL_MS,
+        },
+        load_average_after_each_run=load,
+        figures=figures.to_json(),
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
