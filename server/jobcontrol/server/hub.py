@@ -318,6 +318,9 @@ class EventHub:
         failures = 0
         while True:
             self._woken.clear()
+            # Reads start one interval apart, however long each takes: an event committed
+            # just after a read began waits one interval, not an interval plus a round trip.
+            read_at = time.monotonic()
             try:
                 if self.watching:
                     events = await self._store.list_events(
@@ -345,8 +348,11 @@ class EventHub:
                 await asyncio.sleep(0)
                 continue
             interval = self._tail_interval if self.watching else self._idle_interval
+            wait = read_at + interval - time.monotonic()
+            if wait <= 0:
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), interval)
+                await asyncio.wait_for(self._woken.wait(), wait)
 
     async def _skip_unwatched(self) -> None:
         """Nobody is watching: move past the new events without reading them. Reading
