@@ -8,9 +8,10 @@ hub's events as bytes encoded once for all streams (see `registration`).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
@@ -28,6 +29,22 @@ from jobcontrol.validation import validate_labels, validate_type
 
 Context = grpc.aio.ServicerContext[Any, Any]
 REPLAY_PAGE = 1000
+# Converting a batch of 1,000 jobs holds the event loop for several milliseconds each
+# way; in slices this big, streams and other calls get a turn in between.
+CONVERT_SLICE = 100
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+async def _in_slices(items: Sequence[T], convert_one: Callable[[int, T], R]) -> list[R]:
+    converted: list[R] = []
+    for start in range(0, len(items), CONVERT_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        end = min(start + CONVERT_SLICE, len(items))
+        converted += [convert_one(i, items[i]) for i in range(start, end)]
+    return converted
 
 
 class JobControlService(job_control_pb2_grpc.JobControlServicer):
@@ -47,14 +64,14 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
 
     @unary
     async def SubmitJobs(self, request: api.SubmitJobsRequest, context: Context) -> Any:
-        specs = [
-            convert.spec_from_proto(r, field_prefix=f"requests[{i}].")
-            for i, r in enumerate(request.requests)
-        ]
+        specs = await _in_slices(
+            request.requests,
+            lambda i, r: convert.spec_from_proto(r, field_prefix=f"requests[{i}]."),
+        )
         results = await self.store.create_jobs(specs)
         self.hub.wake()
         return api.SubmitJobsResponse(
-            jobs=[convert.job_to_proto(r.job) for r in results],
+            jobs=await _in_slices(results, lambda _, r: convert.job_to_proto(r.job)),
             created=[r.created for r in results],
         )
 
