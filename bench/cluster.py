@@ -36,8 +36,10 @@ store calls by operation, both servers' `jobcontrol_event_loop_lag_seconds` hist
 (how late each server's event loop ran a 20 ms timer) and every process's CPU time, so
 each phase has its own requests, calls, loop lag and CPU. Loop-lag percentiles are
 bucket upper bounds (0.5, 1, 2, 5, 10, 25, 50, 100, 250 ms, 1 s, 5 s) over both servers'
-samples pooled. The benchmark's own reads (is every job claimed, finished?) go straight
-to sqld, not through the proxy, and are not counted.
+samples pooled. A control process (`loop_canary.py`: a bare asyncio loop sleeping 20 ms
+at a time) records its own lateness meanwhile, exactly: what the machine alone (CPU
+contention, scheduling) costs an event loop. The benchmark's own reads (is every job
+claimed, finished?) go straight to sqld, not through the proxy, and are not counted.
 
 Figures are medians over runs (min-max); percentiles pool one run's samples. Nothing
 is asserted: the table shows each figure beside its goal.
@@ -55,6 +57,7 @@ import json
 import os
 import random
 import statistics
+import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -66,9 +69,9 @@ from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import backends, cancel_latency, procs, profiling, report, rpc, streams
+from bench import backends, cancel_latency, loop_canary, procs, profiling, report, rpc, streams
 from bench.report import Headline
-from bench.stats import Figure, Figures, percentiles_ms
+from bench.stats import Figure, Figures, percentile, percentiles_ms
 from jobcontrol.jobs import JobSpec, Progress
 from jobcontrol.server.cli import REMOTE_TAIL_INTERVAL
 from jobcontrol.store import Completion, JobStore, open_store
@@ -96,6 +99,7 @@ SERVERS = ("A", "B")
 
 GOAL_RATE = {0: 1_500.0, 20: 300.0}  # jobs/s, by RTT in ms
 GOAL_LAG_P99_MS = {20: 5.0}
+LATE = 0.005  # seconds: a bucket bound of the loop-lag histogram, the goal's p99
 TAIL_MS = REMOTE_TAIL_INTERVAL * 1000
 
 
@@ -128,9 +132,14 @@ def loop_lag(address: str) -> dict[float, float]:
 
 def lag_stats_ms(buckets: dict[float, float]) -> dict[str, float]:
     """p50, p99 and max of a (diffed, cumulative) histogram, as bucket upper bounds in
-    ms (inf: above the last bound), and the number of samples."""
+    ms (inf: above the last bound), the number of samples, and the share of them (%)
+    later than LATE (p99 <= LATE exactly when that share is at most 1%)."""
     total = max(buckets.values(), default=0.0)
-    found: dict[str, float] = {"samples": total}
+    on_time = buckets.get(LATE, 0.0)
+    found: dict[str, float] = {
+        "samples": total,
+        "late_percent": 100 * (1 - on_time / total) if total else float("nan"),
+    }
     for key, fraction in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
         bound = next((le for le, n in buckets.items() if total and n >= fraction * total), None)
         found[key] = float("nan") if bound is None else bound * 1000
@@ -141,7 +150,7 @@ def lag_stats_ms(buckets: dict[float, float]) -> dict[str, float]:
 class Snapshot:
     """The cluster's counters at one moment."""
 
-    at: float
+    at: float  # time.monotonic()
     requests: int
     calls: dict[str, float]  # store calls by operation, summed over servers and workers
     lag: dict[float, float]  # both servers' loop-lag buckets, summed
@@ -149,7 +158,8 @@ class Snapshot:
 
     def since(self, before: Snapshot) -> Delta:
         return Delta(
-            seconds=self.at - before.at,
+            start=before.at,
+            end=self.at,
             requests=self.requests - before.requests,
             calls={op: n - before.calls.get(op, 0.0) for op, n in self.calls.items()},
             lag={le: n - before.lag.get(le, 0.0) for le, n in self.lag.items()},
@@ -161,11 +171,17 @@ class Snapshot:
 class Delta:
     """What the cluster did during one phase."""
 
-    seconds: float
+    start: float  # time.monotonic()
+    end: float
     requests: int
     calls: dict[str, float]
     lag: dict[float, float]
     cpu: dict[str, float]
+    canary: list[float] = field(default_factory=list)  # the control loop's lags, s
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
 
     def cpu_percent(self) -> dict[str, float]:
         return {name: 100 * s / self.seconds for name, s in self.cpu.items()}
@@ -177,6 +193,7 @@ class Cluster:
     servers: list[procs.Server]
     workers: list[procs.Worker]
     seen_dir: Path
+    canary_path: Path
     pids: dict[str, int] = field(default_factory=dict)
     deltas: dict[str, Delta] = field(default_factory=dict)  # by phase
 
@@ -195,7 +212,7 @@ class Cluster:
         for name, pid in self.pids.items():
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 cpu[name] = procs.cpu_seconds(pid)
-        return Snapshot(time.perf_counter(), requests, calls, lag, cpu)
+        return Snapshot(time.monotonic(), requests, calls, lag, cpu)
 
     async def measure(self, phase: str, body: Awaitable[T]) -> T:
         """Run `body` between two snapshots (taken off the event loop: they block); what
@@ -261,8 +278,14 @@ def cluster(directory: Path, db: backends.Database, concurrency: int) -> Iterato
         proxy = _proxy_pid()
         if proxy is not None:
             pids["proxy"] = proxy
+        canary_path = directory / "canary.txt"
+        command = [sys.executable, "-m", "bench.loop_canary", str(canary_path)]
+        canary_log = directory / "canary.log"
+        canary = procs.Process(procs.spawn(command, canary_log, {}), canary_log)
+        fleet.add(canary)
+        pids["canary"] = canary.pid
         pids["bench client"] = os.getpid()
-        yield Cluster(db, started, workers, seen_dir, pids)
+        yield Cluster(db, started, workers, seen_dir, canary_path, pids)
 
 
 # ---- calibration: each store operation alone ----------------------------------------------
@@ -574,6 +597,9 @@ def one_run(directory: Path, rtt_ms: int, how: Settings, profile: str | None = N
         calibration = rpc.run(calibrate(db))
         with cluster(directory, db, how.concurrency) as c:
             result = rpc.run(_phases(c, how, profile))
+        canary = loop_canary.read(c.canary_path)  # complete: the canary has stopped
+    for delta in result.deltas.values():
+        delta.canary = [lag for at, lag in canary if delta.start <= at < delta.end]
     result.calibration = calibration
     return result
 
@@ -604,6 +630,10 @@ def collect(figures: Figures, rtt_ms: int, run: RunResult) -> None:
     add_all("cpu", phase.cpu_percent())
     for name, delta in run.deltas.items():
         add_all(f"lag.{name}", lag_stats_ms(delta.lag))
+        if delta.canary:
+            add(f"canary.{name}.p99", 1000 * percentile(delta.canary, 0.99))
+            late = sum(1 for lag in delta.canary if lag > LATE)
+            add(f"canary.{name}.late_percent", 100 * late / len(delta.canary))
         add(f"requests_per_s.{name}", delta.requests / delta.seconds)
         calls = sum(delta.calls.values())
         add(f"requests_per_call.{name}", delta.requests / calls if calls else float("nan"))
@@ -673,6 +703,18 @@ def render(figures: Figures, rtts: Sequence[int], runs: int, how: Settings) -> s
                 worst.cell(1),
                 f"<= {goal_lag:g}" if goal_lag else "",
                 report.verdict(worst.median <= goal_lag if goal_lag else None),
+            )
+        )
+    for rtt in rtts:
+        late = f(rtt, "lag.throughput.late_percent")
+        goal_lag = GOAL_LAG_P99_MS.get(rtt)
+        goals.append(
+            (
+                f"event-loop lag, throughput phase: % of samples > {LATE * 1000:g} ms",
+                f"{rtt}",
+                late.cell(1),
+                "<= 1" if goal_lag == LATE * 1000 else "",
+                report.verdict(late.median <= 1 if goal_lag == LATE * 1000 else None),
             )
         )
     for rtt in rtts:
@@ -774,7 +816,10 @@ def render_phases(figures: Figures, rtts: Sequence[int]) -> str:
                     f"{f(f'lag.{name}.p50').median:g}",
                     f(f"lag.{name}.p99").cell(1),
                     f"{f(f'lag.{name}.max').median:g}",
+                    f(f"lag.{name}.late_percent").cell(1),
                     f"{f(f'lag.{name}.samples').median:,.0f}",
+                    f(f"canary.{name}.p99").cell(1),
+                    f(f"canary.{name}.late_percent").cell(1),
                 )
             )
     cpu_rows = []
@@ -787,12 +832,15 @@ def render_phases(figures: Figures, rtts: Sequence[int]) -> str:
     phases = report.table(
         "By phase: HTTP requests, and the servers' event-loop lag (ms, bucket bounds)",
         ("phase", "RTT ms", "requests/s", "requests/store call", "lag p50", "lag p99",
-         "lag max", "lag samples"),
+         "lag max", f"% > {LATE * 1000:g} ms", "lag samples", "canary p99",
+         f"canary % > {LATE * 1000:g} ms"),
         rows,
-        align="<>>>>>>>",
+        align="<>>>>>>>>>>",
         notes=[
             "requests/store call: the proxy's count over every store call the four processes "
-            "made (their own counters)."
+            "made (their own counters);",
+            "canary: a bare asyncio loop in its own process sleeping 20 ms at a time "
+            "(bench/loop_canary.py), exact ms: what the machine costs any loop.",
         ],
     )  # fmt: skip
     cpu = report.table(
