@@ -411,7 +411,7 @@ async def claim_phase(c: Cluster) -> list[float]:
     async with rpc.stubs(c.a) as (a,):
         await a.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)  # connected
 
-        async def body() -> list[str]:
+        async def body() -> list[float]:
             ids: list[str] = []
             for _ in range(CLAIM_SAMPLES):
                 ids += await rpc.submit(a, [rpc.request(seconds=0, steps=0)])
