@@ -56,6 +56,7 @@ import functools
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -926,6 +927,17 @@ def headlines(figures: Figures, rtts: Sequence[int]) -> list[Headline]:
     return found
 
 
+def keep_logs(directory: Path) -> Path:
+    """Copy a failed run's logs (servers, workers, sqld, proxy) out of its temporary
+    directory, which is about to be removed; where they went."""
+    kept = report.RESULTS / "failed" / f"cluster-{time.strftime('%Y%m%dT%H%M%S')}"
+    for log in directory.rglob("*.log"):
+        target = kept / log.relative_to(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, target)
+    return kept
+
+
 def _ints(text: str) -> list[int]:
     return [int(n) for n in text.split(",") if n.strip()]
 
@@ -970,7 +982,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rtt_dir.mkdir()
                 profile = f"{rtt}ms" if args.profile and run == runs else None
                 how = Settings(args.jobs, concurrency, args.batch)
-                result = one_run(rtt_dir, rtt, how, profile)
+                try:
+                    result = one_run(rtt_dir, rtt, how, profile)
+                except BaseException:
+                    print(f"\nlogs of the failed run kept in {keep_logs(rtt_dir)}", flush=True)
+                    raise
                 collect(sweep_figures, rtt, result)
             load.append([round(x, 2) for x in os.getloadavg()])
             print(f" load {load[-1][0]:.2f}", end="", flush=True)
