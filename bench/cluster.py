@@ -973,6 +973,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load: list[list[float]] = []
     concurrencies = args.sweep or [args.concurrency]
     sweep_rows = []
+    failures: list[dict[str, Any]] = []
     for concurrency in concurrencies:
         sweep_figures = Figures() if args.sweep else figures
         runs = 1 if args.sweep else args.runs
@@ -984,9 +985,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 how = Settings(args.jobs, concurrency, args.batch)
                 try:
                     result = one_run(rtt_dir, rtt, how, profile)
-                except BaseException:
-                    print(f"\nlogs of the failed run kept in {keep_logs(rtt_dir)}", flush=True)
-                    raise
+                except Exception as error:
+                    # Reported and counted, not hidden: the other runs still measure.
+                    kept = keep_logs(rtt_dir)
+                    message = " ".join(str(error).split())[:300]
+                    print(f"\nFAILED: {message}\n  logs kept in {kept}", flush=True)
+                    failures.append(
+                        {"run": run, "rtt_ms": rtt, "error": message, "logs": str(kept)}
+                    )
+                    continue
                 collect(sweep_figures, rtt, result)
             load.append([round(x, 2) for x in os.getloadavg()])
             print(f" load {load[-1][0]:.2f}", end="", flush=True)
@@ -998,6 +1005,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
     elapsed = time.perf_counter() - began
+    attempted = len(concurrencies) * (1 if args.sweep else args.runs) * len(args.rtts)
+    if failures:
+        print(f"{len(failures)} of {attempted} runs FAILED (their figures are left out):")
+        for failure in failures:
+            print(f"  run {failure['run']} at {failure['rtt_ms']} ms: {failure['error']}")
+        if len(failures) == attempted:
+            return 1
     if args.sweep:
         print(
             report.table(
@@ -1008,11 +1022,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     print(render(figures, args.rtts, args.runs, Settings(args.jobs, args.concurrency, args.batch)))
+    found = headlines(figures, args.rtts)
+    if failures:
+        found.append(
+            Headline("cluster", "runs that FAILED", "remote", f"{len(failures)} of {attempted}", "")
+        )
     return report.finish(
         "cluster",
         runs=args.runs,
         elapsed=elapsed,
-        headlines=headlines(figures, args.rtts),
+        headlines=found,
+        failures=failures,
         workload={
             "rtts_ms": args.rtts,
             "jobs": args.jobs,
