@@ -85,10 +85,16 @@ class Jobs:
 
 
 async def cancel_round(
-    stub: rpc.Stub, stubs: Sequence[rpc.Stub], requests: Sequence[api.SubmitJobRequest]
+    stub: rpc.Stub,
+    stubs: Sequence[rpc.Stub],
+    requests: Sequence[api.SubmitJobRequest],
+    *,
+    canceller: rpc.Stub | None = None,
 ) -> tuple[list[str], list[float], list[float]]:
-    """Submit, wait until all run, cancel each at a random moment within a second; the
-    job ids, when each cancel was sent and when its watcher saw CANCELLED."""
+    """Submit, wait until all run, cancel each at a random moment within a second (through
+    `canceller`, else `stub`); the job ids, when each cancel was sent and when its
+    watcher saw CANCELLED."""
+    canceller = canceller or stub
     job_ids = await rpc.submit(stub, requests)
     async with Jobs(stubs, job_ids) as jobs:
         began = time.time()
@@ -97,7 +103,7 @@ async def cancel_round(
         for offset, index in offsets:
             await asyncio.sleep(max(0.0, began + offset - time.time()))
             sent[index] = time.time()
-            await stub.CancelJob(api.CancelJobRequest(job_id=job_ids[index]), timeout=rpc.WAIT)
+            await canceller.CancelJob(api.CancelJobRequest(job_id=job_ids[index]), timeout=rpc.WAIT)
         await jobs.all_cancelled()
         return job_ids, sent, [jobs.cancelled[i] - sent[i] for i in range(len(job_ids))]
 

@@ -70,7 +70,17 @@ from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench import backends, cancel_latency, loop_canary, procs, profiling, report, rpc, streams
+from bench import (
+    backends,
+    cancel_latency,
+    loop_canary,
+    procs,
+    profiling,
+    report,
+    rpc,
+    streams,
+    throughput,
+)
 from bench.report import Headline
 from bench.stats import Figure, Figures, percentile, percentiles_ms
 from jobcontrol.jobs import JobSpec, Progress
@@ -482,17 +492,9 @@ async def cancel_phase(c: Cluster) -> dict[str, list[float]]:
 
         async def body() -> None:
             requests = [rpc.request("bench.cancel_probe", seconds=60) for _ in range(CANCEL_JOBS)]
-            job_ids = await rpc.submit(a, requests)
-            async with cancel_latency.Jobs([a], job_ids) as jobs:  # waits until all run
-                began = time.time()
-                offsets = sorted((random.uniform(0, 1), i) for i in range(len(job_ids)))
-                sent = [0.0] * len(job_ids)
-                for offset, index in offsets:
-                    await asyncio.sleep(max(0.0, began + offset - time.time()))
-                    sent[index] = time.time()
-                    await b.CancelJob(api.CancelJobRequest(job_id=job_ids[index]), timeout=WAIT)
-                await jobs.all_cancelled()
-            found["watched"] = [jobs.cancelled[i] - sent[i] for i in range(len(job_ids))]
+            job_ids, sent, found["watched"] = await cancel_latency.cancel_round(
+                a, [a], requests, canceller=b
+            )
             for job_id, sent_at in zip(job_ids, sent, strict=True):
                 seen = float((c.seen_dir / job_id).read_text())
                 found["handler"].append(seen - sent_at)
@@ -510,22 +512,9 @@ class Settings:
     batch: int = BATCH  # jobs per SubmitJobs call
 
 
-@dataclass
-class Drained:
-    jobs: int
-    seconds: float  # first submit to the last job's end_time
-    submit_seconds: float
-
-    @property
-    def rate(self) -> float:
-        return self.jobs / self.seconds
-
-    @property
-    def submit_rate(self) -> float:
-        return self.jobs / self.submit_seconds
-
-
-async def throughput_phase(c: Cluster, how: Settings, profile: str | None = None) -> Drained:
+async def throughput_phase(
+    c: Cluster, how: Settings, profile: str | None = None
+) -> throughput.Outcome:
     jobs = how.jobs
     requests = [rpc.request(seconds=0, steps=0) for _ in range(jobs)]
     batches = [requests[i : i + how.batch] for i in range(0, jobs, how.batch)]
@@ -537,7 +526,7 @@ async def throughput_phase(c: Cluster, how: Settings, profile: str | None = None
             for batch in mine:
                 await rpc.submit(stub, batch)
 
-        async def body() -> Drained:
+        async def body() -> throughput.Outcome:
             started = time.time()
             await asyncio.gather(submitter(a, batches[0::2]), submitter(b, batches[1::2]))
             submitted = time.time()
@@ -553,7 +542,7 @@ async def throughput_phase(c: Cluster, how: Settings, profile: str | None = None
                 return bool(count == jobs)
 
             await _until(drained, f"{jobs:,} jobs to succeed", interval=0.1)
-            return Drained(jobs, last_end[0] - started, submitted - started)
+            return throughput.Outcome(jobs, last_end[0] - started, submitted - started)
 
         pids = c.pids if profile else {}
         with contextlib.ExitStack() as stack:
@@ -573,7 +562,7 @@ class RunResult:
     claim: list[float]
     progress: ProgressSeen
     cancel: dict[str, list[float]]
-    drained: Drained
+    drained: throughput.Outcome
     deltas: dict[str, Delta]
 
 
