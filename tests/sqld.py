@@ -102,6 +102,13 @@ def _kill_all() -> None:
 # ---- JWT ------------------------------------------------------------------------------
 
 
+def _kill(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -304,12 +311,7 @@ class SqldProcess:
 
     def kill(self) -> None:
         """kill -9: no shutdown path runs (SIGKILL works on a paused process too)."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
+        _kill(self._process)
         _untrack(self)
 
     def pause(self) -> None:
@@ -825,12 +827,7 @@ class ProxyProcess:
         return lines[-1] if lines else None
 
     def kill(self) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.kill()
-        process.wait(10)
+        _kill(self._process)
         _untrack(self)
 
 
