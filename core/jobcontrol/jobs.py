@@ -148,6 +148,14 @@ class Job:
     def is_terminal(self) -> bool:
         return self.state.is_terminal
 
+    @property
+    def deadline(self) -> datetime | None:
+        """When the running attempt must have finished: the worker stops its handler
+        then, and the reaper fails the attempt if the worker did not."""
+        if self.state is not JobState.RUNNING or self.timeout is None or self.start_time is None:
+            return None
+        return self.start_time + self.timeout
+
 
 @dataclass(frozen=True, slots=True)
 class JobEvent:
@@ -245,9 +253,12 @@ def fail(
     job: Job, error: JobError, *, now: datetime, policy: RetryPolicy = DEFAULT_RETRY_POLICY
 ) -> Change:
     """An attempt failed: back to PENDING after a backoff while attempts are left and the
-    error is retryable, else FAILED."""
+    error is retryable, else FAILED. A job whose cancellation was requested is not run
+    again: it is cancelled, keeping the error."""
     _require(job, JobState.RUNNING, "fail")
     if error.retryable and job.attempt < job.max_attempts:
+        if job.cancel_requested:
+            return _finish(job, JobState.CANCELLED, now, error=error), EventKind.CANCELLED
         return _move(
             job,
             JobState.PENDING,
@@ -305,16 +316,36 @@ def retry(job: Job, *, now: datetime) -> Change:
     ), EventKind.RETRIED
 
 
-def expire_lease(job: Job, *, now: datetime, policy: RetryPolicy = DEFAULT_RETRY_POLICY) -> Change:
-    """The reaper found the worker's lease expired: the worker is presumed dead."""
-    if job.cancel_requested:
+def reap(
+    job: Job,
+    *,
+    worker_gone: bool,
+    now: datetime,
+    policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+) -> Change | None:
+    """The reaper's decision for a RUNNING job; None while the job is in good hands.
+
+    An expired lease means the worker is presumed dead; a passed deadline means the
+    worker did not stop the handler in time. A cancellation requested of a job in
+    either case, or whose worker stopped or was lost, is confirmed: nobody wants it
+    run again.
+    """
+    _require(job, JobState.RUNNING, "be reaped")
+    lease_expired = job.lease_expire_time is not None and job.lease_expire_time < now
+    past_deadline = job.deadline is not None and job.deadline < now
+    if job.cancel_requested and (worker_gone or lease_expired or past_deadline):
         return confirm_cancelled(job, now=now)
-    error = JobError(ErrorCode.WORKER_LOST, "worker lost: its lease expired", retryable=True)
-    return fail(job, error, now=now, policy=policy)
+    if lease_expired:
+        error = JobError(ErrorCode.WORKER_LOST, "worker lost: its lease expired", retryable=True)
+        return fail(job, error, now=now, policy=policy)
+    if past_deadline:
+        return time_out(job, now=now, policy=policy)
+    return None
 
 
 def time_out(job: Job, *, now: datetime, policy: RetryPolicy = DEFAULT_RETRY_POLICY) -> Change:
-    """The attempt ran past the job's own timeout."""
+    """The attempt ran past the job's timeout: whether its worker stopped it or the
+    reaper found it overdue, the job gets the same error."""
     timeout = job.timeout.total_seconds() if job.timeout else 0
     error = JobError(
         ErrorCode.DEADLINE_EXCEEDED, f"attempt ran past its timeout of {timeout:g}s", True

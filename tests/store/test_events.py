@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -133,3 +134,21 @@ async def test_jobs_are_counted_by_state(store: SqlJobStore):
     assert counts[JobState.PENDING] == 2
     assert counts[JobState.RUNNING] == 1
     assert counts[JobState.FAILED] == 0
+
+
+# Columns that are the row's own bookkeeping, not part of the job an event carries.
+NOT_IN_EVENTS = {"version", "event_kind", "request_hash"}
+
+
+async def test_an_event_carries_every_job_column(store: SqlJobStore):
+    """The triggers spell out the job's columns by hand (`schema._JOB_JSON`): a column
+    added to `jobs` but not there would silently be missing from every event."""
+    await store.create_job(JobSpec(type="t"))
+
+    def columns_and_event(tx: Tx) -> tuple[set[str], set[str]]:
+        columns = {row["name"] for row in tx.execute("SELECT name FROM pragma_table_info('jobs')")}
+        (row,) = tx.execute("SELECT job FROM job_events")
+        return columns, set(json.loads(row["job"]))
+
+    columns, carried = await store._db.read(columns_and_event)
+    assert carried == columns - NOT_IN_EVENTS

@@ -9,7 +9,7 @@ import pytest
 
 from jobcontrol import jobs
 from jobcontrol.errors import InvalidArgument, LeaseLost
-from jobcontrol.jobs import EventKind, Job, JobError, JobSpec, JobState, Progress
+from jobcontrol.jobs import ErrorCode, EventKind, Job, JobError, JobSpec, JobState, Progress
 from jobcontrol.retry import DEFAULT_RETRY_POLICY
 from jobcontrol.store import Completion
 from jobcontrol.store.core import SqlJobStore
@@ -219,6 +219,18 @@ async def test_release_of_a_job_being_cancelled_cancels_it(store: SqlJobStore):
     assert (await store.release_job(**lease(job))).state is JobState.CANCELLED
 
 
+async def test_a_timed_out_attempt_is_retried_with_the_reapers_error(
+    store: SqlJobStore, clock: ManualClock
+):
+    job = await running(store, timeout=timedelta(seconds=5))
+    clock.advance(timedelta(seconds=6))
+    timed_out = await store.time_out_job(**lease(job))
+    assert timed_out.state is JobState.PENDING
+    assert timed_out.error is not None
+    assert timed_out.error.code == ErrorCode.DEADLINE_EXCEEDED
+    assert timed_out.error.message == "attempt ran past its timeout of 5s"
+
+
 async def _write_with(store: SqlJobStore, action: str, job: Job) -> None:
     args = lease(job)
     if action == "heartbeat":
@@ -233,9 +245,11 @@ async def _write_with(store: SqlJobStore, action: str, job: Job) -> None:
         await store.record_cancelled(**args)
     elif action == "release":
         await store.release_job(**args)
+    elif action == "timeout":
+        await store.time_out_job(**args)
 
 
-ACTIONS = ["heartbeat", "progress", "complete", "fail", "cancelled", "release"]
+ACTIONS = ["heartbeat", "progress", "complete", "fail", "cancelled", "release", "timeout"]
 
 
 @pytest.mark.parametrize("action", ACTIONS)

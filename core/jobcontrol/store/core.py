@@ -409,6 +409,13 @@ class SqlJobStore:
             job_id, lease_id, lambda job, now: jobs.confirm_cancelled(job, now=now)
         )
 
+    async def time_out_job(self, *, job_id: str, lease_id: str) -> Job:
+        return await self._fenced(
+            job_id,
+            lease_id,
+            lambda job, now: jobs.time_out(job, now=now, policy=self._retry_policy),
+        )
+
     async def release_job(self, *, job_id: str, lease_id: str) -> Job:
         return await self._fenced(job_id, lease_id, lambda job, now: jobs.release(job, now=now))
 
@@ -560,13 +567,14 @@ class SqlJobStore:
             result = ReapResult()
             rows = tx.execute(sql.REAPABLE_JOBS, {"now_us": to_us(now), "limit": limit})
             for row in rows:
-                job = job_from_row(row)
-                if job.cancel_requested:
-                    change = jobs.confirm_cancelled(job, now=now)
-                elif job.lease_expire_time is not None and job.lease_expire_time < now:
-                    change = jobs.expire_lease(job, now=now, policy=self._retry_policy)
-                else:
-                    change = jobs.time_out(job, now=now, policy=self._retry_policy)
+                change = jobs.reap(
+                    job_from_row(row),
+                    worker_gone=bool(row["worker_gone"]),
+                    now=now,
+                    policy=self._retry_policy,
+                )
+                if change is None:
+                    continue
                 try:
                     saved = _save(tx, change, row["version"])
                 except Conflict:

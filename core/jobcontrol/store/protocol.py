@@ -137,6 +137,10 @@ class JobStore(Protocol):
 
     async def record_cancelled(self, *, job_id: str, lease_id: str) -> Job: ...
 
+    async def time_out_job(self, *, job_id: str, lease_id: str) -> Job:
+        """The worker stopped the handler at the job's deadline."""
+        ...
+
     async def release_job(self, *, job_id: str, lease_id: str) -> Job: ...
 
     async def list_cancel_requests(self, *, worker_id: str) -> list[str]:

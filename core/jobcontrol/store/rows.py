@@ -93,9 +93,6 @@ def json_arrays(elements: Iterable[str], *, max_bytes: int) -> Iterator[str]:
 
 def job_to_row(job: Job) -> dict[str, Any]:
     timeout_us = None if job.timeout is None else job.timeout // _MICROSECOND
-    deadline_us = None
-    if job.state is JobState.RUNNING and timeout_us is not None and job.start_time is not None:
-        deadline_us = to_us(job.start_time) + timeout_us
     error = job.error
     return {
         "id": job.id,
@@ -122,7 +119,7 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "lease_id": job.lease_id,
         "lease_expire_us": _opt_to_us(job.lease_expire_time),
         "timeout_us": timeout_us,
-        "deadline_us": deadline_us,
+        "deadline_us": _opt_to_us(job.deadline),
         "idempotency_key": job.idempotency_key,
         "start_us": _opt_to_us(job.start_time),
         "end_us": _opt_to_us(job.end_time),

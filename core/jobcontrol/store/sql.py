@@ -154,7 +154,9 @@ WHERE t.id IN (SELECT value FROM json_each(:ids)) AND t.state = 'PENDING'
 # Running jobs the reaper must move: lease expired, attempt past its deadline, or a
 # cancellation whose worker has stopped or been lost.
 REAPABLE_JOBS = """
-SELECT * FROM jobs WHERE id IN (
+SELECT *, worker_id IN (SELECT id FROM workers WHERE state IN ('STOPPED', 'LOST'))
+    AS worker_gone
+FROM jobs WHERE id IN (
     SELECT id FROM jobs WHERE state = 'RUNNING' AND lease_expire_us < :now_us
     UNION
     SELECT id FROM jobs WHERE state = 'RUNNING' AND deadline_us < :now_us

@@ -261,15 +261,7 @@ class Worker:
         elif outcome.stopped is StopReason.CANCEL_REQUESTED:
             await self._store.record_cancelled(**lease)
         elif outcome.stopped is StopReason.TIMEOUT:
-            timeout = job.timeout.total_seconds() if job.timeout else 0
-            await self._store.fail_job(
-                **lease,
-                error=JobError(
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    f"handler ran past its timeout of {timeout:g}s",
-                    True,
-                ),
-            )
+            await self._store.time_out_job(**lease)
         elif outcome.error is not None:
             await self._store.fail_job(**lease, error=_job_error(outcome.error))
         else:
@@ -365,10 +357,9 @@ class Outcome:
 
 
 def _remaining(job: Job) -> float | None:
-    if job.timeout is None or job.start_time is None:
+    if job.deadline is None:
         return None
-    deadline = job.start_time + job.timeout
-    return max(0.0, (deadline - datetime.now(UTC)).total_seconds())
+    return max(0.0, (job.deadline - datetime.now(UTC)).total_seconds())
 
 
 def _job_error(error: BaseException) -> JobError:
