@@ -63,6 +63,8 @@ async def test_each_worker_operation_is_one_request(
 
     heartbeat = store.heartbeat_job(job_id=first.id, lease_id=first.lease_id, lease_timeout=LEASE)
     assert await requests_for(proxy, heartbeat) == 1
+    leases = {job.id: job.lease_id or "" for job in claimed}
+    assert await requests_for(proxy, store.heartbeat_jobs(leases, lease_timeout=LEASE)) == 1
     progress = store.report_progress(
         job_id=first.id, lease_id=first.lease_id, progress=Progress(50, "half", "")
     )

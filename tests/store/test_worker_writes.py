@@ -46,6 +46,23 @@ async def test_heartbeat_reports_a_cancel_request(store: SqlJobStore):
     assert ack.cancel_requested
 
 
+async def test_one_heartbeat_renews_many_leases_each_fenced_on_its_own(
+    store: SqlJobStore, clock: ManualClock
+):
+    live, cancelling, finished = [await running(store) for _ in range(3)]
+    await store.cancel_job(cancelling.id)
+    await store.complete_job(**lease(finished), result={})
+    leases = {job.id: job.lease_id or "" for job in (live, cancelling, finished)}
+    leases["0" * 26] = "f" * 32  # no such job
+    clock.advance(20)
+    acks = await store.heartbeat_jobs(leases, lease_timeout=LEASE)
+    assert set(acks) == {live.id, cancelling.id}
+    assert [acks[live.id].cancel_requested, acks[cancelling.id].cancel_requested] == [False, True]
+    assert acks[live.id].lease_expire_time == clock() + LEASE
+    assert (await store.get_job(cancelling.id)).lease_expire_time == clock() + LEASE
+    assert await store.heartbeat_jobs({}, lease_timeout=LEASE) == {}
+
+
 async def test_progress_is_recorded_with_an_event(store: SqlJobStore):
     job = await running(store)
     updated = await store.report_progress(

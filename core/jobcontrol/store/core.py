@@ -321,23 +321,34 @@ class SqlJobStore:
     async def heartbeat_job(
         self, *, job_id: str, lease_id: str, lease_timeout: timedelta
     ) -> HeartbeatAck:
+        acks = await self.heartbeat_jobs({job_id: lease_id}, lease_timeout=lease_timeout)
+        if job_id not in acks:
+            raise LeaseLost(job_id, lease_id)
+        return acks[job_id]
+
+    async def heartbeat_jobs(
+        self, leases: Mapping[str, str], *, lease_timeout: timedelta
+    ) -> dict[str, HeartbeatAck]:
         if lease_timeout <= timedelta(0):
             raise InvalidArgument("lease_timeout", f"must be positive, got {lease_timeout}")
+        if len(leases) > MAX_BATCH_SIZE:
+            raise InvalidArgument("leases", f"at most {MAX_BATCH_SIZE} per call, got {len(leases)}")
+        if not leases:
+            return {}
+        held = dump_json([[job_id, lease_id] for job_id, lease_id in leases.items()])
 
-        def heartbeat(tx: Tx) -> HeartbeatAck:
+        def heartbeat(tx: Tx) -> dict[str, HeartbeatAck]:
             expire_us = to_us(self._clock()) + lease_timeout // timedelta(microseconds=1)
-            rows = tx.execute(
-                sql.HEARTBEAT_JOB,
-                {"id": job_id, "lease_id": lease_id, "lease_expire_us": expire_us},
-            )
-            if not rows:
-                raise LeaseLost(job_id, lease_id)
-            return HeartbeatAck(
-                cancel_requested=bool(rows[0]["cancel_requested"]),
-                lease_expire_time=from_us(rows[0]["lease_expire_us"]),
-            )
+            rows = tx.execute(sql.HEARTBEAT_JOBS, {"leases": held, "lease_expire_us": expire_us})
+            return {
+                row["id"]: HeartbeatAck(
+                    cancel_requested=bool(row["cancel_requested"]),
+                    lease_expire_time=from_us(row["lease_expire_us"]),
+                )
+                for row in rows
+            }
 
-        return await self._db.write(heartbeat, small=True)
+        return await self._db.write(heartbeat, small=len(leases) <= SMALL_BATCH)
 
     async def report_progress(self, *, job_id: str, lease_id: str, progress: Progress) -> Job:
         validate_progress(progress)

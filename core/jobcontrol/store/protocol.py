@@ -121,6 +121,13 @@ class JobStore(Protocol):
         self, *, job_id: str, lease_id: str, lease_timeout: timedelta
     ) -> HeartbeatAck: ...
 
+    async def heartbeat_jobs(
+        self, leases: Mapping[str, str], *, lease_timeout: timedelta
+    ) -> dict[str, HeartbeatAck]:
+        """Renew many leases (job id -> lease id) in one statement. Only the leases still
+        held are in the answer: a job missing from it was lost."""
+        ...
+
     async def report_progress(self, *, job_id: str, lease_id: str, progress: Progress) -> Job: ...
 
     async def complete_job(

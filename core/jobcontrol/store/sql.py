@@ -116,11 +116,17 @@ WHERE id = :id AND lease_id = :lease_id AND state = 'RUNNING'
 RETURNING *
 """
 
-# Heartbeats change no visible state, so they write no event.
-HEARTBEAT_JOB = """
+# Heartbeats change no visible state, so they write no event. Each lease in the batch
+# is fenced on its own, as completions are.
+HEARTBEAT_JOBS = """
 UPDATE jobs SET lease_expire_us = :lease_expire_us
-WHERE id = :id AND lease_id = :lease_id AND state = 'RUNNING'
-RETURNING cancel_requested, lease_expire_us
+FROM (
+    SELECT json_extract(value, '$[0]') AS id,
+           json_extract(value, '$[1]') AS lease_id
+    FROM json_each(:leases)
+) AS held
+WHERE jobs.id = held.id AND jobs.lease_id = held.lease_id AND +jobs.state = 'RUNNING'
+RETURNING id, cancel_requested, lease_expire_us
 """
 
 LIST_JOBS = """
