@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import itertools
 import os
 import random
 import re
@@ -19,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +29,7 @@ import pytest
 from google.protobuf import duration_pb2, struct_pb2
 from grpc_health.v1 import health_pb2
 
-from jobcontrol.jobs import ALLOWED_TRANSITIONS, EventKind, Job, JobEvent, JobState
+from jobcontrol.jobs import EventKind, Job, JobEvent, JobState
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
@@ -42,33 +41,22 @@ from tests.conftest import (
     wait_for,
 )
 from tests.sqld import SqldProcess
+from tests.store_checks import (
+    TERMINAL,
+    assert_no_partial_transitions,
+    histories,
+    started_attempts,
+)
 from tests.worker.conftest import StartWorker, SyncStore, WorkerProcess
 
 Stub = job_control_pb2_grpc.JobControlStub
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 PB_TERMINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
 LEASE_TIMEOUT = 2.0
 FAST_LEASE = ("--lease-timeout", str(LEASE_TIMEOUT), "--heartbeat-interval", "0.5")
 FAST_WORKER = (*FAST_LEASE, "--poll-interval", "0.05")
 FAST_REAPER = ("--reap-interval", "0.2s")
-
-# How each kind of event changes the attempt number (others leave it alone).
-ATTEMPT_STEP = {EventKind.STARTED: 1, EventKind.RELEASED: -1}
-# The job state each kind of event leaves behind.
-STATE_AFTER = {
-    EventKind.SUBMITTED: {JobState.PENDING},
-    EventKind.STARTED: {JobState.RUNNING},
-    EventKind.PROGRESS: {JobState.RUNNING},
-    EventKind.CANCEL_REQUESTED: {JobState.RUNNING},
-    EventKind.SUCCEEDED: {JobState.SUCCEEDED},
-    EventKind.FAILED: {JobState.FAILED},
-    EventKind.CANCELLED: {JobState.CANCELLED},
-    EventKind.RETRY_SCHEDULED: {JobState.PENDING},
-    EventKind.RELEASED: {JobState.PENDING},
-    EventKind.RETRIED: {JobState.PENDING},
-}
 
 
 # ---- helpers ------------------------------------------------------------------------
@@ -93,77 +81,6 @@ def refusal(stub: Stub, request: api.SubmitJobRequest) -> grpc.RpcError | None:
     except grpc.RpcError as error:
         return error
     return None
-
-
-def histories(store: SyncStore) -> dict[str, list[JobEvent]]:
-    """Every stored event, grouped by job, oldest first."""
-    by_job: dict[str, list[JobEvent]] = defaultdict(list)
-    after = 0
-    while batch := store.list_events(after_sequence=after, limit=5000):
-        for event in batch:
-            by_job[event.job.id].append(event)
-        after = batch[-1].sequence
-    return dict(by_job)
-
-
-def assert_no_partial_transitions(store: SyncStore) -> dict[str, list[JobEvent]]:
-    """Each job's row equals the snapshot in its newest event, and every job's events
-    follow the state machine: a change and its event were always written together.
-
-    The reads are several store calls, not one snapshot; a difference is only blamed on
-    the store when no event was written while they ran (else they are read again)."""
-    for _ in range(10):
-        sequence = store.last_sequence()
-        stories, problems = _partial_transitions(store)
-        if not problems or store.last_sequence() == sequence:
-            break
-    assert not problems, "\n".join(problems[:10])
-    return stories
-
-
-def _partial_transitions(store: SyncStore) -> tuple[dict[str, list[JobEvent]], list[str]]:
-    stories = histories(store)
-    problems = []
-    counts = store.count_jobs_by_state()
-    if sum(counts.values()) != len(stories):
-        problems.append(f"{sum(counts.values())} jobs but {len(stories)} have events")
-    newest = store.latest_events(list(stories))
-    for job_id, story in stories.items():
-        if newest[job_id].sequence != story[-1].sequence:
-            problems.append(f"job {job_id}: newest event {newest[job_id].sequence}")
-        row = _comparable(store.get_job(job_id))
-        if _comparable(newest[job_id].job) != row:
-            problems.append(f"job {job_id} differs from its newest event: {row}")
-        if story[0].kind is not EventKind.SUBMITTED:
-            problems.append(f"job {job_id} starts with {story[0].kind}")
-        for before, after in itertools.pairwise(story):
-            if after.job.state not in ALLOWED_TRANSITIONS[before.job.state]:
-                problems.append(
-                    f"job {job_id}: {before.kind} ({before.job.state}) -> "
-                    f"{after.kind} ({after.job.state}) is not an allowed transition"
-                )
-            step = ATTEMPT_STEP.get(after.kind, 0)
-            if after.job.attempt != before.job.attempt + step:
-                problems.append(
-                    f"job {job_id}: attempt {before.job.attempt} -> {after.job.attempt} "
-                    f"at {after.kind}"
-                )
-        problems += [
-            f"job {job_id}: a {event.kind} event with the job {event.job.state}"
-            for event in story
-            if event.job.state not in STATE_AFTER[event.kind]
-        ]
-    return stories, problems
-
-
-def _comparable(job: Job) -> Job:
-    """What an event must agree on with the row: everything but the queue position
-    (computed when read) and the lease expiry (heartbeats renew it without an event)."""
-    return dataclasses.replace(job, queue_position=None, lease_expire_time=None)
-
-
-def started_attempts(story: list[JobEvent]) -> list[int]:
-    return [e.job.attempt for e in story if e.kind is EventKind.STARTED]
 
 
 def wait_terminal(store: SyncStore, job_ids: list[str], timeout: float) -> list[Job]:
