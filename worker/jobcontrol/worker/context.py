@@ -2,12 +2,15 @@
 
 `report_progress` never blocks and is safe from any thread: it keeps the latest update
 and a writer task stores it at most a few times per second; the last update is always
-written before the job finishes.
+written before the job finishes. A write the store refuses for a while is kept (unless a
+newer update replaced it) and tried again after a backoff: progress is never the reason
+a job stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import threading
@@ -20,6 +23,7 @@ from jobcontrol.jobs import Job, Progress
 from jobcontrol.store import JobStore
 from jobcontrol.validation import MAX_PROGRESS_MESSAGE_LENGTH, MAX_STAGE_LENGTH
 from jobcontrol.worker.handlers import JobCancelled
+from jobcontrol.worker.resilience import Backoff, Episode
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,14 @@ class StopReason(enum.Enum):
 
 
 class JobContext:
-    def __init__(self, job: Job, store: JobStore, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        job: Job,
+        store: JobStore,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        progress_episode: Episode | None = None,
+    ) -> None:
         assert job.lease_id is not None
         self.job = job
         self._store = store
@@ -48,6 +59,12 @@ class JobContext:
         self._pending: Progress | None = None
         self._progress_wakeup = asyncio.Event()
         self._last_write = 0.0
+        self._writer_closing = False
+        self._writer_wakeup = asyncio.Event()  # closing, or a backoff cut short
+        # Shared by every job of a worker: one outage is one episode in the log.
+        self._progress_episode = progress_episode or Episode("progress writes")
+        self._progress_backoff = Backoff(base=0.25, cap=5.0)
+        self._retry_delay = 0.0
         self.lease_lost = False
 
     @property
@@ -123,20 +140,51 @@ class JobContext:
         self._progress_wakeup.set()
 
     async def write_progress(self) -> None:
-        """Runtime side: the writer task, until cancelled."""
+        """Runtime side: the writer task, until `close_progress`. A write in flight is
+        never cut short (the runtime stops the writer only between writes), so the last
+        update cannot be taken and then lost."""
         interval = 1.0 / PROGRESS_WRITES_PER_SECOND
         while True:
             await self._progress_wakeup.wait()
+            if self._closing():
+                return
             wait = self._last_write + interval - time.monotonic()
+            if self._progress_backoff.failures:
+                wait = max(wait, self._retry_delay)
             if wait > 0:
-                await asyncio.sleep(wait)
-            await self.flush_progress()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._writer_wakeup.wait(), wait)
+            if self._closing():
+                return
+            try:
+                await self.flush_progress()
+            except Exception as error:  # kept pending; try again after a backoff
+                self._progress_episode.failed(error)
+                self._retry_delay = self._progress_backoff.next_delay()
+                self._progress_wakeup.set()
+            else:
+                self._progress_backoff.reset()
+
+    def _closing(self) -> bool:
+        return self._writer_closing
+
+    async def close_progress(self, writer: asyncio.Task[None]) -> None:
+        """Runtime side: stop the writer once its write in flight (if any) is done. What
+        is still pending is written by `flush_progress`, before the job's outcome."""
+        self._writer_closing = True
+        self._writer_wakeup.set()
+        self._progress_wakeup.set()
+        await asyncio.gather(writer, return_exceptions=True)
 
     async def flush_progress(self) -> None:
-        progress, self._pending = self._pending, None
-        self._progress_wakeup.clear()
+        """Write the latest update, if any. A store error is raised, and the update stays
+        pending (unless a newer one came meanwhile) for the next try."""
+        progress = self._pending
         if progress is None or self.lease_lost:
+            self._progress_wakeup.clear()
             return
+        self._pending = None
+        self._progress_wakeup.clear()
         self._last_write = time.monotonic()
         try:
             self.job = await self._store.report_progress(
@@ -145,5 +193,12 @@ class JobContext:
         except LeaseLost:
             self.lease_lost = True
             self.request_stop(StopReason.LEASE_LOST)
+            return
         except InvalidArgument as error:
             log.warning("progress of job %s refused: %s", self.job.id, error.message)
+            return
+        except BaseException:
+            if self._pending is None:
+                self._pending = progress
+            raise
+        self._progress_episode.succeeded()

@@ -8,24 +8,37 @@ carry cancellation back; a faster poll of the store's cancel requests (one index
 read for all of this worker's jobs) makes cancellation reach a handler within about
 the cancel poll interval. A job whose lease is lost stops without another write.
 Successful results are written in groups (`completions.CompletionWriter`).
+
+No store failure stops the worker: every call site retries with capped, jittered
+backoff and logs one line when an episode of failures starts and one when it ends
+(`resilience`). A finished job's outcome is never dropped while its lease may still be
+held: the job keeps its slot and its place among the leases renewed by heartbeats, and
+the write is retried until it lands, the store says the lease is lost, the lease runs
+out, or the drain grace of a shutdown ends. Held outcomes are bounded by count (the
+slots: a worker full of unrecorded outcomes claims nothing) and by bytes
+(`MAX_UNRECORDED_BYTES`: past it the worker claims nothing until some are written);
+nothing is dropped to make room.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from jobcontrol.errors import InvalidArgument, LeaseLost, StoreUnavailable, WorkerNotFound
+from jobcontrol.errors import InvalidArgument, LeaseLost
 from jobcontrol.jobs import ErrorCode, Job, JobError
 from jobcontrol.store import JobStore
+from jobcontrol.store.protocol import MAX_BATCH_SIZE
 from jobcontrol.worker.completions import CompletionWriter
 from jobcontrol.worker.context import JobContext, StopReason
 from jobcontrol.worker.handlers import (
@@ -35,6 +48,7 @@ from jobcontrol.worker.handlers import (
     Registry,
     RetryableError,
 )
+from jobcontrol.worker.resilience import Backoff, Episode
 from jobcontrol.workers import Worker as WorkerRecord
 from jobcontrol.workers import WorkerInfo
 
@@ -47,6 +61,15 @@ LOCAL_POLL_INTERVAL = timedelta(milliseconds=50)
 REMOTE_POLL_INTERVAL = timedelta(milliseconds=250)
 LOCAL_CANCEL_POLL_INTERVAL = timedelta(milliseconds=100)
 REMOTE_CANCEL_POLL_INTERVAL = timedelta(milliseconds=200)
+# Outcomes waiting for the store, by their size as JSON: past this the worker claims no
+# more work until some are written (results are at most 1 MiB each).
+MAX_UNRECORDED_BYTES = 64 * 1024 * 1024
+# Retrying a write that failed: the store may be back any moment, so never wait long.
+RECORD_RETRY = Backoff(base=0.1, cap=2.0)
+# A finished job whose outcome the store answers but keeps refusing (a bug, not an
+# outage) stops being renewed after this many lease periods, so it runs again elsewhere
+# instead of holding its slot forever.
+RECORD_PATIENCE_LEASES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +93,13 @@ class WorkerConfig:
 class _Running:
     job: Job
     context: JobContext
-    task: asyncio.Task[None]
+    task: asyncio.Task[None] | None = None
+    # When the lease runs out unless renewed (monotonic; from when the claim or the last
+    # renewal that went through was sent, so never later than the store's own time).
+    lease_deadline: float = 0.0
+    # When the handler ended (monotonic); set while its outcome waits to be written.
+    finished_at: float | None = None
+    unrecorded_bytes: int = 0
 
 
 class Worker:
@@ -93,6 +122,19 @@ class Worker:
         self._running: dict[str, _Running] = {}
         self._completions = CompletionWriter(store)
         self._slot_freed = asyncio.Event()
+        self._idle = False  # the last claim found less than it asked for
+        self._unrecorded_bytes = 0
+        self._give_up_recording = asyncio.Event()  # the drain grace is over
+        # One episode per call site: a site failing while another works (reads pass, writes
+        # fail on a read-only file) must not turn every retry into a new episode.
+        self._register_episode = Episode("registering the worker")
+        self._claim_episode = Episode("claiming jobs")
+        self._worker_heartbeat_episode = Episode("worker heartbeat")
+        self._lease_episode = Episode("renewing job leases")
+        self._cancel_episode = Episode("polling cancel requests")
+        self._progress_episode = Episode("progress writes")
+        self._record_episode = Episode("recording outcomes")
+        self._loop_episode = Episode("worker loop")
         self.worker_id: str | None = None
 
     @property
@@ -120,13 +162,16 @@ class Worker:
             await self._claim_loop(stop)
             await self._drain(stop_now)
         finally:
+            if self._running:  # cancelled from outside: still hand the jobs back
+                self._give_up_recording.set()
+                await self._stop_all(StopReason.SHUTDOWN)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            if self._running:  # cancelled from outside: still hand the jobs back
-                await self._stop_all(StopReason.SHUTDOWN)
-            with contextlib.suppress(StoreUnavailable, WorkerNotFound):
+            try:
                 await self._store.deregister_worker(worker.id)
+            except Exception as error:  # its record goes LOST; nothing else depends on it
+                log.warning("could not deregister worker %s: %r", worker.id, error)
             log.info("worker %s stopped", worker.id)
 
     async def _register(self) -> WorkerRecord:
@@ -137,51 +182,59 @@ class Worker:
             job_types=tuple(self._types),
             concurrency=self._config.concurrency,
         )
-        delay = 0.5
+        backoff = Backoff(base=0.5, cap=10.0)
         while True:
             try:
-                return await self._store.register_worker(info)
-            except StoreUnavailable as error:
-                log.warning("cannot register yet: %s", error.message)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                worker = await self._store.register_worker(info)
+            except Exception as error:
+                self._register_episode.failed(error)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            self._register_episode.succeeded()
+            return worker
 
     # ---- claiming ------------------------------------------------------------------
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
-        assert self.worker_id is not None
-        failures = 0
-        idle = False  # the last claim found less than it asked for
+        """Claim until `stop`. Nothing raised in here ends the loop: a store error, or a
+        bug of ours, is one episode in the log and a backoff."""
+        backoff = Backoff(base=0.25, cap=5.0)
         while not stop.is_set():
-            free = self._config.concurrency - len(self._running)
-            if free <= 0:
-                await _first(stop.wait(), self._slot_freed_wait())
-                continue
             try:
-                # While idle, ask with a read first: polling often then never takes the
-                # store's write lock from the workers and servers that have work.
-                if idle and not await self._store.has_claimable_jobs(types=self._types):
-                    await self._idle_wait(stop)
-                    continue
-                jobs = await self._store.claim_jobs(
-                    worker_id=self.worker_id,
-                    types=self._types,
-                    limit=free,
-                    lease_timeout=self._config.lease_timeout,
-                )
-                failures = 0
-            except StoreUnavailable as error:
-                failures += 1
-                log.warning("claim failed: %s", error.message)
-                await _first(stop.wait(), asyncio.sleep(min(10.0, 0.25 * 2**failures)))
+                await self._claim_once(stop)
+            except Exception as error:
+                self._claim_episode.failed(error)
+                await _first(stop.wait(), asyncio.sleep(backoff.next_delay()))
                 continue
-            if jobs:
-                self._on_write()
-            for job in jobs:
-                self._start(job)
-            idle = len(jobs) < free
-            if idle:
-                await self._idle_wait(stop)
+            backoff.reset()
+
+    async def _claim_once(self, stop: asyncio.Event) -> None:
+        assert self.worker_id is not None
+        free = self._config.concurrency - len(self._running)
+        if free <= 0 or self._unrecorded_bytes >= MAX_UNRECORDED_BYTES:
+            await _first(stop.wait(), self._slot_freed_wait())
+            return
+        # While idle, ask with a read first: polling often then never takes the store's
+        # write lock from the workers and servers that have work.
+        if self._idle and not await self._store.has_claimable_jobs(types=self._types):
+            self._claim_episode.succeeded()
+            await self._idle_wait(stop)
+            return
+        claimed_at = time.monotonic()
+        jobs = await self._store.claim_jobs(
+            worker_id=self.worker_id,
+            types=self._types,
+            limit=free,
+            lease_timeout=self._config.lease_timeout,
+        )
+        self._claim_episode.succeeded()
+        if jobs:
+            self._on_write()
+        for job in jobs:
+            self._start(job, claimed_at)
+        self._idle = len(jobs) < free
+        if self._idle:
+            await self._idle_wait(stop)
 
     async def _idle_wait(self, stop: asyncio.Event) -> None:
         """Until a slot frees or about a poll interval passes. The jitter spreads workers
@@ -194,29 +247,41 @@ class Worker:
         self._slot_freed.clear()
         await self._slot_freed.wait()
 
-    def _start(self, job: Job) -> None:
-        context = JobContext(job, self._store, asyncio.get_running_loop())
-        task = asyncio.create_task(self._run_job(job, context), name=f"job-{job.id}")
-        self._running[job.id] = _Running(job, context, task)
+    def _start(self, job: Job, claimed_at: float) -> None:
+        context = JobContext(
+            job,
+            self._store,
+            asyncio.get_running_loop(),
+            progress_episode=self._progress_episode,
+        )
+        running = _Running(
+            job, context, lease_deadline=claimed_at + self._config.lease_timeout.total_seconds()
+        )
+        self._running[job.id] = running
+        running.task = asyncio.create_task(self._run_job(running), name=f"job-{job.id}")
 
     # ---- running one job -----------------------------------------------------------
 
-    async def _run_job(self, job: Job, context: JobContext) -> None:
+    async def _run_job(self, running: _Running) -> None:
+        job, context = running.job, running.context
         handler = self._registry.get(job.type)
         assert handler is not None
-        writer = asyncio.create_task(context.write_progress())
-        extra = {"job_id": job.id, "attempt": job.attempt, "worker_id": self.worker_id}
+        writer = asyncio.create_task(context.write_progress(), name=f"progress-{job.id}")
         try:
-            outcome = await self._call(handler, context, job)
-            writer.cancel()
-            await context.flush_progress()
-            await self._record(job, context, outcome)
-        except LeaseLost:
-            log.warning("lost the lease on job %s; abandoning it", job.id, extra=extra)
-        except StoreUnavailable as error:
-            log.warning("could not record job %s: %s", job.id, error.message, extra=extra)
+            try:
+                outcome = await self._call(handler, context, job)
+            except Exception as error:  # a bug of ours, not the handler's: fail the attempt
+                log.exception("running job %s failed in the worker itself", job.id)
+                outcome = Outcome(error=error)
+            # Let a progress write in flight finish rather than cut it short: the update
+            # it carries may be the last one, which must be stored before the outcome.
+            await context.close_progress(writer)
+            running.finished_at = time.monotonic()
+            await self._record_until_stored(running, outcome)
         finally:
             writer.cancel()
+            self._unrecorded_bytes -= running.unrecorded_bytes
+            running.unrecorded_bytes = 0
             self._running.pop(job.id, None)
             self._slot_freed.set()
 
@@ -251,10 +316,76 @@ class Worker:
         finally:
             stopped.cancel()
 
+    async def _record_until_stored(self, running: _Running, outcome: Outcome) -> None:
+        """Write the outcome, retrying any store failure with backoff while the lease may
+        still be held: until it lands, the store says the lease is lost, the lease runs
+        out (heartbeats keep renewing it meanwhile), or a shutdown's drain grace ends.
+        The job keeps its slot all along, so held outcomes never outnumber the slots."""
+        job, context = running.job, running.context
+        backoff = Backoff(base=RECORD_RETRY.base, cap=RECORD_RETRY.cap)
+        tries = 0
+        while True:
+            if context.lease_lost or outcome.stopped is StopReason.LEASE_LOST:
+                await self._lease_gone(running, outcome, retried=tries > 0)
+                return
+            try:
+                await self._record(job, context, outcome)
+            except LeaseLost:
+                context.lease_lost = True
+                continue
+            except Exception as error:
+                self._record_episode.failed(error)
+                if tries == 0:
+                    running.unrecorded_bytes = _outcome_bytes(outcome)
+                    self._unrecorded_bytes += running.unrecorded_bytes
+                    log.debug("job %s finished; its outcome waits for the store", job.id)
+            else:
+                self._record_episode.succeeded()
+                if tries:
+                    log.debug("job %s: outcome recorded after %d failed tries", job.id, tries)
+                return
+            tries += 1
+            if self._give_up_recording.is_set():
+                log.warning(
+                    "job %s: could not record its outcome (%s) before the drain grace ended;"
+                    " it will run again once its lease expires",
+                    job.id,
+                    outcome.describe(),
+                )
+                return
+            if time.monotonic() >= running.lease_deadline:
+                log.warning(
+                    "job %s: its lease ran out before the store took its outcome (%s);"
+                    " it will run again",
+                    job.id,
+                    outcome.describe(),
+                )
+                return
+            await _first(asyncio.sleep(backoff.next_delay()), self._give_up_recording.wait())
+
+    async def _lease_gone(self, running: _Running, outcome: Outcome, *, retried: bool) -> None:
+        """The store no longer holds our lease: write nothing more. After a failed try
+        this may be our own write landing (a remote write whose answer was lost): a
+        finished job still carrying our lease says so."""
+        job, context = running.job, running.context
+        if retried:
+            with contextlib.suppress(Exception):
+                stored = await self._store.get_job(job.id)
+                if stored.is_terminal and stored.lease_id == context.lease_id:
+                    log.info("job %s: an earlier try had recorded it (%s)", job.id, stored.state)
+                    return
+        log.warning(
+            "lost the lease on job %s; its outcome (%s) is dropped",
+            job.id,
+            outcome.describe(),
+            extra={"job_id": job.id, "attempt": job.attempt, "worker_id": self.worker_id},
+        )
+
     async def _record(self, job: Job, context: JobContext, outcome: Outcome) -> None:
-        if context.lease_lost or outcome.stopped is StopReason.LEASE_LOST:
-            log.warning("lease on job %s was lost; writing nothing more", job.id)
-            return
+        """One try at storing the outcome, the handler's last progress first. Raises what
+        the store raises."""
+        if outcome.stopped is not StopReason.SHUTDOWN:  # a release resets progress
+            await context.flush_progress()
         lease = {"job_id": job.id, "lease_id": context.lease_id}
         if outcome.stopped is StopReason.SHUTDOWN:
             await self._store.release_job(**lease)
@@ -277,76 +408,127 @@ class Worker:
     # ---- heartbeats and cancellation -----------------------------------------------
 
     async def _heartbeats(self) -> None:
-        assert self.worker_id is not None
+        """Renew the worker's record and every lease it holds, finished-but-unrecorded
+        jobs included. After a failure the next try comes sooner (backoff, capped at the
+        interval), so leases are renewed soon after the store is back."""
+        interval = self._config.heartbeat_every
+        backoff = Backoff(base=0.25, cap=interval)
+        delay = interval
         while True:
-            await asyncio.sleep(self._config.heartbeat_every)
+            await asyncio.sleep(delay)
             try:
-                await self._store.heartbeat_worker(self.worker_id)
-            except StoreUnavailable as error:
-                log.warning("worker heartbeat failed: %s", error.message)
-            except WorkerNotFound:
-                log.warning("worker %s was removed from the store", self.worker_id)
-            for running in list(self._running.values()):
-                await self._heartbeat_job(running)
+                renewed = await self._heartbeat_worker() & await self._renew_leases()
+            except Exception as error:  # a bug of ours: still keep heartbeating
+                self._loop_episode.failed(error)
+                renewed = False
+            if renewed:
+                backoff.reset()
+                delay = interval
+            else:
+                delay = min(interval, backoff.next_delay())
 
-    async def _heartbeat_job(self, running: _Running) -> None:
-        context = running.context
+    async def _heartbeat_worker(self) -> bool:
+        assert self.worker_id is not None
         try:
-            ack = await self._store.heartbeat_job(
-                job_id=running.job.id,
-                lease_id=context.lease_id,
+            await self._store.heartbeat_worker(self.worker_id)
+        except Exception as error:  # WorkerNotFound too: pruned; its jobs still run
+            self._worker_heartbeat_episode.failed(error)
+            return False
+        self._worker_heartbeat_episode.succeeded()
+        return True
+
+    async def _renew_leases(self) -> bool:
+        now = time.monotonic()
+        patience = RECORD_PATIENCE_LEASES * self._config.lease_timeout.total_seconds()
+        renewing = [
+            r
+            for r in self._running.values()
+            if r.finished_at is None or now - r.finished_at < patience
+        ]
+        ok = True
+        for start in range(0, len(renewing), MAX_BATCH_SIZE):
+            ok &= await self._renew_batch(renewing[start : start + MAX_BATCH_SIZE])
+        return ok
+
+    async def _renew_batch(self, batch: list[_Running]) -> bool:
+        if not batch:
+            return True
+        sent = time.monotonic()
+        try:
+            acks = await self._store.heartbeat_jobs(
+                {r.job.id: r.context.lease_id for r in batch},
                 lease_timeout=self._config.lease_timeout,
             )
-        except LeaseLost:
-            context.lease_lost = True
-            context.request_stop(StopReason.LEASE_LOST)
-            return
-        except StoreUnavailable as error:
-            log.warning("heartbeat of job %s failed: %s", running.job.id, error.message)
-            return
-        if ack.cancel_requested:
-            context.request_stop(StopReason.CANCEL_REQUESTED)
+        except Exception as error:
+            self._lease_episode.failed(error)
+            return False
+        self._lease_episode.succeeded()
+        deadline = sent + self._config.lease_timeout.total_seconds()
+        for running in batch:
+            ack = acks.get(running.job.id)
+            if ack is None:  # lost: expired and reaped, or taken over
+                running.context.lease_lost = True
+                running.context.request_stop(StopReason.LEASE_LOST)
+                continue
+            running.lease_deadline = deadline
+            if ack.cancel_requested and running.finished_at is None:
+                running.context.request_stop(StopReason.CANCEL_REQUESTED)
+        return True
 
     async def _cancel_requests(self) -> None:
         assert self.worker_id is not None
+        interval = self._config.cancel_poll_interval.total_seconds()
+        backoff = Backoff(base=interval, cap=5.0)
+        delay = interval
         while True:
-            await asyncio.sleep(self._config.cancel_poll_interval.total_seconds())
-            if not self._running:
+            await asyncio.sleep(delay)
+            if not any(r.finished_at is None for r in self._running.values()):
                 continue
             try:
                 requested = await self._store.list_cancel_requests(worker_id=self.worker_id)
-            except StoreUnavailable:
-                continue  # the heartbeat reports it too
+            except Exception as error:  # the heartbeat reports cancel requests too
+                self._cancel_episode.failed(error)
+                delay = max(interval, backoff.next_delay())
+                continue
+            self._cancel_episode.succeeded()
+            backoff.reset()
+            delay = interval
             for job_id in requested:
                 running = self._running.get(job_id)
-                if running is not None:
+                if running is not None and running.finished_at is None:
                     running.context.request_stop(StopReason.CANCEL_REQUESTED)
 
     # ---- draining ------------------------------------------------------------------
 
     async def _drain(self, stop_now: asyncio.Event) -> None:
+        """Running jobs get the grace period to finish, and finished ones to be recorded
+        (retrying while the store is down); then the rest are stopped and handed back."""
         assert self.worker_id is not None
         if not self._running:
             return
-        with contextlib.suppress(StoreUnavailable, WorkerNotFound):
+        try:
             await self._store.drain_worker(self.worker_id)
+        except Exception as error:  # only ListWorkers shows it; the drain goes on
+            log.warning("could not mark worker %s draining: %r", self.worker_id, error)
         log.info(
             "draining: %d jobs have %.0fs to finish",
             len(self._running),
             self._config.drain_grace.total_seconds(),
         )
-        tasks = [r.task for r in self._running.values()]
+        tasks = [r.task for r in self._running.values() if r.task is not None]
         await _first(
             asyncio.wait(tasks, timeout=self._config.drain_grace.total_seconds()),
             stop_now.wait(),
         )
+        self._give_up_recording.set()
         await self._stop_all(StopReason.SHUTDOWN)
 
     async def _stop_all(self, reason: StopReason) -> None:
         running = list(self._running.values())
         for r in running:
-            r.context.request_stop(reason)
-        await asyncio.gather(*(r.task for r in running), return_exceptions=True)
+            if r.finished_at is None:
+                r.context.request_stop(reason)
+        await asyncio.gather(*(r.task for r in running if r.task), return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +536,23 @@ class Outcome:
     result: Mapping[str, Any] | None = None
     error: BaseException | None = None
     stopped: StopReason | None = None
+
+    def describe(self) -> str:
+        if self.stopped is not None:
+            return f"stopped: {self.stopped.value}"
+        if self.error is not None:
+            return f"failed: {type(self.error).__name__}"
+        return "succeeded"
+
+
+def _outcome_bytes(outcome: Outcome) -> int:
+    """About what holding this outcome costs in memory: its result as JSON."""
+    if outcome.result is None:
+        return 1024
+    try:
+        return len(json.dumps(outcome.result, default=str))
+    except Exception:  # not JSON at all: the store refuses it, so it is not held long
+        return 1024
 
 
 def _remaining(job: Job) -> float | None:
