@@ -197,11 +197,13 @@ class Worker(Process):
         handlers: Sequence[str] = (),
         metrics: bool = False,
         env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
     ) -> Worker:
         """`jobcontrol-worker`, or with `metrics` the same worker with its store calls
-        counted and served on /metrics (`bench.counted_worker`); call `wait_ready`."""
+        counted and served on /metrics (`bench.counted_worker`), with `args` added (a
+        lease timeout, say); call `wait_ready`."""
         command = [sys.executable, "-m", "bench.counted_worker"] if metrics else [str(WORKER)]
-        command += ["--concurrency", str(concurrency)]
+        command += ["--concurrency", str(concurrency), *args]
         if poll_interval is not None:
             command += ["--poll-interval", str(poll_interval)]
         if handlers:
