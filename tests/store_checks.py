@@ -94,9 +94,14 @@ def _partial_transitions(store: EventStore) -> tuple[Histories, list[str]]:
     for job_id, story in stories.items():
         if newest[job_id].sequence != story[-1].sequence:
             problems.append(f"job {job_id}: newest event {newest[job_id].sequence}")
-        row = comparable(store.get_job(job_id))
-        if comparable(newest[job_id].job) != row:
-            problems.append(f"job {job_id} differs from its newest event: {row}")
+        row, event = comparable(store.get_job(job_id)), comparable(newest[job_id].job)
+        if event != row:
+            fields = "; ".join(
+                f"{name}: row {getattr(row, name)!r}, event {getattr(event, name)!r}"
+                for name in (f.name for f in dataclasses.fields(row))
+                if getattr(row, name) != getattr(event, name)
+            )
+            problems.append(f"job {job_id} ({row.state}) differs from its newest event: {fields}")
         if story[0].kind is not EventKind.SUBMITTED:
             problems.append(f"job {job_id} starts with {story[0].kind}")
         for before, after in itertools.pairwise(story):
