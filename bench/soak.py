@@ -289,7 +289,8 @@ class Soak:
                 await asyncio.sleep(self.rng.uniform(0.2, 1.0))
                 if len(running) >= 30 or not self.recent:
                     continue
-                watched = Watched(self.rng.choice(self.recent))
+                long = self.recent_long and self.rng.random() < 0.5  # more to see
+                watched = Watched(self.rng.choice(self.recent_long if long else self.recent))
                 self.tally.watchers.append(watched)
                 client, stay = self.rng.choice(clients), self.rng.uniform(1, 15)
                 task = asyncio.create_task(self.watch(client, watched, stay))
