@@ -365,8 +365,8 @@ def test_a_read_only_database_refuses_writes_as_unavailable_and_recovers_without
                 what="health NOT_SERVING",
             )
             assert_health_stays(system.channel, NOT_SERVING, seconds=2.5)
-            # The caught jobs' handlers end meanwhile; recording them must fail cleanly.
-            wait_in_log(system.worker, r"could not record job", timeout=10)
+            # The caught jobs' handlers end meanwhile; recording them fails, and is retried.
+            wait_in_log(system.worker, r"recording outcomes failed", timeout=10)
             assert sum(system.store.count_jobs_by_state().values()) == jobs_before
             assert_no_partial_transitions(system.store)
         finally:
@@ -439,7 +439,7 @@ def test_a_full_disk_refuses_writes_as_unavailable_and_recovers_when_space_is_fr
             assert jobs_now == jobs_before + bool(fitted)
             # The caught jobs end but cannot be recorded; once their leases expire the
             # reaper cannot write its retries either, and the server stops SERVING.
-            wait_in_log(system.worker, r"could not record job", timeout=10)
+            wait_in_log(system.worker, r"recording outcomes failed", timeout=10)
             wait_for(
                 lambda: health_status(system.channel) == NOT_SERVING,
                 timeout=3 * LEASE_TIMEOUT,
