@@ -127,3 +127,59 @@ async def test_an_unmapped_driver_error_is_ridden_out_and_logged_once_per_episod
         assert "no such table" in str(began[0].exc_info[1])
         ended = messages(caplog, level=logging.INFO, containing=f"{episode}: store reachable again")
         assert len(ended) == 1, (episode, ended)
+
+
+async def test_a_draining_worker_keeps_trying_to_record_until_the_store_is_back(
+    tmp_path: Path, store: SqliteJobStore, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.DEBUG, logger="jobcontrol.worker")
+    registry = Registry()
+    started = asyncio.Event()
+    gate = asyncio.Event()
+
+    @registry.handler("t.gated")
+    async def gated(ctx: JobContext) -> dict[str, Any]:
+        started.set()
+        await gate.wait()
+        return {"done": True}
+
+    worker = RunningWorker(
+        store,
+        registry,
+        concurrency=1,
+        lease_timeout=timedelta(seconds=60),
+        drain_grace=timedelta(seconds=60),
+    )
+    try:
+        job_id = await submit(store, "t.gated")
+        await asyncio.wait_for(started.wait(), 10)
+        rename_table(tmp_path / "jobs.db", "jobs", "jobs_away")
+        gate.set()
+        await eventually(
+            lambda: (
+                bool(messages(caplog, level=logging.DEBUG, containing="recording outcomes"))
+                or worker.task.done()
+            ),
+            "recording to fail",
+        )
+        worker.stop.set()  # SIGTERM: drain while the outcome still waits for the store
+        await eventually(
+            lambda: (
+                bool(messages(caplog, level=logging.INFO, containing="draining: 1 jobs"))
+                or worker.task.done()
+            ),
+            "the drain to begin",
+        )
+        assert not worker.task.done(), "the worker stopped before the outcome was recorded"
+        rename_table(tmp_path / "jobs.db", "jobs_away", "jobs")
+        await asyncio.wait_for(worker.task, 30)  # raises what the worker raised
+    finally:
+        gate.set()
+        if not worker.task.done():
+            worker.stop_now.set()
+            await asyncio.wait_for(asyncio.gather(worker.task, return_exceptions=True), 30)
+    job = await store.get_job(job_id)
+    assert (job.state, job.attempt, job.result) == (JobState.SUCCEEDED, 1, {"done": True})
+    events = await store.list_events(after_sequence=0, job_id=job_id)
+    assert [e.kind for e in events].count(EventKind.STARTED) == 1
+    assert not messages(caplog, level=logging.WARNING, containing="will run again")
