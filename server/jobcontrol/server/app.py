@@ -1,5 +1,10 @@
 """Assembles one server process: store, EventHub, gRPC service, health, reflection,
-auth, TLS, metrics and housekeeping; runs until SIGTERM/SIGINT."""
+auth, TLS, metrics and housekeeping; runs until SIGTERM/SIGINT.
+
+Start-up binds the port first and opens the store second, so a taken port leaves the
+database untouched; a store that cannot be written stops the server before it says
+"listening" (`jobcontrol.startup`).
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,15 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from jobcontrol.server import registration
+from jobcontrol.server.admission import Admission, LoadLimits
 from jobcontrol.server.auth import BearerTokenAuth
 from jobcontrol.server.housekeeping import Housekeeper, HousekeepingConfig
 from jobcontrol.server.hub import EventHub
+from jobcontrol.server.listen import ListenAddress, ListenError
 from jobcontrol.server.metrics import Metrics, metered
 from jobcontrol.server.service import JobControlService
-from jobcontrol.store import JobStore, StoreConfig, open_store
+from jobcontrol.startup import open_writable_store
+from jobcontrol.store import JobStore, StoreConfig
 from jobcontrol.v1 import job_control_pb2
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,7 @@ MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_PENDING_CALLS = 20_000
 MAX_PENDING_CALLS_HARD_LIMIT = 30_000
 SHUTDOWN_GRACE_SECONDS = 5.0
+DEFAULT_LISTEN = ListenAddress("127.0.0.1", 50051)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +53,12 @@ class TlsConfig:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    listen: str = "127.0.0.1:50051"
+    listen: ListenAddress = DEFAULT_LISTEN
     store: StoreConfig = field(default_factory=StoreConfig)
     tokens: tuple[str, ...] = ()
     tls: TlsConfig | None = None
-    metrics_listen: str | None = None
+    metrics_listen: ListenAddress | None = None
+    limits: LoadLimits = field(default_factory=LoadLimits)
     tail_interval: float = 0.05
     housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
     with_worker: bool = False
@@ -78,13 +88,10 @@ def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
 
 
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (or SIGTERM/SIGINT arrives)."""
+    """Run until `stop` is set (or SIGTERM/SIGINT arrives). Raises ListenError or
+    StartupError, with a one-line message, if the server cannot start."""
     stop = stop or asyncio.Event()
     metrics = Metrics()
-    store = metered(await open_store(config.store), metrics)
-    hub = EventHub(store, metrics=metrics, tail_interval=config.tail_interval)
-    await hub.start()
-
     interceptors = []
     if config.tokens:
         interceptors.append(
@@ -96,7 +103,19 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             )
         )
     server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
-    registration.register(server, JobControlService(store, hub, metrics), metrics)
+    if config.metrics_listen:
+        config.metrics_listen.check_free()
+    port = _bind(server, config)
+    try:
+        store = metered(await open_writable_store(config.store), metrics)
+    except BaseException:
+        await server.stop(None)
+        raise
+    hub = EventHub(store, metrics=metrics, tail_interval=config.tail_interval)
+    await hub.start()
+
+    admission = Admission(config.limits, metrics)
+    registration.register(server, JobControlService(store, hub, metrics), metrics, admission)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -107,25 +126,19 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         ],
         server,
     )
-    if config.tls:
-        port = server.add_secure_port(config.listen, _credentials(config.tls))
-    else:
-        port = server.add_insecure_port(config.listen)
     housekeeper = Housekeeper(store, hub, health_servicer, metrics, config.housekeeping)
     await housekeeper.check_health()  # health answers SERVING from the first call
     await server.start()
-    host = config.listen.rsplit(":", 1)[0]
     log.info(
-        "listening on %s:%d (%s, %s, store %s %s)",
-        host,
-        port,
+        "listening on %s (%s, %s, store %s %s)",
+        config.listen.with_port(port),
         ("mTLS" if config.tls.client_ca else "TLS") if config.tls else "plaintext",
         f"{len(config.tokens)} auth token(s)" if config.tokens else "no auth",
         config.store.backend,
         config.store.where,
     )
     if config.metrics_listen:
-        metrics.serve(config.metrics_listen)
+        metrics.serve(str(config.metrics_listen))
         log.info("metrics on http://%s/metrics", config.metrics_listen)
     housekeeper.start()
     lag_sampler = asyncio.create_task(metrics.sample_loop_lag(), name="loop-lag")
@@ -150,6 +163,22 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         await server.stop(SHUTDOWN_GRACE_SECONDS)
         await store.close()
         log.info("stopped")
+
+
+def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
+    """Bind the listen address (before the store is touched); returns the port, the one
+    chosen when the address asked for port 0."""
+    config.listen.check_free()
+    address = str(config.listen)
+    try:
+        if config.tls:
+            return server.add_secure_port(address, _credentials(config.tls))
+        return server.add_insecure_port(address)
+    except RuntimeError:
+        hint = ": check that the TLS certificate and key are valid and match" if config.tls else ""
+        raise ListenError(f"cannot listen on {address}{hint}") from None
+    except OSError as error:  # a TLS file that cannot be read
+        raise ListenError(f"cannot listen on {address}: {error}") from None
 
 
 def _start_worker(store: JobStore, hub: EventHub, stop: asyncio.Event) -> asyncio.Task[None]:

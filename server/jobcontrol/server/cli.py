@@ -12,15 +12,25 @@ from datetime import timedelta
 from pathlib import Path
 
 from jobcontrol.errors import JobControlError
+from jobcontrol.server.admission import (
+    DEFAULT_MAX_CONCURRENT_RPCS,
+    DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
+    DEFAULT_MAX_STREAMS,
+    LoadLimits,
+)
 from jobcontrol.server.app import ServerConfig, TlsConfig, serve
 from jobcontrol.server.auth import load_tokens
 from jobcontrol.server.housekeeping import HousekeepingConfig
+from jobcontrol.server.listen import ListenAddress, ListenError
+from jobcontrol.startup import StartupError
 from jobcontrol.store import StoreConfig
 
 LOCAL_TAIL_INTERVAL = 0.05
 REMOTE_TAIL_INTERVAL = 0.2
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_SIZE = re.compile(r"(\d+)\s*(KiB|MiB|GiB)?", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
 
 
 def duration(text: str) -> timedelta:
@@ -29,6 +39,25 @@ def duration(text: str) -> timedelta:
     if not match:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s, 5m, 7d)")
     return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def byte_size(text: str) -> int:
+    """`1048576`, `512KiB`, `24MiB`, `1GiB`."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 24MiB)")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,6 +113,30 @@ def parser() -> argparse.ArgumentParser:
         help="prune finished jobs and their events older than this",
     )
     p.add_argument("--prune-interval", type=duration, default=duration("1h"))
+    limits = p.add_argument_group("load limits (past one, calls get RESOURCE_EXHAUSTED)")
+    limits.add_argument(
+        "--max-concurrent-rpcs",
+        type=positive_int,
+        default=env.get("JOBCONTROL_MAX_CONCURRENT_RPCS", str(DEFAULT_MAX_CONCURRENT_RPCS)),
+        help="unary calls handled at once; health checks are never refused "
+        "(env JOBCONTROL_MAX_CONCURRENT_RPCS)",
+    )
+    limits.add_argument(
+        "--max-streams",
+        type=positive_int,
+        default=env.get("JOBCONTROL_MAX_STREAMS", str(DEFAULT_MAX_STREAMS)),
+        help="WatchJob and WatchJobs streams open at once (env JOBCONTROL_MAX_STREAMS)",
+    )
+    limits.add_argument(
+        "--max-request-bytes-in-flight",
+        type=byte_size,
+        default=env.get(
+            "JOBCONTROL_MAX_REQUEST_BYTES_IN_FLIGHT",
+            f"{DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT // 1024**2}MiB",
+        ),
+        help="bytes of unary requests handled at once; a request is always taken when "
+        "nothing else is in flight (env JOBCONTROL_MAX_REQUEST_BYTES_IN_FLIGHT)",
+    )
     p.add_argument("--log-level", default=env.get("JOBCONTROL_LOG_LEVEL", "INFO"))
     return p
 
@@ -103,13 +156,27 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     for path in (args.tls_cert, args.tls_key, args.tls_client_ca):
         if path is not None and not os.access(path, os.R_OK):
             raise SystemExit(f"jobcontrol-server: cannot read {path}")
+    try:
+        listen = ListenAddress.parse(args.listen)
+        metrics_listen = (
+            ListenAddress.parse(args.metrics_listen, flag="--metrics-listen")
+            if args.metrics_listen
+            else None
+        )
+    except ListenError as error:
+        raise SystemExit(f"jobcontrol-server: {error}") from None
     store = StoreConfig.from_args(args)
     return ServerConfig(
-        listen=args.listen,
+        listen=listen,
         store=store,
         tokens=tuple(tokens),
         tls=TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
-        metrics_listen=args.metrics_listen,
+        metrics_listen=metrics_listen,
+        limits=LoadLimits(
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            max_streams=args.max_streams,
+            max_request_bytes_in_flight=args.max_request_bytes_in_flight,
+        ),
         tail_interval=args.tail_interval.total_seconds()
         if args.tail_interval
         else (REMOTE_TAIL_INTERVAL if store.remote else LOCAL_TAIL_INTERVAL),
@@ -133,11 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     try:
         asyncio.run(serve(config))
+    except (ListenError, StartupError) as error:
+        print(f"jobcontrol-server: {error}", file=sys.stderr)
+        return 1
     except JobControlError as error:
         print(f"jobcontrol-server: {error.message}", file=sys.stderr)
-        return 1
-    except RuntimeError as error:  # grpc: the port could not be bound
-        hint = " (or the TLS certificate and key are invalid or do not match)" if config.tls else ""
-        print(f"jobcontrol-server: {error}{hint}", file=sys.stderr)
         return 1
     return 0

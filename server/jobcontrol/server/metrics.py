@@ -61,6 +61,23 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=self.registry,
         )
+        self.refused = Counter(
+            "jobcontrol_rpcs_refused",
+            "Calls refused with RESOURCE_EXHAUSTED because a load limit was reached, by "
+            "method and limit (concurrent_rpcs, streams, request_bytes)",
+            ["method", "limit"],
+            registry=self.registry,
+        )
+        self.unary_in_flight = Gauge(
+            "jobcontrol_unary_rpcs_in_flight",
+            "Unary calls being handled now",
+            registry=self.registry,
+        )
+        self.request_bytes_in_flight = Gauge(
+            "jobcontrol_request_bytes_in_flight",
+            "Bytes of unary requests being handled now (see --max-request-bytes-in-flight)",
+            registry=self.registry,
+        )
         self.coalesced = Counter(
             "jobcontrol_events_coalesced",
             "Progress events replaced by a newer one because a watcher was behind",

@@ -7,6 +7,9 @@ message saying which message type was expected.
 
 Streaming handlers may yield bytes already serialized (an event encoded once for every
 watcher); their serializer sends those as they are.
+
+Each call is admitted here first (`admission`): past a load limit it ends with
+RESOURCE_EXHAUSTED before its request is parsed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import grpc
 from google.protobuf import message as protobuf_message
 from google.protobuf import message_factory
 
+from jobcontrol.server.admission import Admission, Refused
 from jobcontrol.server.metrics import Metrics
 from jobcontrol.v1 import job_control_pb2
 
@@ -26,7 +30,9 @@ SERVICE = job_control_pb2.DESCRIPTOR.services_by_name["JobControl"]
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def register(server: grpc.aio.Server, servicer: Any, metrics: Metrics) -> None:
+def register(
+    server: grpc.aio.Server, servicer: Any, metrics: Metrics, admission: Admission
+) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in SERVICE.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
@@ -34,12 +40,12 @@ def register(server: grpc.aio.Server, servicer: Any, metrics: Metrics) -> None:
         behaviour = getattr(servicer, method.name)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _streaming(behaviour, request_type, metrics, method.name),
+                _streaming(behaviour, request_type, metrics, admission, method.name),
                 response_serializer=_serialize_unless_bytes,
             )
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _unary(behaviour, request_type, metrics, method.name),
+                _unary(behaviour, request_type, metrics, admission, method.name),
                 response_serializer=response_type.SerializeToString,
             )
     server.add_generic_rpc_handlers(
@@ -74,11 +80,20 @@ def _unary(
     behaviour: Callable[[Any, Context], Awaitable[Any]],
     request_type: type[protobuf_message.Message],
     metrics: Metrics,
+    admission: Admission,
     name: str,
 ) -> Callable[[bytes, Context], Awaitable[Any]]:
     async def handle(raw: bytes, context: Context) -> Any:
-        request = await _parse(raw, request_type, context, metrics, name)
-        return await behaviour(request, context)
+        size = len(raw)
+        try:
+            admission.enter_unary(name, size)
+        except Refused as refused:
+            await context.abort(refused.code, str(refused))
+        try:
+            request = await _parse(raw, request_type, context, metrics, name)
+            return await behaviour(request, context)
+        finally:
+            admission.leave_unary(size)
 
     return handle
 
@@ -87,11 +102,19 @@ def _streaming(
     behaviour: Callable[[Any, Context], AsyncIterator[Any]],
     request_type: type[protobuf_message.Message],
     metrics: Metrics,
+    admission: Admission,
     name: str,
 ) -> Callable[[bytes, Context], AsyncIterator[Any]]:
     async def handle(raw: bytes, context: Context) -> AsyncIterator[Any]:
-        request = await _parse(raw, request_type, context, metrics, name)
-        async for response in behaviour(request, context):
-            yield response
+        try:
+            admission.enter_stream(name)
+        except Refused as refused:
+            await context.abort(refused.code, str(refused))
+        try:
+            request = await _parse(raw, request_type, context, metrics, name)
+            async for response in behaviour(request, context):
+                yield response
+        finally:
+            admission.leave_stream()
 
     return handle

@@ -18,7 +18,8 @@ import sys
 from datetime import timedelta
 
 from jobcontrol.errors import InvalidArgument, JobControlError
-from jobcontrol.store import StoreConfig, open_store
+from jobcontrol.startup import StartupError, open_writable_store
+from jobcontrol.store import StoreConfig
 from jobcontrol.worker.handlers import default_registry
 from jobcontrol.worker.runtime import (
     LOCAL_CANCEL_POLL_INTERVAL,
@@ -130,7 +131,9 @@ async def run(args: argparse.Namespace) -> None:
         ),
         drain_grace=args.drain_grace,
     )
-    store = await open_store(store_config)
+    # A store the worker cannot write to stops it here, with one line, rather than in
+    # its claim loop, which would keep retrying.
+    store = await open_writable_store(store_config)
     try:
         worker = Worker(store, default_registry, config)
         stop, stop_now = asyncio.Event(), asyncio.Event()
@@ -163,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(run(args))
+    except StartupError as error:
+        print(f"jobcontrol-worker: {error}", file=sys.stderr)
+        return 1
     except JobControlError as error:
         print(f"jobcontrol-worker: {error.message}", file=sys.stderr)
         return 1
