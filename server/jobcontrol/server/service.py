@@ -14,17 +14,19 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import struct_pb2
 
 from jobcontrol import convert
 from jobcontrol.errors import InvalidArgument, JobNotFound
 from jobcontrol.ids import parse_id
-from jobcontrol.jobs import EventKind, JobEvent
+from jobcontrol.jobs import EventKind, Job, JobEvent
 from jobcontrol.server.hub import OVERFLOW, Delivery, EventHub, Subscription, WatchEnded
 from jobcontrol.server.metrics import Metrics
 from jobcontrol.server.status import StreamEnded, streaming, unary
 from jobcontrol.store import JobFilter, JobStore
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
+from jobcontrol.v1 import job_pb2 as pb
 from jobcontrol.validation import validate_labels, validate_type
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -59,7 +61,7 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
         if submitted.created:
             self.hub.wake()
         return api.SubmitJobResponse(
-            job=convert.job_to_proto(submitted.job), created=submitted.created
+            job=_answer(submitted.job, request.payload), created=submitted.created
         )
 
     @unary
@@ -71,7 +73,9 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
         results = await self.store.create_jobs(specs)
         self.hub.wake()
         return api.SubmitJobsResponse(
-            jobs=await _in_slices(results, lambda _, r: convert.job_to_proto(r.job)),
+            jobs=await _in_slices(
+                results, lambda i, r: _answer(r.job, request.requests[i].payload)
+            ),
             created=[r.created for r in results],
         )
 
@@ -202,6 +206,16 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
             if len(page) < REPLAY_PAGE:
                 return
             after = page[-1].sequence
+
+
+def _answer(job: Job, payload: struct_pb2.Struct) -> pb.Job:
+    """The submitted job as a message, its payload copied from the request's Struct (in
+    C) rather than rebuilt from the dict: for a payload of 50,000 fields that saves
+    some 5 MiB of Python objects per job. It is the same payload: a new job stores the
+    request's, and a repeated idempotency key matches only an identical request."""
+    message = convert.job_to_proto(dataclasses.replace(job, payload={}))
+    message.payload.CopyFrom(payload)
+    return message
 
 
 def _encoded(delivery: Delivery) -> bytes:

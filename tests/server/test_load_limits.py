@@ -1,0 +1,181 @@
+"""Bounded load, on a real server process: calls and streams past their limits get
+RESOURCE_EXHAUSTED naming the flag, health checks are never refused, refusals are
+counted, and many clients sending the largest valid SubmitJobs at once get OK or
+RESOURCE_EXHAUSTED, never anything else, while the server stays up."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2
+
+from jobcontrol.server.app import MAX_MESSAGE_BYTES
+from jobcontrol.v1 import job_control_pb2 as api
+from jobcontrol.v1 import job_control_pb2_grpc
+from tests.conftest import health_status, read_metrics, start_server
+from tests.polling import wait_for
+
+MIB = 1024 * 1024
+CLIENTS = 50
+PAYLOAD_KEYS = 50_000  # ~0.7 MiB as JSON, ~1 MiB as a Struct: within every limit
+# What the server may hold at once (see docs/ops.md, "Limits"): its start-up size, the
+# requests gRPC has received and not yet handed over (up to two copies of each, the
+# C-core's and the bytes object) and one admitted largest batch being converted (some
+# 30 times its size for payloads of many small fields).
+RECEIVED_COPIES = 2
+WORKING_FACTOR = 32
+
+
+def peak_rss(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    assert found, status
+    return int(found.group(1)) * 1024
+
+
+def largest_submit_jobs() -> bytes:
+    payload = struct_pb2.Struct()
+    payload.update({f"k{i}": i for i in range(PAYLOAD_KEYS)})
+    one = api.SubmitJobRequest(type="load.big", payload=payload)
+    count = (MAX_MESSAGE_BYTES - 1024) // (one.ByteSize() + 8)
+    body = api.SubmitJobsRequest(requests=[one] * count).SerializeToString()
+    assert MAX_MESSAGE_BYTES - 2 * MIB < len(body) <= MAX_MESSAGE_BYTES
+    return body
+
+
+def test_fifty_clients_sending_the_largest_submit_jobs_at_once(tmp_path: Path):
+    server = start_server(tmp_path)
+    try:
+        pid = server.process.pid
+        start = peak_rss(pid)
+        body = largest_submit_jobs()
+        options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        codes: Counter[str] = Counter()
+        details: dict[str, str] = {}
+        lock = threading.Lock()
+        go = threading.Barrier(CLIENTS)
+
+        def client() -> None:
+            with grpc.insecure_channel(server.address, options=options) as channel:
+                call = channel.unary_unary("/jobcontrol.v1.JobControl/SubmitJobs")
+                go.wait()
+                try:
+                    call(body, timeout=120)
+                    code, detail = "OK", ""
+                except grpc.RpcError as error:
+                    code, detail = error.code().name, error.details() or ""
+            with lock:
+                codes[code] += 1
+                details.setdefault(code, detail)
+
+        threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+        peak = peak_rss(pid)
+        print(
+            f"\n{CLIENTS} clients: {dict(codes)}; "
+            f"server peak RSS {start / MIB:.0f} → {peak / MIB:.0f} MiB"
+        )
+        assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, details
+        assert codes["OK"] >= 1
+        if codes["RESOURCE_EXHAUSTED"]:
+            assert "--max-request-bytes-in-flight" in details["RESOURCE_EXHAUSTED"]
+        bound = start + CLIENTS * RECEIVED_COPIES * len(body) + WORKING_FACTOR * len(body)
+        assert peak < bound, f"peak RSS {peak / MIB:.0f} MiB, bound {bound / MIB:.0f} MiB"
+        with server.channel() as channel:
+            stub = job_control_pb2_grpc.JobControlStub(channel)
+            job = stub.SubmitJob(api.SubmitJobRequest(type="load.after"), timeout=30).job
+            assert stub.GetJob(api.GetJobRequest(job_id=job.id), timeout=30).job.id == job.id
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+
+
+def test_streams_past_the_limit_are_refused_and_health_checks_never_are(tmp_path: Path):
+    server = start_server(tmp_path, args=["--max-streams", "2"], metrics=True)
+    try:
+        with server.channel() as channel:
+            stub = job_control_pb2_grpc.JobControlStub(channel)
+            open_streams = [stub.WatchJobs(api.WatchJobsRequest()) for _ in range(2)]
+            assert server.metrics_address
+            metrics_address = server.metrics_address
+
+            def both_open() -> bool:
+                samples = read_metrics(metrics_address)
+                return samples.get(("jobcontrol_open_streams", (("method", "WatchJobs"),))) == 2
+
+            wait_for(both_open, what="two open streams")
+            third = stub.WatchJobs(api.WatchJobsRequest())
+            with pytest.raises(grpc.RpcError) as refused_stream:
+                next(third)
+            assert refused_stream.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limit of 2 open streams (--max-streams)" in (
+                refused_stream.value.details() or ""
+            )
+            assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+            # Unary calls are counted apart: streams at their limit do not stop them.
+            job = stub.SubmitJob(api.SubmitJobRequest(type="load.unary"), timeout=10).job
+            assert job.id
+            samples = read_metrics(metrics_address)
+            refused = (("limit", "streams"), ("method", "WatchJobs"))
+            assert samples[("jobcontrol_rpcs_refused_total", refused)] == 1
+            for stream in open_streams:
+                stream.cancel()
+    finally:
+        server.stop()
+
+
+def test_unary_calls_past_the_limit_are_refused_while_streams_are_not(tmp_path: Path):
+    """One SubmitJob waits for SQLite's write lock, held here; with a limit of one call
+    in flight the next is refused at once, and a stream still opens."""
+    server = start_server(tmp_path, args=["--max-concurrent-rpcs", "1"], metrics=True)
+    holder = sqlite3.connect(server.store_path, isolation_level=None, timeout=30)
+    try:
+        with server.channel() as channel:
+            stub = job_control_pb2_grpc.JobControlStub(channel)
+            holder.execute("BEGIN IMMEDIATE")
+            waiting = stub.SubmitJob.future(api.SubmitJobRequest(type="load.waits"), timeout=60)
+            assert server.metrics_address
+            metrics_address = server.metrics_address
+            wait_for(
+                lambda: (
+                    read_metrics(metrics_address).get(("jobcontrol_unary_rpcs_in_flight", ())) == 1
+                ),
+                what="the first call to be in flight",
+            )
+            with pytest.raises(grpc.RpcError) as refused_call:
+                stub.GetJob(api.GetJobRequest(job_id=str(tmp_path)), timeout=10)
+            assert refused_call.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limit of 1 calls in flight (--max-concurrent-rpcs)" in (
+                refused_call.value.details() or ""
+            )
+            stream = stub.WatchJobs(api.WatchJobsRequest())
+            assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+            holder.execute("ROLLBACK")
+            assert waiting.result().created
+            samples = read_metrics(metrics_address)
+            refused = (("limit", "concurrent_rpcs"), ("method", "GetJob"))
+            assert samples[("jobcontrol_rpcs_refused_total", refused)] == 1
+            assert (
+                samples[
+                    (
+                        "jobcontrol_rpcs_total",
+                        (("code", "RESOURCE_EXHAUSTED"), ("method", "GetJob")),
+                    )
+                ]
+                == 1
+            )
+            stream.cancel()
+    finally:
+        holder.close()
+        server.stop()
