@@ -179,3 +179,39 @@ def test_unary_calls_past_the_limit_are_refused_while_streams_are_not(tmp_path: 
     finally:
         holder.close()
         server.stop()
+
+
+def test_list_jobs_pages_through_jobs_of_1_mib_payloads_exactly_once(tmp_path: Path):
+    """20 jobs of ~1 MiB payloads: a page of 50 would be 20 MiB, past the 16 MiB
+    message limit (RESOURCE_EXHAUSTED before pages were capped by bytes)."""
+    server = start_server(tmp_path)
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    try:
+        with grpc.insecure_channel(server.address, options=options) as channel:
+            stub = job_control_pb2_grpc.JobControlStub(channel)
+            submitted: list[str] = []
+            for batch in range(2):
+                requests = []
+                for i in range(10):
+                    request = api.SubmitJobRequest(type="load.list")
+                    request.payload.update({"n": batch * 10 + i, "blob": "z" * (1000 * 1024)})
+                    requests.append(request)
+                answer = stub.SubmitJobs(api.SubmitJobsRequest(requests=requests), timeout=60)
+                submitted += [job.id for job in answer.jobs]
+            listed: list[str] = []
+            token = ""
+            pages = 0
+            while True:
+                page = stub.ListJobs(api.ListJobsRequest(page_token=token), timeout=60)
+                pages += 1
+                assert page.jobs
+                assert page.ByteSize() < MAX_MESSAGE_BYTES // 2
+                listed += [job.id for job in page.jobs]
+                token = page.next_page_token
+                if not token:
+                    break
+        assert sorted(listed) == sorted(submitted)
+        assert len(set(listed)) == len(listed)
+        assert pages > 1
+    finally:
+        server.stop()

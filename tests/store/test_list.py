@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from jobcontrol.errors import InvalidArgument
 from jobcontrol.jobs import JobSpec, JobState
-from jobcontrol.store import JobFilter
+from jobcontrol.store import JobFilter, paging
 from jobcontrol.store.core import SqlJobStore
+from jobcontrol.store.paging import PAGE_BYTES
 from jobcontrol.store.protocol import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 
@@ -121,3 +124,48 @@ async def test_last_page_has_an_empty_token(store: SqlJobStore):
     page = await store.list_jobs(job_filter=JobFilter(), page_size=4)
     assert len(page.jobs) == 4
     assert page.next_page_token == ""
+
+
+async def test_pages_of_large_jobs_stop_by_bytes_and_continue_after_the_last_job(
+    store: SqlJobStore,
+):
+    """Jobs of ~0.9 MiB payloads: 50 of them would be a 45 MiB page, past the 16 MiB
+    message limit. Pages stop at PAGE_BYTES (by the generous estimate), hold at least
+    one job, and together list every job once, newest first."""
+    blob = "x" * (900 * 1024)
+    ids = []
+    for i in range(9):
+        ids += await _submit(store, 1, payload={"i": i, "blob": blob})
+    ids += await _submit(store, 3)  # small ones: the page after a big one fills up again
+    listed: list[str] = []
+    pages = []
+    token = ""
+    while True:
+        page = await store.list_jobs(job_filter=JobFilter(), page_size=50, page_token=token)
+        assert page.jobs
+        pages.append(page)
+        listed.extend(j.id for j in page.jobs)
+        if not page.next_page_token:
+            break
+        token = page.next_page_token
+    assert listed == sorted(ids, reverse=True)
+    assert len(pages) > 2
+    for page in pages:
+        payload_bytes = sum(len(json.dumps(j.payload)) for j in page.jobs)
+        assert len(page.jobs) == 1 or payload_bytes * 3 <= PAGE_BYTES
+        assert payload_bytes < 8 * 1024 * 1024
+
+
+async def test_one_job_bigger_than_the_byte_budget_still_gets_a_page(store: SqlJobStore):
+    big = await _submit(store, 2, payload={"blob": "y" * (1000 * 1024)})
+    first = await store.list_jobs(job_filter=JobFilter(), page_size=10)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(paging, "PAGE_BYTES", 1)  # every job alone is over it
+        one = await store.list_jobs(job_filter=JobFilter(), page_size=10)
+        assert [j.id for j in one.jobs] == [big[1]]
+        rest = await store.list_jobs(
+            job_filter=JobFilter(), page_size=10, page_token=one.next_page_token
+        )
+    assert [j.id for j in rest.jobs] == [big[0]]
+    assert not rest.next_page_token
+    assert [j.id for j in first.jobs] == [big[1], big[0]]

@@ -29,7 +29,13 @@ from jobcontrol.jobs import Job, JobError, JobEvent, JobSpec, JobState, Progress
 from jobcontrol.retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from jobcontrol.store import sql
 from jobcontrol.store.database import Conflict, Database, Row, Tx
-from jobcontrol.store.paging import PageCursor, decode_token, effective_page_size, encode_token
+from jobcontrol.store.paging import (
+    PageCursor,
+    decode_token,
+    effective_page_size,
+    encode_token,
+    rows_on_page,
+)
 from jobcontrol.store.protocol import (
     MAX_BATCH_SIZE,
     Completion,
@@ -233,13 +239,15 @@ class SqlJobStore:
 
         def list_page(tx: Tx) -> JobPage:
             rows = tx.execute(sql.LIST_JOBS, params)
-            page = [job_from_row(row) for row in rows[:limit]]
+            # Capped by count and by bytes; the token continues after the last job sent.
+            taken = rows_on_page(rows, limit)
+            page = [job_from_row(row) for row in rows[:taken]]
             positions = _queue_positions(
                 tx, [j.id for j in page if j.state is JobState.PENDING], to_us(self._clock())
             )
             page = [_with_position(j, positions) for j in page]
             token = ""
-            if len(rows) > limit:
+            if len(rows) > taken:
                 token = encode_token(PageCursor(page[-1].id, job_filter.fingerprint()))
             return JobPage(jobs=page, next_page_token=token)
 
