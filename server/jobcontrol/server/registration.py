@@ -21,7 +21,7 @@ import grpc
 from google.protobuf import message as protobuf_message
 from google.protobuf import message_factory
 
-from jobcontrol.server.admission import Admission, Refused
+from jobcontrol.server.admission import Admission, LoadLimits, Refused
 from jobcontrol.server.metrics import Metrics
 from jobcontrol.v1 import job_control_pb2
 
@@ -31,8 +31,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def register(
-    server: grpc.aio.Server, servicer: Any, metrics: Metrics, admission: Admission
+    server: grpc.aio.Server, servicer: Any, metrics: Metrics, admission: Admission | None = None
 ) -> None:
+    """Add the service; `admission` defaults to the default load limits."""
+    admission = admission or Admission(LoadLimits(), metrics)
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in SERVICE.methods:
         request_type = message_factory.GetMessageClass(method.input_type)
