@@ -78,6 +78,7 @@ RSS_GROWTH = 0.20  # the most RSS may grow from the reference point to the end
 UNSTORED = frozenset({EventKind.SNAPSHOT, EventKind.QUEUE_POSITION})
 ATTEMPT_ENDS = frozenset({*TERMINAL_KINDS, EventKind.RETRY_SCHEDULED, EventKind.RELEASED})
 EXAMPLES = 10  # violations kept per check, for the report
+START_TRIES = 60  # a replacement worker may refuse to start while the store is stopped
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +166,7 @@ class Tally:
     kills: list[tuple[str, int, float]] = field(default_factory=list)  # label, pid, time
     outages: list[tuple[float, float]] = field(default_factory=list)  # start, seconds
     exits: list[str] = field(default_factory=list)  # processes that ended on their own
+    start_refusals: list[str] = field(default_factory=list)  # workers that would not start
 
 
 class Soak:
@@ -181,8 +183,9 @@ class Soak:
         self.addresses: list[str] = []
         self.workers: list[Proc] = []  # every worker ever started; slots in `slots`
         self.slots: list[Proc] = []
+        self.incarnations: Counter[int] = Counter()
         self.recent: deque[str] = deque(maxlen=400)
-        self.recent_long: deque[str] = deque(maxlen=100)
+        self.recent_long: deque[str] = deque(maxlen=15)  # ~10 s: most still live
         self.began = time.monotonic()
         self.fleet = procs.Fleet()
 
@@ -201,21 +204,34 @@ class Soak:
         return proc
 
     def start_worker(self, slot: int) -> Proc:
-        incarnation = sum(p.label.startswith(f"worker-{slot}") for p in self.workers)
-        label = f"worker-{slot}" + (f".{incarnation}" if incarnation else "")
-        worker = procs.Worker.start(
-            self.directory / f"{label}.log",
-            self.db.config,
-            concurrency=self.settings.concurrency,
-            handlers=["bench.soak_handlers"],
-            env={LOG_ENV: str(self.handler_log)},
-            args=["--lease-timeout", str(self.settings.lease)],
-        )
-        self.fleet.add(worker)
-        worker.wait_ready()
-        proc = Proc(label, worker, self.now())
-        self.workers.append(proc)
-        return proc
+        """A worker for `slot`, started again (as a supervisor would, a second apart)
+        while it refuses to start: with the store stopped it cannot open it and exits.
+        Each try logs to its own file; refusals are counted."""
+        for _ in range(START_TRIES):
+            label = f"worker-{slot}" + (
+                f".{self.incarnations[slot]}" if self.incarnations[slot] else ""
+            )
+            self.incarnations[slot] += 1
+            worker = procs.Worker.start(
+                self.directory / f"{label}.log",
+                self.db.config,
+                concurrency=self.settings.concurrency,
+                handlers=["bench.soak_handlers"],
+                env={LOG_ENV: str(self.handler_log)},
+                args=["--lease-timeout", str(self.settings.lease)],
+            )
+            self.fleet.add(worker)
+            try:
+                worker.wait_ready()
+            except RuntimeError:  # it exited, or never got ready (wait_ready killed it)
+                last = (worker.log().strip().splitlines() or ["(no output)"])[-1]
+                self.tally.start_refusals.append(f"{label}: {last}")
+                time.sleep(1.0)  # a supervisor's restart delay
+                continue
+            proc = Proc(label, worker, self.now())
+            self.workers.append(proc)
+            return proc
+        raise RuntimeError(f"worker {slot} refused to start {START_TRIES} times")
 
     def start(self) -> None:
         for index in range(self.settings.servers):
@@ -719,6 +735,7 @@ def figures_of(
         "subscriber_connects": soak.tally.subscriber_connects,
         "subscriber_events": len(soak.tally.subscriber_events),
         "subscriber_errors": dict(soak.tally.subscriber_errors),
+        "worker_start_refusals": len(soak.tally.start_refusals),
         **{k.replace(" ", "_"): v for k, v in handler_figures.items()},
     }
 
@@ -815,6 +832,7 @@ def run(settings: Settings, directory: Path) -> tuple[dict[str, Any], Violations
         "rss": rss,
         "violations": dict(found.counts),
         "violation_examples": dict(found.examples),
+        "worker_start_refusals": soak.tally.start_refusals[:EXAMPLES],
         "logs": str(directory),
     }
     return document, found, render(settings, figures, rss, found)
