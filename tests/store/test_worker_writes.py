@@ -74,6 +74,16 @@ async def test_progress_is_recorded_with_an_event(store: SqlJobStore):
     assert event.job.progress.percent == 42.5
 
 
+async def test_a_fractional_percent_is_the_same_in_the_row_and_its_event(store: SqlJobStore):
+    """SQLite's JSON keeps 15 significant digits of a REAL: 100/3 once came back from the
+    event as 33.3333333333333 while the row held 33.333333333333336."""
+    job = await running(store)
+    updated = await store.report_progress(**lease(job), progress=Progress(100 / 3))
+    event = (await store.list_events(after_sequence=0, job_id=job.id))[-1]
+    assert event.job.progress == updated.progress == (await store.get_job(job.id)).progress
+    assert updated.progress.percent == pytest.approx(100 / 3, abs=1e-4)
+
+
 @pytest.mark.parametrize(
     ("progress", "field"),
     [

@@ -83,6 +83,8 @@ SMALL_BATCH = 64
 # Batches travel as one JSON text argument per statement; sqld refuses an argument of a
 # few MiB, so bigger batches are split into statements of at most this size.
 MAX_ARGUMENT_BYTES = 2 * 1024 * 1024
+# Progress percent is stored to this many decimal places.
+PROGRESS_DECIMALS = 4
 # A job row's JSON besides its payload, labels and idempotency key, at most.
 ROW_BYTES = 1024
 
@@ -363,7 +365,9 @@ class SqlJobStore:
         params = {
             "id": job_id,
             "lease_id": lease_id,
-            "percent": progress.percent,
+            # Events keep 15 significant digits of a REAL (SQLite's JSON): rounded here,
+            # the row and its event hold the same number.
+            "percent": round(progress.percent, PROGRESS_DECIMALS),
             "stage": progress.stage,
             "message": progress.message,
         }
