@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
 from tests.conftest import ServerProcess, start_server, wait_for
+from tests.store_checks import histories
 from tests.worker.conftest import StartWorker, SyncStore, WorkerProcess, processes_mentioning
 
 Stub = job_control_pb2_grpc.JobControlStub
@@ -135,12 +136,7 @@ def test_four_worker_processes_run_2000_jobs_each_exactly_once(
     rate = TOTAL_JOBS / elapsed
     print(f"\n{TOTAL_JOBS} jobs on {WORKERS}x8 worker slots: {elapsed:.2f}s, {rate:.0f} jobs/s")
 
-    by_job: dict[str, list[JobEvent]] = defaultdict(list)
-    after = 0
-    while batch_events := store.list_events(after_sequence=after, limit=1000):
-        for event in batch_events:
-            by_job[event.job.id].append(event)
-        after = batch_events[-1].sequence
+    by_job = histories(store)
     assert set(by_job) == set(job_ids)
     ran_on: Counter[str] = Counter()
     for job_id in job_ids:
