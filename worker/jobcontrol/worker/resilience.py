@@ -10,20 +10,22 @@ an hour costs two log lines per call site rather than thousands.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from jobcontrol.errors import JobControlError
+from jobcontrol.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class Backoff:
-    """Capped exponential backoff with "equal jitter": each delay is drawn from the upper
-    half of the nominal one, so retries from many workers spread out but never come
-    back sooner than half the nominal delay."""
+    """One call site's run of retries, delayed as jobs' own retries are
+    (`jobcontrol.retry.RetryPolicy`: capped exponential with equal jitter), so retries
+    from many workers spread out but never come back sooner than half the nominal
+    delay. Seconds here, for the call sites."""
 
     base: float = 0.1
     cap: float = 5.0
@@ -31,8 +33,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         self.failures += 1
-        nominal = min(self.cap, self.base * 2.0 ** min(self.failures - 1, 30))
-        return nominal / 2 + random.uniform(0, nominal / 2)
+        policy = RetryPolicy(base=timedelta(seconds=self.base), cap=timedelta(seconds=self.cap))
+        return policy.delay(self.failures).total_seconds()
 
     def reset(self) -> None:
         self.failures = 0
