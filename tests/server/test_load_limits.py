@@ -16,6 +16,7 @@ import pytest
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2
 
+from jobcontrol.server.admission import MAX_CONCURRENT_READS
 from jobcontrol.server.app import MAX_MESSAGE_BYTES
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
@@ -25,19 +26,30 @@ from tests.polling import wait_for
 MIB = 1024 * 1024
 CLIENTS = 50
 PAYLOAD_KEYS = 50_000  # ~0.7 MiB as JSON, ~1 MiB as a Struct: within every limit
-# What the server may hold at once (see docs/ops.md, "Limits"): its start-up size, the
-# requests gRPC has received and not yet handed over (up to two copies of each, the
-# C-core's and the bytes object) and one admitted largest batch being converted (some
-# 30 times its size for payloads of many small fields).
+# What the server may hold at once (see docs/ops.md, "Limits"): its start-up size; per
+# client, what HTTP/2 lets it send before its call is read (a 64 KiB window) and the
+# C-core's buffers for its connection; the few requests being read at once (two copies
+# each, the C-core's and the bytes object); and one admitted largest batch being
+# converted (some 30 times its size for payloads of many small fields). Nothing in it
+# grows with each client's whole request.
+PER_CLIENT = 1 * MIB
 RECEIVED_COPIES = 2
-WORKING_FACTOR = 32
+WORKING_FACTOR = 36
 
 
 def peak_rss(pid: int) -> int:
+    return _status_kib(pid, "VmHWM") * 1024
+
+
+def rss(pid: int) -> int:
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+def _status_kib(pid: int, field: str) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    found = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
     assert found, status
-    return int(found.group(1)) * 1024
+    return int(found.group(1))
 
 
 def largest_submit_jobs() -> bytes:
@@ -90,13 +102,70 @@ def test_fifty_clients_sending_the_largest_submit_jobs_at_once(tmp_path: Path):
         assert codes["OK"] >= 1
         if codes["RESOURCE_EXHAUSTED"]:
             assert "--max-request-bytes-in-flight" in details["RESOURCE_EXHAUSTED"]
-        bound = start + CLIENTS * RECEIVED_COPIES * len(body) + WORKING_FACTOR * len(body)
+        bound = (
+            start
+            + CLIENTS * PER_CLIENT
+            + MAX_CONCURRENT_READS * RECEIVED_COPIES * len(body)
+            + WORKING_FACTOR * len(body)
+        )
         assert peak < bound, f"peak RSS {peak / MIB:.0f} MiB, bound {bound / MIB:.0f} MiB"
         with server.channel() as channel:
             stub = job_control_pb2_grpc.JobControlStub(channel)
             job = stub.SubmitJob(api.SubmitJobRequest(type="load.after"), timeout=30).job
             assert stub.GetJob(api.GetJobRequest(job_id=job.id), timeout=30).job.id == job.id
         assert server.process.poll() is None
+    finally:
+        server.stop()
+
+
+def test_rejected_large_requests_do_not_pile_up_in_memory(tmp_path: Path):
+    """Each request is refused after it is read; its memory must go with the call, not
+    wait for a full garbage collection (which large buffers alone never trigger)."""
+    server = start_server(tmp_path)
+    try:
+        payload = struct_pb2.Struct()
+        payload.update({"b": "x" * (4 * MIB)})
+        bad = api.SubmitJobsRequest(
+            requests=[
+                api.SubmitJobRequest(type="load.bad", priority=10**6),
+                api.SubmitJobRequest(type="load.big", payload=payload),
+            ]
+        ).SerializeToString()
+        with server.channel() as channel:
+            call = channel.unary_unary("/jobcontrol.v1.JobControl/SubmitJobs")
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError) as rejected:
+                    call(bad, timeout=30)
+                assert rejected.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            settled = rss(server.process.pid)
+            for _ in range(30):
+                with pytest.raises(grpc.RpcError):
+                    call(bad, timeout=30)
+        grown = rss(server.process.pid) - settled
+        assert grown < 10 * len(bad), f"RSS grew {grown / MIB:.0f} MiB over 30 rejected calls"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("messages", [0, 2])
+def test_a_unary_method_called_with_other_than_one_message_is_invalid_argument(
+    tmp_path: Path, messages: int
+):
+    server = start_server(tmp_path)
+    try:
+        body = api.SubmitJobRequest(type="load.one").SerializeToString()
+        with server.channel() as channel:
+            call = channel.stream_unary("/jobcontrol.v1.JobControl/SubmitJob")
+            with pytest.raises(grpc.RpcError) as refused:
+                call(iter([body] * messages), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            expected = "none" if messages == 0 else "more than one"
+            assert refused.value.details() == (
+                f"SubmitJob takes exactly one request message, got {expected}"
+            )
+            stub = job_control_pb2_grpc.JobControlStub(channel)
+            listed = stub.ListJobs(api.ListJobsRequest(), timeout=30)
+            assert not listed.jobs
     finally:
         server.stop()
 

@@ -1,9 +1,9 @@
 """Admission control: how much work the server takes on at once.
 
-Three limits, checked before a request is even parsed, each refusing with
-RESOURCE_EXHAUSTED and a message that names the flag:
+Three limits, each refusing with RESOURCE_EXHAUSTED and a message that names the flag:
 
-- unary calls in flight (`--max-concurrent-rpcs`);
+- unary calls in flight (`--max-concurrent-rpcs`), checked before the request is
+  read: a refused call costs only what HTTP/2 flow control let its client send ahead;
 - open WatchJob/WatchJobs streams (`--max-streams`), counted apart because a stream
   costs little while it waits and the project serves 10,000 of them per process;
 - bytes of unary requests being worked on (`--max-request-bytes-in-flight`). The server
@@ -12,11 +12,18 @@ RESOURCE_EXHAUSTED and a message that names the flag:
   at once would take gigabytes. A request is always taken when nothing else is in
   flight, so any request within the message limit can get through.
 
+Reading a request is gated too: at most `MAX_CONCURRENT_READS` unary requests are read
+at once, the others wait their turn (up to `READ_WAIT_SECONDS`, then are refused), so
+the bytes received and not yet admitted stay bounded whatever the number of clients.
+
 Health checks and reflection are not JobControl methods and are never refused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -30,7 +37,12 @@ DEFAULT_MAX_STREAMS = 20_000
 # One largest request (16 MiB) and room for small calls beside it.
 DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT = 24 * MIB
 
+# Requests read at once; each is at most one message (16 MiB).
+MAX_CONCURRENT_READS = 4
+READ_WAIT_SECONDS = 10.0
+
 RPCS = "concurrent_rpcs"
+READS = "reads"
 STREAMS = "streams"
 REQUEST_BYTES = "request_bytes"
 
@@ -61,9 +73,10 @@ class Admission:
         self.unary = 0
         self.streams = 0
         self.request_bytes = 0
+        self._reads = asyncio.Semaphore(MAX_CONCURRENT_READS)
 
-    def enter_unary(self, method: str, size: int) -> None:
-        """Take a unary call of `size` request bytes, or raise Refused."""
+    def enter_unary(self, method: str) -> None:
+        """Take a unary call before reading its request, or raise Refused."""
         limits = self.limits
         if self.unary >= limits.max_concurrent_rpcs:
             self._refuse(
@@ -72,7 +85,33 @@ class Admission:
                 f"the server is at its limit of {limits.max_concurrent_rpcs} calls in flight "
                 "(--max-concurrent-rpcs); retry with backoff",
             )
-        budget = limits.max_request_bytes_in_flight
+        self.unary += 1
+        self._metrics.unary_in_flight.set(self.unary)
+
+    def leave_unary(self) -> None:
+        self.unary -= 1
+        self._metrics.unary_in_flight.set(self.unary)
+
+    @contextlib.asynccontextmanager
+    async def reading(self, method: str) -> AsyncIterator[None]:
+        """Hold one of the few read slots while a request is received."""
+        try:
+            await asyncio.wait_for(self._reads.acquire(), READ_WAIT_SECONDS)
+        except TimeoutError:
+            self._refuse(
+                method,
+                READS,
+                f"the server waited {READ_WAIT_SECONDS:g}s to read this request while others "
+                "were being received; retry with backoff",
+            )
+        try:
+            yield
+        finally:
+            self._reads.release()
+
+    def take_bytes(self, method: str, size: int) -> None:
+        """Count a request's `size` bytes while it is worked on, or raise Refused."""
+        budget = self.limits.max_request_bytes_in_flight
         if self.request_bytes and self.request_bytes + size > budget:
             self._refuse(
                 method,
@@ -81,15 +120,11 @@ class Admission:
                 f"{_mib(size)} one would pass its budget of {_mib(budget)} "
                 "(--max-request-bytes-in-flight); retry with backoff, or send smaller batches",
             )
-        self.unary += 1
         self.request_bytes += size
-        self._metrics.unary_in_flight.set(self.unary)
         self._metrics.request_bytes_in_flight.set(self.request_bytes)
 
-    def leave_unary(self, size: int) -> None:
-        self.unary -= 1
+    def release_bytes(self, size: int) -> None:
         self.request_bytes -= size
-        self._metrics.unary_in_flight.set(self.unary)
         self._metrics.request_bytes_in_flight.set(self.request_bytes)
 
     def enter_stream(self, method: str) -> None:

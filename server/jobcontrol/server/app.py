@@ -68,6 +68,11 @@ GRPC_OPTIONS = [
     ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # No bandwidth probes: a stream's receive window stays at HTTP/2's 64 KiB until its
+    # request is read (then it opens to the message's size), instead of growing to
+    # megabytes. So a call waiting for admission (admission.py) holds 64 KiB of its
+    # request, not all of it.
+    ("grpc.http2.bdp_probe", 0),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),

@@ -9,7 +9,10 @@ Streaming handlers may yield bytes already serialized (an event encoded once for
 watcher); their serializer sends those as they are.
 
 Each call is admitted here first (`admission`): past a load limit it ends with
-RESOURCE_EXHAUSTED before its request is parsed.
+RESOURCE_EXHAUSTED before its request is parsed. Unary methods are registered as
+client-streaming ones (the same on the wire: one request message), because grpcio reads
+a unary request whole before the handler runs; this way a call is admitted before its
+request is read, and only a few requests are read at once.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from google.protobuf import message_factory
 
 from jobcontrol.server.admission import Admission, LoadLimits, Refused
 from jobcontrol.server.metrics import Metrics
+from jobcontrol.server.status import end_call
 from jobcontrol.v1 import job_control_pb2
 
 SERVICE = job_control_pb2.DESCRIPTOR.services_by_name["JobControl"]
@@ -46,7 +50,7 @@ def register(
                 response_serializer=_serialize_unless_bytes,
             )
         else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            handlers[method.name] = grpc.stream_unary_rpc_method_handler(
                 _unary(behaviour, request_type, metrics, admission, method.name),
                 response_serializer=response_type.SerializeToString,
             )
@@ -61,21 +65,24 @@ def _serialize_unless_bytes(response: protobuf_message.Message | bytes) -> bytes
     return response.SerializeToString()
 
 
-async def _parse(
+def _parse(
     raw: bytes,
     request_type: type[protobuf_message.Message],
     context: Context,
     metrics: Metrics,
     name: str,
 ) -> Any:
+    """The request, or None with the call's status set to INVALID_ARGUMENT."""
     try:
         return request_type.FromString(raw)
     except protobuf_message.DecodeError as error:
         metrics.observe_rpc(name, grpc.StatusCode.INVALID_ARGUMENT, 0.0)
-        await context.abort(
+        end_call(
+            context,
             grpc.StatusCode.INVALID_ARGUMENT,
             f"the request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
         )
+        return None
 
 
 def _unary(
@@ -84,20 +91,61 @@ def _unary(
     metrics: Metrics,
     admission: Admission,
     name: str,
-) -> Callable[[bytes, Context], Awaitable[Any]]:
-    async def handle(raw: bytes, context: Context) -> Any:
-        size = len(raw)
+) -> Callable[[AsyncIterator[bytes], Context], Awaitable[Any]]:
+    async def handle(requests: AsyncIterator[bytes], context: Context) -> Any:
         try:
-            admission.enter_unary(name, size)
+            admission.enter_unary(name)
         except Refused as refused:
-            await context.abort(refused.code, str(refused))
+            end_call(context, refused.code, str(refused))
+            return None
         try:
-            request = await _parse(raw, request_type, context, metrics, name)
-            return await behaviour(request, context)
+            raw = await _read(requests, context, metrics, admission, name)
+            if raw is None:
+                return None
+            try:
+                request = _parse(raw, request_type, context, metrics, name)
+                return None if request is None else await behaviour(request, context)
+            finally:
+                admission.release_bytes(len(raw))
         finally:
-            admission.leave_unary(size)
+            admission.leave_unary()
 
     return handle
+
+
+async def _read(
+    requests: AsyncIterator[bytes],
+    context: Context,
+    metrics: Metrics,
+    admission: Admission,
+    name: str,
+) -> bytes | None:
+    """The call's one request message, counted in the bytes in flight; None with the
+    call's status set if it cannot be taken.
+
+    It reads on to the end of the request stream, which a unary client has already
+    closed: grpcio's reader otherwise keeps the last message in a suspended generator,
+    in a reference cycle that outlives the call until the next full garbage collection.
+    """
+    try:
+        async with admission.reading(name):
+            raw = await anext(requests, None)
+            extra = None if raw is None else await anext(requests, None)
+        if raw is not None and extra is None:
+            admission.take_bytes(name, len(raw))
+    except Refused as refused:
+        end_call(context, refused.code, str(refused))
+        return None
+    if raw is None or extra is not None:
+        metrics.observe_rpc(name, grpc.StatusCode.INVALID_ARGUMENT, 0.0)
+        end_call(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{name} takes exactly one request message, got "
+            f"{'none' if raw is None else 'more than one'}",
+        )
+        return None
+    return raw
 
 
 def _streaming(
@@ -111,11 +159,13 @@ def _streaming(
         try:
             admission.enter_stream(name)
         except Refused as refused:
-            await context.abort(refused.code, str(refused))
+            end_call(context, refused.code, str(refused))
+            return
         try:
-            request = await _parse(raw, request_type, context, metrics, name)
-            async for response in behaviour(request, context):
-                yield response
+            request = _parse(raw, request_type, context, metrics, name)
+            if request is not None:
+                async for response in behaviour(request, context):
+                    yield response
         finally:
             admission.leave_stream()
 
