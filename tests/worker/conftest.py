@@ -84,7 +84,9 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
     """`start_worker(store_path, *args)` starts `jobcontrol-worker --store-path X *args`."""
     started: list[WorkerProcess] = []
 
-    def start(store_path: Path, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+    def start(
+        store_path: Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> WorkerProcess:
         log_path = tmp_path / f"worker-{len(started)}-{time.monotonic_ns()}.log"
         command = [str(BIN / "jobcontrol-worker"), "--store-path", str(store_path), *args]
         with log_path.open("wb") as log:
@@ -93,6 +95,7 @@ def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
+                cwd=cwd,
             )
         worker = WorkerProcess(process, log_path)
         started.append(worker)

@@ -29,6 +29,28 @@ def test_a_worker_runs_handlers_from_a_user_module(
     assert store.get_job(sleep.id).state is JobState.SUCCEEDED
 
 
+def test_handlers_are_imported_from_the_working_directory_without_pythonpath(
+    tmp_path: Path, store: SyncStore, store_path: Path, start_worker: StartWorker
+):
+    project = tmp_path / "project"
+    (project / "myapp").mkdir(parents=True)
+    (project / "myapp" / "__init__.py").write_text("")
+    (project / "myapp" / "jobs.py").write_text(
+        "from jobcontrol.worker import handler\n\n\n"
+        '@handler("myapp.hello")\n'
+        "def hello(ctx):\n"
+        '    return {"hello": ctx.payload["name"]}\n'
+    )
+    no_path = {"PYTHONPATH": ""}
+    worker = start_worker(store_path, "--handlers", "myapp.jobs", env=no_path, cwd=project)
+    job = store.create_job(JobSpec(type="myapp.hello", payload={"name": "world"})).job
+
+    wait_for(lambda: store.get_job(job.id).state.is_terminal, timeout=20, what="the job to finish")
+    finished = store.get_job(job.id)
+    assert finished.state is JobState.SUCCEEDED, worker.log
+    assert finished.result == {"hello": "world"}
+
+
 def test_a_handler_module_that_cannot_be_imported_is_a_clear_error(tmp_path: Path):
     result = subprocess.run(
         [

@@ -111,8 +111,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load_handler_modules(names: str) -> None:
-    """Built-ins first, then the user's modules; each registers handlers on import."""
+    """Built-ins first, then the user's modules; each registers handlers on import.
+
+    The user's modules are found from the working directory as well, as Celery and RQ
+    do: `--handlers myapp.jobs` run from the project folder needs no PYTHONPATH.
+    """
     importlib.import_module("jobcontrol.worker.builtin")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     for name in filter(None, (n.strip() for n in names.split(","))):
         importlib.import_module(name)
 
