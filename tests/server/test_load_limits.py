@@ -5,10 +5,12 @@ RESOURCE_EXHAUSTED, never anything else, while the server stays up."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -16,11 +18,14 @@ import pytest
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2
 
+from jobcontrol.server import admission
 from jobcontrol.server.admission import MAX_CONCURRENT_READS
-from jobcontrol.server.app import MAX_MESSAGE_BYTES
+from jobcontrol.server.app import MAX_MESSAGE_BYTES, ServerConfig, serve
+from jobcontrol.server.listen import ListenAddress
+from jobcontrol.store import StoreConfig
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
-from tests.conftest import health_status, read_metrics, start_server
+from tests.conftest import free_port, health_status, read_metrics, start_server
 from tests.polling import wait_for
 
 MIB = 1024 * 1024
@@ -284,3 +289,44 @@ def test_list_jobs_pages_through_jobs_of_1_mib_payloads_exactly_once(tmp_path: P
         assert pages > 1
     finally:
         server.stop()
+
+
+async def test_a_request_stream_left_open_gives_up_its_read_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Clients that send a message and never close their side hold every read slot;
+    they are refused once READ_SECONDS pass, and the server reads other calls again."""
+    monkeypatch.setattr(admission, "READ_SECONDS", 0.5)
+    port = free_port()
+    stop = asyncio.Event()
+    config = ServerConfig(
+        listen=ListenAddress("127.0.0.1", port), store=StoreConfig(path=str(tmp_path / "jobs.db"))
+    )
+    serving = asyncio.create_task(serve(config, stop))
+    body = api.SubmitJobRequest(type="load.open").SerializeToString()
+    never = asyncio.Event()
+
+    async def one_message_then_silence() -> AsyncIterator[bytes]:
+        yield body
+        await never.wait()
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            method = "/jobcontrol.v1.JobControl/SubmitJob"
+            held = [
+                channel.stream_unary(method)(one_message_then_silence())
+                for _ in range(admission.MAX_CONCURRENT_READS)
+            ]
+            for call in held:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await asyncio.wait_for(call, 30)
+                assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "did not arrive whole within 0.5s" in (refused.value.details() or "")
+            stub = job_control_pb2_grpc.JobControlStub(channel)
+            job = (await stub.SubmitJob(api.SubmitJobRequest(type="load.after"), timeout=30)).job
+            assert job.type == "load.after"
+    finally:
+        never.set()
+        stop.set()
+        await asyncio.wait_for(serving, 30)

@@ -14,7 +14,9 @@ Three limits, each refusing with RESOURCE_EXHAUSTED and a message that names the
 
 Reading a request is gated too: at most `MAX_CONCURRENT_READS` unary requests are read
 at once, the others wait their turn (up to `READ_WAIT_SECONDS`, then are refused), so
-the bytes received and not yet admitted stay bounded whatever the number of clients.
+the bytes received and not yet admitted stay bounded whatever the number of clients. A
+request must then arrive whole, and its client close its side of the call, within
+`READ_SECONDS`, so that a client which never finishes cannot keep a read slot.
 
 Health checks and reflection are not JobControl methods and are never refused.
 """
@@ -40,6 +42,7 @@ DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT = 24 * MIB
 # Requests read at once; each is at most one message (16 MiB).
 MAX_CONCURRENT_READS = 4
 READ_WAIT_SECONDS = 10.0
+READ_SECONDS = 60.0
 
 RPCS = "concurrent_rpcs"
 READS = "reads"
@@ -105,7 +108,15 @@ class Admission:
                 "were being received; retry with backoff",
             )
         try:
-            yield
+            async with asyncio.timeout(READ_SECONDS):
+                yield
+        except TimeoutError:
+            self._refuse(
+                method,
+                READS,
+                f"the request did not arrive whole within {READ_SECONDS:g}s of the server "
+                "starting to read it; send one message and close the request side",
+            )
         finally:
             self._reads.release()
 
