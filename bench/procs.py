@@ -48,10 +48,19 @@ def free_port() -> int:
 
 def rss_bytes(pid: int) -> int:
     """Resident set size now (VmRSS of /proc/PID/status)."""
+    return _status_bytes(pid, "VmRSS")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The highest resident set size so far (VmHWM of /proc/PID/status)."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def _status_bytes(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 def cpu_seconds(pid: int) -> float:

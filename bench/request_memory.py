@@ -55,13 +55,6 @@ def _batch(one: api.SubmitJobRequest) -> bytes:
     return api.SubmitJobsRequest(requests=[one] * count).SerializeToString()
 
 
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
-
-
 def burst(clients: int, body: bytes) -> tuple[int, int, Counter[str]]:
     """Start-up and peak RSS of a fresh server, and how the calls ended."""
     codes: Counter[str] = Counter()
@@ -72,7 +65,7 @@ def burst(clients: int, body: bytes) -> tuple[int, int, Counter[str]]:
         store = StoreConfig(path=str(Path(directory) / "jobs.db"))
         server = procs.Server.start(Path(directory) / "server.log", store)
         try:
-            start = peak_rss(server.pid)
+            start = procs.peak_rss_bytes(server.pid)
 
             def client() -> None:
                 with grpc.insecure_channel(server.address, options=options) as channel:
@@ -93,7 +86,7 @@ def burst(clients: int, body: bytes) -> tuple[int, int, Counter[str]]:
                 thread.start()
             for thread in threads:
                 thread.join()
-            return start, peak_rss(server.pid), codes
+            return start, procs.peak_rss_bytes(server.pid), codes
         finally:
             server.stop()
 

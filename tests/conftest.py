@@ -59,6 +59,23 @@ ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size now (VmRSS)."""
+    return _status_kib(pid, "VmRSS") * 1024
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The highest resident set size so far (VmHWM)."""
+    return _status_kib(pid, "VmHWM") * 1024
+
+
+def _status_kib(pid: int, field: str) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
+    assert found, status
+    return int(found.group(1))
+
+
 def free_port() -> int:
     """A port that was free a moment ago (for endpoints that cannot report their own)."""
     with socket.socket() as sock:

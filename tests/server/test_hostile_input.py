@@ -46,7 +46,7 @@ from jobcontrol.store.sqlite import SqliteJobStore
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_pb2 as pb
 from jobcontrol.workers import WorkerInfo
-from tests.conftest import ServerProcess, read_metrics, start_server, wait_for
+from tests.conftest import ServerProcess, read_metrics, rss_bytes, start_server, wait_for
 
 SERVICE = "/jobcontrol.v1.JobControl/"
 UNARY_METHODS = (
@@ -615,13 +615,6 @@ reads = st.sampled_from([0, 0, 0, 1, 1, 2, 3])
 
 
 # ---- the server under fuzzing -------------------------------------------------------------
-
-
-def rss_bytes(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    assert found, status
-    return int(found.group(1)) * 1024
 
 
 @dataclass

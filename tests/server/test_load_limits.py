@@ -6,7 +6,6 @@ RESOURCE_EXHAUSTED, never anything else, while the server stays up."""
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 import threading
 from collections import Counter
@@ -25,7 +24,14 @@ from jobcontrol.server.listen import ListenAddress
 from jobcontrol.store import StoreConfig
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
-from tests.conftest import free_port, health_status, read_metrics, start_server
+from tests.conftest import (
+    free_port,
+    health_status,
+    peak_rss_bytes,
+    read_metrics,
+    rss_bytes,
+    start_server,
+)
 from tests.polling import wait_for
 
 MIB = 1024 * 1024
@@ -42,21 +48,6 @@ RECEIVED_COPIES = 2
 WORKING_FACTOR = 36
 
 
-def peak_rss(pid: int) -> int:
-    return _status_kib(pid, "VmHWM") * 1024
-
-
-def rss(pid: int) -> int:
-    return _status_kib(pid, "VmRSS") * 1024
-
-
-def _status_kib(pid: int, field: str) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
-    assert found, status
-    return int(found.group(1))
-
-
 def largest_submit_jobs() -> bytes:
     payload = struct_pb2.Struct()
     payload.update({f"k{i}": i for i in range(PAYLOAD_KEYS)})
@@ -71,7 +62,7 @@ def test_fifty_clients_sending_the_largest_submit_jobs_at_once(tmp_path: Path):
     server = start_server(tmp_path)
     try:
         pid = server.process.pid
-        start = peak_rss(pid)
+        start = peak_rss_bytes(pid)
         body = largest_submit_jobs()
         options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         codes: Counter[str] = Counter()
@@ -98,7 +89,7 @@ def test_fifty_clients_sending_the_largest_submit_jobs_at_once(tmp_path: Path):
         for thread in threads:
             thread.join()
 
-        peak = peak_rss(pid)
+        peak = peak_rss_bytes(pid)
         print(
             f"\n{CLIENTS} clients: {dict(codes)}; "
             f"server peak RSS {start / MIB:.0f} → {peak / MIB:.0f} MiB"
@@ -142,11 +133,11 @@ def test_rejected_large_requests_do_not_pile_up_in_memory(tmp_path: Path):
                 with pytest.raises(grpc.RpcError) as rejected:
                     call(bad, timeout=30)
                 assert rejected.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            settled = rss(server.process.pid)
+            settled = rss_bytes(server.process.pid)
             for _ in range(30):
                 with pytest.raises(grpc.RpcError):
                     call(bad, timeout=30)
-        grown = rss(server.process.pid) - settled
+        grown = rss_bytes(server.process.pid) - settled
         assert grown < 10 * len(bad), f"RSS grew {grown / MIB:.0f} MiB over 30 rejected calls"
     finally:
         server.stop()

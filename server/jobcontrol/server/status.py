@@ -99,11 +99,6 @@ def end_call(
         context.set_trailing_metadata(trailing_metadata)
 
 
-def end_with_error(context: grpc.aio.ServicerContext[Any, Any], error: JobControlError) -> None:
-    status = rich_status(error)
-    end_call(context, status.code, status.details, status.trailing_metadata)
-
-
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 StreamHandler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 H = TypeVar("H", bound=Handler)
@@ -126,7 +121,8 @@ def _fail(context: grpc.aio.ServicerContext[Any, Any], method: str, error: Excep
     if isinstance(error, JobControlError):
         if isinstance(error, StoreUnavailable):
             log.warning("%s: %s", method, error.message)
-        end_with_error(context, error)
+        status = rich_status(error)
+        end_call(context, status.code, status.details, status.trailing_metadata)
     elif isinstance(error, StreamEnded):
         end_call(context, error.code, str(error))
     else:
@@ -149,8 +145,6 @@ def unary(fn: H) -> H:
         error: BaseException | None = None
         try:
             return await fn(self, request, context)
-        except grpc.aio.AbortError:
-            raise
         except Exception as caught:
             error = caught
             _fail(context, method, caught)
@@ -178,8 +172,6 @@ def streaming(fn: S) -> S:
         try:
             async for message in fn(self, request, context):
                 yield message
-        except grpc.aio.AbortError:
-            raise
         except Exception as caught:
             error = caught
             _fail(context, method, caught)
