@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from jobcontrol.v1 import job_pb2 as jobcontrol_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fjobcontrol/v1/job_control.proto\x12\rjobcontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17jobcontrol/v1/job.proto\"\x8c\x03\n\x10SubmitJobRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12(\n\x07payload\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12/\n\trun_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12*\n\x05\x64\x65lay\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x06labels\x18\t \x03(\x0b\x32+.jobcontrol.v1.SubmitJobRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08schedule\"E\n\x11SubmitJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.jobcontrol.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"F\n\x11SubmitJobsRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.jobcontrol.v1.SubmitJobRequest\"G\n\x12SubmitJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.jobcontrol.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x03(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.jobcontrol.v1.Job\"\xa8\x01\n\tJobFilter\x12\'\n\x06states\x18\x01 \x03(\x0e\x32\x17.jobcontrol.v1.JobState\x12\r\n\x05types\x18\x02 \x03(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.jobcontrol.v1.JobFilter.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x0fListJobsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.jobcontrol.v1.JobFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.jobcontrol.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\":\n\x10WatchJobResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.jobcontrol.v1.JobEvent\"l\n\x10WatchJobsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.jobcontrol.v1.JobFilter\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\";\n\x11WatchJobsResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.jobcontrol.v1.JobEvent\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.jobcontrol.v1.Job\"!\n\x0fRetryJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x10RetryJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.jobcontrol.v1.Job\"*\n\x12ListWorkersRequest\x12\x14\n\x0cshow_stopped\x18\x01 \x01(\x08\"=\n\x13ListWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.jobcontrol.v1.Worker2\xd7\x05\n\nJobControl\x12N\n\tSubmitJob\x12\x1f.jobcontrol.v1.SubmitJobRequest\x1a .jobcontrol.v1.SubmitJobResponse\x12Q\n\nSubmitJobs\x12 .jobcontrol.v1.SubmitJobsRequest\x1a!.jobcontrol.v1.SubmitJobsResponse\x12\x45\n\x06GetJob\x12\x1c.jobcontrol.v1.GetJobRequest\x1a\x1d.jobcontrol.v1.GetJobResponse\x12K\n\x08ListJobs\x12\x1e.jobcontrol.v1.ListJobsRequest\x1a\x1f.jobcontrol.v1.ListJobsResponse\x12M\n\x08WatchJob\x12\x1e.jobcontrol.v1.WatchJobRequest\x1a\x1f.jobcontrol.v1.WatchJobResponse0\x01\x12P\n\tWatchJobs\x12\x1f.jobcontrol.v1.WatchJobsRequest\x1a .jobcontrol.v1.WatchJobsResponse0\x01\x12N\n\tCancelJob\x12\x1f.jobcontrol.v1.CancelJobRequest\x1a .jobcontrol.v1.CancelJobResponse\x12K\n\x08RetryJob\x12\x1e.jobcontrol.v1.RetryJobRequest\x1a\x1f.jobcontrol.v1.RetryJobResponse\x12T\n\x0bListWorkers\x12!.jobcontrol.v1.ListWorkersRequest\x1a\".jobcontrol.v1.ListWorkersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fjobcontrol/v1/job_control.proto\x12\rjobcontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17jobcontrol/v1/job.proto\"\x8c\x03\n\x10SubmitJobRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12(\n\x07payload\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12/\n\trun_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12*\n\x05\x64\x65lay\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationH\x00\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\x05\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12;\n\x06labels\x18\t \x03(\x0b\x32+.jobcontrol.v1.SubmitJobRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\n\n\x08schedule\"W\n\x11SubmitJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.jobcontrol.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x10\n\x08warnings\x18\x03 \x03(\t\"F\n\x11SubmitJobsRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.jobcontrol.v1.SubmitJobRequest\"Y\n\x12SubmitJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.jobcontrol.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x03(\x08\x12\x10\n\x08warnings\x18\x03 \x03(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"1\n\x0eGetJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.jobcontrol.v1.Job\"\xa8\x01\n\tJobFilter\x12\'\n\x06states\x18\x01 \x03(\x0e\x32\x17.jobcontrol.v1.JobState\x12\r\n\x05types\x18\x02 \x03(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.jobcontrol.v1.JobFilter.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x0fListJobsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.jobcontrol.v1.JobFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"M\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.jobcontrol.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Q\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\":\n\x10WatchJobResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.jobcontrol.v1.JobEvent\"l\n\x10WatchJobsRequest\x12(\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x18.jobcontrol.v1.JobFilter\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\";\n\x11WatchJobsResponse\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.jobcontrol.v1.JobEvent\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"4\n\x11\x43\x61ncelJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.jobcontrol.v1.Job\"!\n\x0fRetryJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x10RetryJobResponse\x12\x1f\n\x03job\x18\x01 \x01(\x0b\x32\x12.jobcontrol.v1.Job\"*\n\x12ListWorkersRequest\x12\x14\n\x0cshow_stopped\x18\x01 \x01(\x08\"=\n\x13ListWorkersResponse\x12&\n\x07workers\x18\x01 \x03(\x0b\x32\x15.jobcontrol.v1.Worker2\xd7\x05\n\nJobControl\x12N\n\tSubmitJob\x12\x1f.jobcontrol.v1.SubmitJobRequest\x1a .jobcontrol.v1.SubmitJobResponse\x12Q\n\nSubmitJobs\x12 .jobcontrol.v1.SubmitJobsRequest\x1a!.jobcontrol.v1.SubmitJobsResponse\x12\x45\n\x06GetJob\x12\x1c.jobcontrol.v1.GetJobRequest\x1a\x1d.jobcontrol.v1.GetJobResponse\x12K\n\x08ListJobs\x12\x1e.jobcontrol.v1.ListJobsRequest\x1a\x1f.jobcontrol.v1.ListJobsResponse\x12M\n\x08WatchJob\x12\x1e.jobcontrol.v1.WatchJobRequest\x1a\x1f.jobcontrol.v1.WatchJobResponse0\x01\x12P\n\tWatchJobs\x12\x1f.jobcontrol.v1.WatchJobsRequest\x1a .jobcontrol.v1.WatchJobsResponse0\x01\x12N\n\tCancelJob\x12\x1f.jobcontrol.v1.CancelJobRequest\x1a .jobcontrol.v1.CancelJobResponse\x12K\n\x08RetryJob\x12\x1e.jobcontrol.v1.RetryJobRequest\x1a\x1f.jobcontrol.v1.RetryJobResponse\x12T\n\x0bListWorkers\x12!.jobcontrol.v1.ListWorkersRequest\x1a\".jobcontrol.v1.ListWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,43 +44,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITJOBREQUEST_LABELSENTRY']._serialized_start=510
   _globals['_SUBMITJOBREQUEST_LABELSENTRY']._serialized_end=555
   _globals['_SUBMITJOBRESPONSE']._serialized_start=569
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=638
-  _globals['_SUBMITJOBSREQUEST']._serialized_start=640
-  _globals['_SUBMITJOBSREQUEST']._serialized_end=710
-  _globals['_SUBMITJOBSRESPONSE']._serialized_start=712
-  _globals['_SUBMITJOBSRESPONSE']._serialized_end=783
-  _globals['_GETJOBREQUEST']._serialized_start=785
-  _globals['_GETJOBREQUEST']._serialized_end=816
-  _globals['_GETJOBRESPONSE']._serialized_start=818
-  _globals['_GETJOBRESPONSE']._serialized_end=867
-  _globals['_JOBFILTER']._serialized_start=870
-  _globals['_JOBFILTER']._serialized_end=1038
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=656
+  _globals['_SUBMITJOBSREQUEST']._serialized_start=658
+  _globals['_SUBMITJOBSREQUEST']._serialized_end=728
+  _globals['_SUBMITJOBSRESPONSE']._serialized_start=730
+  _globals['_SUBMITJOBSRESPONSE']._serialized_end=819
+  _globals['_GETJOBREQUEST']._serialized_start=821
+  _globals['_GETJOBREQUEST']._serialized_end=852
+  _globals['_GETJOBRESPONSE']._serialized_start=854
+  _globals['_GETJOBRESPONSE']._serialized_end=903
+  _globals['_JOBFILTER']._serialized_start=906
+  _globals['_JOBFILTER']._serialized_end=1074
   _globals['_JOBFILTER_LABELSENTRY']._serialized_start=510
   _globals['_JOBFILTER_LABELSENTRY']._serialized_end=555
-  _globals['_LISTJOBSREQUEST']._serialized_start=1040
-  _globals['_LISTJOBSREQUEST']._serialized_end=1138
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1140
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1217
-  _globals['_WATCHJOBREQUEST']._serialized_start=1219
-  _globals['_WATCHJOBREQUEST']._serialized_end=1300
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1302
-  _globals['_WATCHJOBRESPONSE']._serialized_end=1360
-  _globals['_WATCHJOBSREQUEST']._serialized_start=1362
-  _globals['_WATCHJOBSREQUEST']._serialized_end=1470
-  _globals['_WATCHJOBSRESPONSE']._serialized_start=1472
-  _globals['_WATCHJOBSRESPONSE']._serialized_end=1531
-  _globals['_CANCELJOBREQUEST']._serialized_start=1533
-  _globals['_CANCELJOBREQUEST']._serialized_end=1583
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1585
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1637
-  _globals['_RETRYJOBREQUEST']._serialized_start=1639
-  _globals['_RETRYJOBREQUEST']._serialized_end=1672
-  _globals['_RETRYJOBRESPONSE']._serialized_start=1674
-  _globals['_RETRYJOBRESPONSE']._serialized_end=1725
-  _globals['_LISTWORKERSREQUEST']._serialized_start=1727
-  _globals['_LISTWORKERSREQUEST']._serialized_end=1769
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=1771
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=1832
-  _globals['_JOBCONTROL']._serialized_start=1835
-  _globals['_JOBCONTROL']._serialized_end=2562
+  _globals['_LISTJOBSREQUEST']._serialized_start=1076
+  _globals['_LISTJOBSREQUEST']._serialized_end=1174
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1176
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1253
+  _globals['_WATCHJOBREQUEST']._serialized_start=1255
+  _globals['_WATCHJOBREQUEST']._serialized_end=1336
+  _globals['_WATCHJOBRESPONSE']._serialized_start=1338
+  _globals['_WATCHJOBRESPONSE']._serialized_end=1396
+  _globals['_WATCHJOBSREQUEST']._serialized_start=1398
+  _globals['_WATCHJOBSREQUEST']._serialized_end=1506
+  _globals['_WATCHJOBSRESPONSE']._serialized_start=1508
+  _globals['_WATCHJOBSRESPONSE']._serialized_end=1567
+  _globals['_CANCELJOBREQUEST']._serialized_start=1569
+  _globals['_CANCELJOBREQUEST']._serialized_end=1619
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1621
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1673
+  _globals['_RETRYJOBREQUEST']._serialized_start=1675
+  _globals['_RETRYJOBREQUEST']._serialized_end=1708
+  _globals['_RETRYJOBRESPONSE']._serialized_start=1710
+  _globals['_RETRYJOBRESPONSE']._serialized_end=1761
+  _globals['_LISTWORKERSREQUEST']._serialized_start=1763
+  _globals['_LISTWORKERSREQUEST']._serialized_end=1805
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=1807
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=1868
+  _globals['_JOBCONTROL']._serialized_start=1871
+  _globals['_JOBCONTROL']._serialized_end=2598
 # @@protoc_insertion_point(module_scope)

@@ -100,7 +100,9 @@ class JobControlServicer:
         """Submits one job. Returns INVALID_ARGUMENT for a malformed type, payload
         over the size limit, or out-of-range priority, max_attempts, delay or
         timeout; ALREADY_EXISTS when idempotency_key was used by a different
-        request (the same request returns the existing job with created=false).
+        request (the same request returns the existing job with created=false);
+        FAILED_PRECONDITION when the server refuses job types no live worker
+        serves (jobcontrol-server --reject-unserved-types).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
