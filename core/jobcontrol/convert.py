@@ -195,11 +195,15 @@ def job_to_proto(job: Job) -> pb.Job:
     if job.error is not None:
         message.error.CopyFrom(
             pb.JobError(
-                code=job.error.code, message=job.error.message, retryable=job.error.retryable
+                code=job.error.code,
+                message=job.error.message,
+                retryable=job.error.retryable,
+                details=job.error.details,
             )
         )
     if job.queue_position is not None:
         message.queue_position = job.queue_position
+    message.unserved = job.unserved
     return message
 
 
@@ -293,6 +297,7 @@ def job_from_proto(message: pb.Job) -> Job:
             code=message.error.code,
             message=message.error.message,
             retryable=message.error.retryable,
+            details=message.error.details,
         )
         if message.HasField("error")
         else None,
@@ -307,6 +312,7 @@ def job_from_proto(message: pb.Job) -> Job:
         start_time=_to_datetime(message.start_time) if message.HasField("start_time") else None,
         end_time=_to_datetime(message.end_time) if message.HasField("end_time") else None,
         queue_position=message.queue_position if message.HasField("queue_position") else None,
+        unserved=message.unserved,
     )
 
 

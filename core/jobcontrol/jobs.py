@@ -100,6 +100,7 @@ class JobError:
     code: str
     message: str
     retryable: bool
+    details: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,8 @@ class Job:
     start_time: datetime | None = None
     end_time: datetime | None = None
     queue_position: int | None = None
+    # Not stored: the server sets it on PENDING jobs whose type no live worker serves.
+    unserved: bool = False
 
     @property
     def is_terminal(self) -> bool:
