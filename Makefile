@@ -5,7 +5,7 @@ BUF := node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run cluster test gen fmt lint typecheck bench install system-deps
+.PHONY: run cluster test test-fast gen fmt lint typecheck bench install system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,6 +47,11 @@ cluster: install
 test: install
 	$(PY) -m pytest
 
+# The edit-test loop: everything but the slow stress tests and the end-to-end fault runs.
+# CI runs `make test`, which includes them.
+test-fast: install
+	$(PY) -m pytest -m "not slow" --ignore=tests/e2e
+
 gen: $(STAMP) node_modules/.installed clients/typescript/node_modules/.installed
 	$(PY) scripts/gen_protos.py
 	$(BUF) generate
@@ -62,6 +67,7 @@ lint: install
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 	$(PY) scripts/gen_protos.py --check
+	$(VENV)/bin/mypy
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
