@@ -363,4 +363,8 @@ def _finish(job: Job, to: JobState, now: datetime, **changes: Any) -> Job:
 
 
 def _full(progress: Progress) -> Progress:
-    return dataclasses.replace(progress, percent=100.0)
+    """A finished job's progress: 100%, and the handler's last words only if it said
+    them at 100% (a "step 3/4" left from the middle of the work would be stale)."""
+    if progress.percent >= 100:
+        return progress
+    return Progress(percent=100.0)

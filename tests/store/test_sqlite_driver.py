@@ -7,13 +7,14 @@ import contextlib
 import sqlite3
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from jobcontrol.errors import StoreUnavailable
-from jobcontrol.jobs import JobSpec
-from jobcontrol.store.schema import MIGRATIONS
+from jobcontrol.jobs import JobError, JobSpec
+from jobcontrol.store.schema import _CREATE_MIGRATIONS_TABLE, MIGRATIONS
 from jobcontrol.store.sqlite import SqliteDatabase, SqliteJobStore
 
 
@@ -27,6 +28,45 @@ async def test_migrations_are_recorded_and_applied_once(tmp_path: Path):
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
     assert mode == "wal"
+
+
+async def test_a_database_from_before_error_details_is_upgraded_with_its_events(tmp_path: Path):
+    """Migration 5 adds `error_details` and replaces the event triggers: events written
+    before it still decode (without details), and new ones carry the details."""
+    path = tmp_path / "jobs.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(_CREATE_MIGRATIONS_TABLE)
+        for migration in MIGRATIONS[:4]:
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, 0)",
+                (migration.version, migration.name),
+            )
+        conn.execute(
+            "INSERT INTO jobs (id, type, payload, state, priority, labels, attempt,"
+            " max_attempts, create_us, update_us, run_after_us, progress_percent,"
+            " progress_stage, progress_message, error_code, error_message, error_retryable,"
+            " cancel_requested, cancel_reason, end_us, version, event_kind) VALUES"
+            " ('01a22f78-0000-7000-8000-000000000001', 't', '{}', 'FAILED', 0, '{}', 1, 1,"
+            " 1, 2, 1, 0, '', '', 'boom', 'old failure', 0, 0, '', 2, 1, 'FAILED')"
+        )
+    store = await SqliteJobStore.open(path)
+    try:
+        (old,) = await store.list_events(after_sequence=0)
+        assert old.job.error == JobError("boom", "old failure", False)
+        await store.create_job(JobSpec(type="t", max_attempts=1))
+        (job,) = await store.claim_jobs(
+            worker_id="w", types=["t"], limit=1, lease_timeout=timedelta(seconds=30)
+        )
+        assert job.lease_id is not None
+        error = JobError("handler_error", "KeyError: 'k'", True, details="Traceback ...")
+        await store.fail_job(job_id=job.id, lease_id=job.lease_id, error=error)
+        new = (await store.list_events(after_sequence=0, job_id=job.id))[-1]
+        assert new.job.error == error
+        assert (await store.get_job(old.job.id)).error == old.job.error
+    finally:
+        await store.close()
 
 
 async def test_missing_directory_is_store_unavailable(tmp_path: Path):

@@ -112,6 +112,22 @@ async def test_complete_records_the_result(store: SqlJobStore, clock: ManualCloc
     assert await store.get_job(job.id) == done
 
 
+async def test_success_clears_progress_words_said_before_the_end(store: SqlJobStore):
+    """A "step 3/4" stored mid-way would be stale on a finished job; words said at 100%
+    are the handler's last and stay."""
+    midway, at_end = await running(store), await running(store)
+    await store.report_progress(**lease(midway), progress=Progress(75, "sleeping", "step 3/4"))
+    await store.report_progress(**lease(at_end), progress=Progress(100, "done", "wrote 3 files"))
+    await store.complete_jobs([Completion(j.id, j.lease_id or "", {}) for j in (midway, at_end)])
+    for job_id, expected in (
+        (midway.id, Progress(100)),
+        (at_end.id, Progress(100, "done", "wrote 3 files")),
+    ):
+        assert (await store.get_job(job_id)).progress == expected
+        event = (await store.list_events(after_sequence=0, job_id=job_id))[-1]
+        assert (event.kind, event.job.progress) == (EventKind.SUCCEEDED, expected)
+
+
 async def test_complete_statement_agrees_with_the_state_machine(
     store: SqlJobStore, clock: ManualClock
 ):
@@ -218,6 +234,54 @@ async def test_long_error_messages_are_truncated_not_refused(store: SqlJobStore)
     assert failed.error is not None
     assert len(failed.error.message) == 4096
     assert len(failed.error.code) == 64
+
+
+async def test_error_details_are_stored_and_carried_by_the_event(
+    store: SqlJobStore, clock: ManualClock
+):
+    job = await running(store, max_attempts=2)
+    details = 'Traceback (most recent call last):\n  ...\nKeyError: "missing"\n'
+    error = JobError("handler_error", "KeyError: 'missing'", True, details=details)
+    retrying = await store.fail_job(**lease(job), error=error)
+    assert retrying.state is JobState.PENDING
+    assert retrying.error == error
+    clock.advance(retrying.run_after - clock())
+    (again,) = await store.claim_jobs(worker_id="w2", types=["t"], limit=1, lease_timeout=LEASE)
+    final = dataclasses.replace(error, retryable=False, details="second traceback")
+    failed = await store.fail_job(**lease(again), error=final)
+    assert (await store.get_job(job.id)).error == final == failed.error
+    events = await store.list_events(after_sequence=0, job_id=job.id)
+    assert [(e.kind, e.job.error) for e in events if e.job.error] == [
+        (EventKind.RETRY_SCHEDULED, error),
+        (EventKind.STARTED, error),  # the last attempt's error stays while it runs again
+        (EventKind.FAILED, final),
+    ]
+
+
+async def test_long_error_details_keep_their_end_within_16_kib(store: SqlJobStore):
+    job = await running(store, max_attempts=1)
+    # Multi-byte characters, so the cut may fall inside one.
+    details = "".join(f"frame {i} é€\n" for i in range(10_000)) + "KeyError: 'missing'\n"
+    failed = await store.fail_job(**lease(job), error=JobError("x", "m", True, details=details))
+    assert failed.error is not None
+    kept = failed.error.details
+    assert len(kept.encode()) <= 16 * 1024
+    marker, _, end = kept.partition("\n")
+    cut = int(marker.removeprefix("[first ").removesuffix(" bytes cut]"))
+    assert cut + len(end.encode()) == len(details.encode())
+    assert details.endswith(end)
+    assert end.endswith("frame 9999 é€\nKeyError: 'missing'\n")
+    assert len(end.encode()) > 16 * 1024 - 64  # nearly the whole budget is kept
+    event = (await store.list_events(after_sequence=0, job_id=job.id))[-1]
+    assert event.job.error == failed.error
+
+
+async def test_short_error_details_are_kept_whole(store: SqlJobStore):
+    job = await running(store, max_attempts=1)
+    details = "é" * (8 * 1024)  # 16 KiB of UTF-8 exactly
+    failed = await store.fail_job(**lease(job), error=JobError("x", "m", True, details=details))
+    assert failed.error is not None
+    assert failed.error.details == details
 
 
 async def test_record_cancelled_finishes_the_job(store: SqlJobStore):

@@ -76,6 +76,9 @@ Clock = Callable[[], datetime]
 
 MAX_ERROR_CODE_LENGTH = 64
 MAX_ERROR_MESSAGE_LENGTH = 4096
+# A traceback's last lines say most (the raising line and the exception): a longer text
+# keeps its end.
+MAX_ERROR_DETAILS_BYTES = 16 * 1024
 MAX_EVENTS_PER_READ = 10_000
 MAX_WORKER_TEXT_LENGTH = 256
 # Claims and completions of up to this many jobs count as small (see database.py).
@@ -114,6 +117,22 @@ def request_hash(spec: JobSpec) -> str:
         ensure_ascii=False,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def keep_end(text: str, max_bytes: int) -> str:
+    """`text` if it fits in `max_bytes` of UTF-8, else its end behind a line saying how
+    many bytes were cut."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    # The marker states the count cut, so reserve room for the longest it can be.
+    room = max_bytes - len(_cut_marker(len(data)).encode())
+    end = data[len(data) - room :].decode(errors="ignore")  # drops a split character
+    return _cut_marker(len(data) - len(end.encode())) + end
+
+
+def _cut_marker(cut_bytes: int) -> str:
+    return f"[first {cut_bytes} bytes cut]\n"
 
 
 class SqlJobStore:
@@ -420,6 +439,7 @@ class SqlJobStore:
             code=error.code[:MAX_ERROR_CODE_LENGTH] or jobs.ErrorCode.HANDLER_ERROR,
             message=error.message[:MAX_ERROR_MESSAGE_LENGTH],
             retryable=error.retryable,
+            details=keep_end(error.details, MAX_ERROR_DETAILS_BYTES),
         )
         return await self._fenced(
             job_id,

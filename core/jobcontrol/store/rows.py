@@ -36,6 +36,7 @@ JOB_COLUMNS = (
     "error_code",
     "error_message",
     "error_retryable",
+    "error_details",
     "cancel_requested",
     "cancel_reason",
     "worker_id",
@@ -113,6 +114,7 @@ def job_to_row(job: Job) -> dict[str, Any]:
         "error_code": error.code if error else None,
         "error_message": error.message if error else None,
         "error_retryable": int(error.retryable) if error else None,
+        "error_details": error.details if error else None,
         "cancel_requested": int(job.cancel_requested),
         "cancel_reason": job.cancel_reason,
         "worker_id": job.worker_id,
@@ -133,6 +135,7 @@ def job_from_row(row: Row) -> Job:
             code=row["error_code"],
             message=row["error_message"] or "",
             retryable=bool(row["error_retryable"]),
+            details=row["error_details"] or "",
         )
     return Job(
         id=row["id"],
@@ -166,11 +169,13 @@ def job_from_row(row: Row) -> Job:
 
 
 def event_from_row(row: Row) -> JobEvent:
+    job = json.loads(row["job"])
+    job.setdefault("error_details", None)  # stored before migration 5
     return JobEvent(
         sequence=row["seq"],
         kind=EventKind(row["kind"]),
         time=from_us(row["time_us"]),
-        job=job_from_row(json.loads(row["job"])),
+        job=job_from_row(job),
     )
 
 

@@ -7,6 +7,7 @@ Since migration 3 the event log is written by triggers: every INSERT of a job an
 UPDATE that bumps its `version` appends one `job_events` row in the same statement, so
 a change and its event cannot be separated, and a change costs one statement (which
 matters over the network). `event_kind` carries the kind of the change to the trigger.
+A migration adding a column the events must carry replaces both triggers (migration 5).
 """
 
 from __future__ import annotations
@@ -44,6 +45,39 @@ _JOB_JSON = """json_object(
         'error_code', NEW.error_code,
         'error_message', NEW.error_message,
         'error_retryable', NEW.error_retryable,
+        'cancel_requested', NEW.cancel_requested,
+        'cancel_reason', NEW.cancel_reason,
+        'worker_id', NEW.worker_id,
+        'lease_id', NEW.lease_id,
+        'lease_expire_us', NEW.lease_expire_us,
+        'timeout_us', NEW.timeout_us,
+        'deadline_us', NEW.deadline_us,
+        'idempotency_key', NEW.idempotency_key,
+        'start_us', NEW.start_us,
+        'end_us', NEW.end_us
+    )"""
+
+# Since migration 5: the same, with the error's details.
+_JOB_JSON_WITH_ERROR_DETAILS = """json_object(
+        'id', NEW.id,
+        'type', NEW.type,
+        'payload', NEW.payload,
+        'state', NEW.state,
+        'priority', NEW.priority,
+        'labels', NEW.labels,
+        'attempt', NEW.attempt,
+        'max_attempts', NEW.max_attempts,
+        'create_us', NEW.create_us,
+        'update_us', NEW.update_us,
+        'run_after_us', NEW.run_after_us,
+        'progress_percent', NEW.progress_percent,
+        'progress_stage', NEW.progress_stage,
+        'progress_message', NEW.progress_message,
+        'result', NEW.result,
+        'error_code', NEW.error_code,
+        'error_message', NEW.error_message,
+        'error_retryable', NEW.error_retryable,
+        'error_details', NEW.error_details,
         'cancel_requested', NEW.cancel_requested,
         'cancel_reason', NEW.cancel_reason,
         'worker_id', NEW.worker_id,
@@ -165,6 +199,30 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             "CREATE INDEX jobs_claim_order ON jobs (priority DESC, run_after_us, create_us, id)"
             " WHERE state = 'PENDING'",
+        ),
+    ),
+    Migration(
+        5,
+        "error details (the handler's traceback), carried by events too",
+        (
+            "ALTER TABLE jobs ADD COLUMN error_details TEXT",
+            "DROP TRIGGER job_events_on_insert",
+            "DROP TRIGGER job_events_on_update",
+            f"""
+            CREATE TRIGGER job_events_on_insert AFTER INSERT ON jobs
+            BEGIN
+                INSERT INTO job_events (job_id, kind, time_us, job)
+                VALUES (NEW.id, NEW.event_kind, NEW.update_us, {_JOB_JSON_WITH_ERROR_DETAILS});
+            END
+            """,
+            f"""
+            CREATE TRIGGER job_events_on_update AFTER UPDATE OF version ON jobs
+            WHEN NEW.version != OLD.version
+            BEGIN
+                INSERT INTO job_events (job_id, kind, time_us, job)
+                VALUES (NEW.id, NEW.event_kind, NEW.update_us, {_JOB_JSON_WITH_ERROR_DETAILS});
+            END
+            """,
         ),
     ),
 )

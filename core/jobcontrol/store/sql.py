@@ -76,7 +76,8 @@ SELECT EXISTS (
 """
 
 # Successes in one statement, each fenced by its own lease: no read, no decode, no
-# full-row write. Mirrors `jobcontrol.jobs.succeed`. `:completions` is a JSON array of
+# full-row write. Mirrors `jobcontrol.jobs.succeed`, progress included (a stage and
+# message reported short of 100% are cleared). `:completions` is a JSON array of
 # [id, lease_id, result as JSON text]. The unary + keeps the planner from walking every
 # RUNNING job by state and scanning the batch for each: it looks each completion up by
 # primary key instead (100x faster with thousands running).
@@ -85,6 +86,8 @@ UPDATE jobs SET
     state = 'SUCCEEDED',
     result = done.result,
     progress_percent = 100,
+    progress_stage = CASE WHEN progress_percent >= 100 THEN progress_stage ELSE '' END,
+    progress_message = CASE WHEN progress_percent >= 100 THEN progress_message ELSE '' END,
     update_us = :now_us,
     end_us = :now_us,
     lease_expire_us = NULL,
