@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
-import math
 import os
 import signal
 import sys
 from datetime import timedelta
+from typing import NoReturn
 
+from jobcontrol.durations import SYNTAX, duration_arg, format_duration, parse_duration
 from jobcontrol.errors import InvalidArgument, JobControlError
+from jobcontrol.logs import FORMATS, LEVELS, add_logging_arguments, configure_logging
 from jobcontrol.startup import StartupError, open_writable_store
 from jobcontrol.store import StoreConfig
 from jobcontrol.worker.handlers import default_registry
@@ -31,20 +32,39 @@ from jobcontrol.worker.runtime import (
 )
 
 DEFAULTS = WorkerConfig()
-# A year: past timedelta's range ("inf") a value would crash instead of being refused.
-MAX_SECONDS = 366 * 86_400
 
 
-def _seconds(text: str) -> timedelta:
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's default after its help, spelled as the option takes it (`30s`, not
+    `0:00:30`); none where there is no default or the help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default in (None, False, "", argparse.SUPPRESS)
+            or "default" in text
+        ):
+            return text
+        shown = format_duration(default) if isinstance(default, timedelta) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line naming the problem, not the whole usage block."""
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def positive_int(text: str) -> int:
     try:
-        value = float(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    if not math.isfinite(value) or value > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be at most a year ({MAX_SECONDS:,}), got {text}")
-    return timedelta(seconds=value)
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _poll_interval(args: argparse.Namespace, store: StoreConfig) -> timedelta:
@@ -54,8 +74,8 @@ def _poll_interval(args: argparse.Namespace, store: StoreConfig) -> timedelta:
     millis = os.environ.get("POLL_INTERVAL_MS", "")
     if millis:
         try:
-            return _seconds(str(float(millis) / 1000))
-        except (ValueError, argparse.ArgumentTypeError):
+            return parse_duration(f"{millis}ms")
+        except ValueError:
             raise InvalidArgument(
                 "POLL_INTERVAL_MS", f"must be a positive number of milliseconds, got {millis!r}"
             ) from None
@@ -63,50 +83,69 @@ def _poll_interval(args: argparse.Namespace, store: StoreConfig) -> timedelta:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="jobcontrol-worker",
         description="Claim jobs from the store and run their handlers.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=f"{SYNTAX[0].upper()}{SYNTAX[1:]}.",
+        formatter_class=HelpFormatter,
     )
     StoreConfig.add_arguments(p)
-    p.add_argument("--concurrency", type=int, default=DEFAULTS.concurrency, help="jobs at once")
     p.add_argument(
-        "--types", default="", help="comma-separated job types to run (default: all with handlers)"
+        "--concurrency",
+        type=positive_int,
+        metavar="N",
+        default=DEFAULTS.concurrency,
+        help=f"jobs run at once (default: the number of CPUs, {DEFAULTS.concurrency} here)",
     )
     p.add_argument(
-        "--handlers", default="", help="comma-separated modules to import that register handlers"
+        "--types",
+        metavar="TYPE,...",
+        default="",
+        help="job types to run (default: every type with a handler)",
     )
-    p.add_argument("--name", default=DEFAULTS.name, help="name shown in ListWorkers")
     p.add_argument(
+        "--handlers",
+        metavar="MODULE,...",
+        default="",
+        help="modules to import that register handlers, found from the working directory "
+        "too (default: only the built-in types)",
+    )
+    p.add_argument(
+        "--name",
+        default=DEFAULTS.name,
+        help="name shown in ListWorkers (default: HOST:PID)",
+    )
+    timing = p.add_argument_group("timing")
+    timing.add_argument(
         "--lease-timeout",
-        type=_seconds,
+        type=duration_arg,
+        metavar="DURATION",
         default=DEFAULTS.lease_timeout,
-        metavar="SECONDS",
-        help="a job is re-run elsewhere this long after the worker's last heartbeat",
+        help="a job is run again elsewhere this long after the worker's last heartbeat",
     )
-    p.add_argument(
+    timing.add_argument(
         "--heartbeat-interval",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="default: a third of the lease timeout",
+        type=duration_arg,
+        metavar="DURATION",
+        help="how often the worker renews its leases (default: a third of the lease timeout)",
     )
-    p.add_argument(
+    timing.add_argument(
         "--poll-interval",
-        type=_seconds,
-        default=None,
-        metavar="SECONDS",
-        help="how often an idle worker looks for work (env POLL_INTERVAL_MS; default 0.05 s"
-        " for SQLite, 0.25 s for a remote libSQL store)",
+        type=duration_arg,
+        metavar="DURATION",
+        help="how often an idle worker looks for work (env POLL_INTERVAL_MS, in milliseconds;"
+        f" default: {format_duration(LOCAL_POLL_INTERVAL)} for SQLite,"
+        f" {format_duration(REMOTE_POLL_INTERVAL)} for a remote libSQL store)",
     )
-    p.add_argument(
+    timing.add_argument(
         "--drain-grace",
-        type=_seconds,
+        type=duration_arg,
+        metavar="DURATION",
         default=DEFAULTS.drain_grace,
-        metavar="SECONDS",
-        help="on SIGTERM, how long running jobs may take to finish before being handed back",
+        help="on SIGTERM/SIGINT, how long running jobs may take to finish before being "
+        "handed back; a second signal hands them back at once",
     )
-    p.add_argument("--log-level", default=os.environ.get("JOBCONTROL_LOG_LEVEL", "INFO"))
+    add_logging_arguments(p, os.environ)
     return p
 
 
@@ -156,15 +195,16 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if args.concurrency < 1:
-        print("jobcontrol-worker: --concurrency must be at least 1", file=sys.stderr)
-        return 2
+    p = parser()
+    args = p.parse_args(argv)
+    # argparse checks choices on the command line only, not defaults from the environment.
+    for value, choices, env in (
+        (args.log_level, LEVELS, "JOBCONTROL_LOG_LEVEL"),
+        (args.log_format, FORMATS, "JOBCONTROL_LOG_FORMAT"),
+    ):
+        if value not in choices:
+            p.error(f"env {env} must be one of {', '.join(choices)}, got {value!r}")
+    configure_logging(args.log_level, args.log_format)
     try:
         load_handler_modules(args.handlers)
     except ImportError as error:
