@@ -49,6 +49,9 @@ _WORKER_STATE_TO_PB = {
     WorkerState.LOST: pb.WORKER_STATE_LOST,
 }
 _MAX_STRUCT_DEPTH = 20
+# Beyond 2**53 a double no longer holds every integer, so a whole-looking value there
+# may not be the integer that was sent: it stays a float.
+_EXACT_INTEGERS = 2**53
 
 
 def spec_from_proto(request: api.SubmitJobRequest, *, field_prefix: str = "") -> JobSpec:
@@ -278,7 +281,7 @@ def job_from_proto(message: pb.Job) -> Job:
     return Job(
         id=message.id,
         type=message.type,
-        payload=json_format.MessageToDict(message.payload),
+        payload=_struct_to_json(message.payload),
         state=_decode(_STATE_FROM_PB, message.state, "job state"),
         priority=message.priority,
         labels=dict(message.labels),
@@ -292,7 +295,7 @@ def job_from_proto(message: pb.Job) -> Job:
             stage=message.progress.stage,
             message=message.progress.message,
         ),
-        result=json_format.MessageToDict(message.result) if message.HasField("result") else None,
+        result=_struct_to_json(message.result) if message.HasField("result") else None,
         error=JobError(
             code=message.error.code,
             message=message.error.message,
@@ -349,13 +352,43 @@ def worker_from_proto(message: pb.Worker) -> Worker:
 
 def job_to_json(job: Job) -> dict[str, Any]:
     """The proto3 JSON form (lowerCamelCase names, enum value names, RFC 3339 times):
-    what grpcurl and the other-language clients print, so scripts can share parsers."""
-    return json_format.MessageToDict(job_to_proto(job))
+    what grpcurl and the other-language clients print, so scripts can share parsers.
+    Whole numbers print as integers (`4`, not `4.0`), as grpcurl prints them."""
+    return _with_whole_numbers(json_format.MessageToDict(job_to_proto(job)))
 
 
 def event_to_json(event: JobEvent) -> dict[str, Any]:
     """The proto3 JSON form of the event, like `job_to_json`."""
-    return json_format.MessageToDict(event_to_proto(event))
+    return _with_whole_numbers(json_format.MessageToDict(event_to_proto(event)))
+
+
+def worker_to_json(worker: Worker) -> dict[str, Any]:
+    """The proto3 JSON form of the worker, like `job_to_json`."""
+    return json_format.MessageToDict(worker_to_proto(worker))
+
+
+def _struct_to_json(message: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as the JSON it was made from: every Struct number is a double, so the
+    integers a client sent or a handler returned come back whole (`4`, not `4.0`)."""
+    return _with_whole_numbers(json_format.MessageToDict(message))
+
+
+def _with_whole_numbers(value: dict[str, Any]) -> dict[str, Any]:
+    return {key: _whole_numbers(item) for key, item in value.items()}
+
+
+def _whole_numbers(value: Any) -> Any:
+    """`value` with every integral float within the exactly representable range
+    turned into an int, in nested dicts and lists too."""
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) <= _EXACT_INTEGERS:
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    return value
 
 
 def _to_datetime(message: timestamp_pb2.Timestamp) -> datetime:

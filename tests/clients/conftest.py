@@ -1,11 +1,15 @@
 """Fixtures for the client tests: real servers (one with an in-process worker, one that
-requires a token), clients of either flavour that are always closed, and a log capture
-for the client's retry and reconnect messages."""
+requires a token, one whose worker also runs `tests.clients.number_handlers`), clients
+of either flavour that are always closed, and a log capture for the client's retry and
+reconnect messages."""
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.clients.flavours import FLAVOURS, make_client
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import BIN, ROOT, ServerProcess, start_server
 
 MakeClient = Callable[..., Any]
 
@@ -23,6 +27,60 @@ def worker_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     """`jobcontrol-server --with-worker`: jobs of the built-in types run for real."""
     server = start_server(tmp_path_factory.mktemp("worker-server"), args=["--with-worker"])
     try:
+        yield server
+    finally:
+        server.stop()
+
+
+StartNumberWorker = Callable[[ServerProcess], subprocess.Popen[bytes]]
+
+
+@pytest.fixture(scope="module")
+def start_number_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartNumberWorker]:
+    """Starts a `jobcontrol-worker` on a server's store that also serves the types of
+    `tests.clients.number_handlers`; every one is stopped when the module's tests end."""
+    started: list[subprocess.Popen[bytes]] = []
+    logs = tmp_path_factory.mktemp("number-workers")
+
+    def start(server: ServerProcess) -> subprocess.Popen[bytes]:
+        command = [
+            str(BIN / "jobcontrol-worker"),
+            "--store-path",
+            str(server.store_path),
+            "--handlers",
+            "tests.clients.number_handlers",
+        ]
+        with (logs / f"worker-{time.monotonic_ns()}.log").open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+        started.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            process.terminate()
+        for process in started:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def numbers_server(
+    tmp_path_factory: pytest.TempPathFactory, start_number_worker: StartNumberWorker
+) -> Iterator[ServerProcess]:
+    """A server whose store a worker running `tests.clients.number_handlers` serves."""
+    server = start_server(tmp_path_factory.mktemp("numbers-server"))
+    try:
+        start_number_worker(server)
         yield server
     finally:
         server.stop()

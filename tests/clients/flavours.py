@@ -44,9 +44,9 @@ class AsyncAsSync:
 
     def __getattr__(self, name: str) -> Any:
         """The blocking client's method `name`: coroutines are awaited on the loop, async
-        iterators (`list`, `watch`) become iterators."""
+        iterators (`list`, `watch`, `watch_jobs`) become iterators."""
         method = getattr(self.client, name)
-        if name in ("list", "watch"):
+        if name in ("list", "watch", "watch_jobs"):
             return lambda *args, **kwargs: self._iterate(method(*args, **kwargs))
         return lambda *args, **kwargs: self._run(method(*args, **kwargs))
 

@@ -211,6 +211,92 @@ def test_workers_lists_the_in_process_worker(client: Any):
     assert [w.id for w in client.workers(include_stopped=True)] == [worker.id]
 
 
+# ---- numbers, submit warnings, the jobs feed --------------------------------------------
+
+
+def test_whole_numbers_come_back_as_int_and_the_rest_as_float(
+    clients: MakeClient, numbers_server: ServerProcess
+):
+    client = clients(numbers_server.address)
+    payload = {"steps": 4, "ratio": 0.25, "list": [1, 2.5, {"n": 7}]}
+
+    job = finished(client, client.submit("numbers.sizes", payload).id)
+    events = list(client.watch(job.id))
+    listed = next(iter(client.list(types=["numbers.sizes"])))
+
+    assert job.state is JobState.SUCCEEDED, job.error
+    result = job.result or {}
+    assert result["bytes"] == 160514
+    assert type(result["bytes"]) is int
+    assert type(result["negative"]) is int
+    assert result["nested"] == {"counts": [1, 2, {"deep": 3}], "half": 1.5}
+    assert [type(n) for n in result["nested"]["counts"][:2]] == [int, int]
+    assert type(result["nested"]["counts"][2]["deep"]) is int
+    assert type(result["ratio"]) is float
+    assert type(result["nested"]["half"]) is float
+    # Past 2**53 a double may not be the integer that was sent: it stays a float.
+    assert type(result["huge"]) is float
+    assert result["echo"] == payload
+    assert type(job.payload["steps"]) is int
+    assert type(job.payload["list"][2]["n"]) is int
+    assert type(job.payload["list"][1]) is float
+    assert type((events[-1].job.result or {})["bytes"]) is int
+    assert type((listed.result or {})["bytes"]) is int
+
+
+def test_submit_says_when_no_live_worker_serves_the_type(client: Any):
+    job_type = f"test.nobody{unique()}"
+
+    job = client.submit(job_type)
+    served = client.submit("demo.sleep", delay=NEVER_CLAIMED)
+    batch = client.submit_many([JobSpec(type=job_type), JobSpec(type=job_type)])
+
+    assert job.created
+    assert len(job.warnings) == 1
+    assert job_type in job.warnings[0]
+    assert client.get(job.id).unserved
+    assert served.warnings == ()
+    assert not client.get(served.id).unserved
+    assert len(batch.warnings) == 1  # one line per problem, not per job
+    assert job_type in batch.warnings[0]
+    assert [j.type for j in batch] == [job_type, job_type]
+    client.cancel(served.id)
+
+
+def test_submit_with_a_repeated_idempotency_key_is_not_created(client: Any):
+    key = f"key-{unique()}"
+    first = client.submit("demo.sleep", idempotency_key=key, delay=NEVER_CLAIMED)
+
+    again = client.submit("demo.sleep", idempotency_key=key, delay=NEVER_CLAIMED)
+
+    assert (first.created, again.created) == (True, False)
+    assert isinstance(again, Job)
+    client.cancel(first.id)
+
+
+def test_watch_jobs_yields_every_change_to_matching_jobs(client: Any):
+    label = {"feed": unique()}
+    marker = client.submit("demo.sleep", labels=label, delay=NEVER_CLAIMED)
+    history = client.watch(marker.id, after_sequence=0)
+    since = next(history).sequence  # the marker's SUBMITTED: the feed replays what follows
+    history.close()
+    other = client.submit("demo.sleep", {"seconds": 0}, labels={"feed": "other"})
+    job = client.submit("demo.sleep", {"seconds": 0.1, "steps": 1}, labels=label)
+
+    kinds = []
+    for event in client.watch_jobs(labels=label, after_sequence=since):
+        assert event.job.id == job.id  # neither the other label nor the marker's past
+        kinds.append(event.kind)
+        if event.job.is_terminal:
+            break
+
+    assert kinds[0] is EventKind.SUBMITTED
+    assert EventKind.STARTED in kinds
+    assert kinds[-1] is EventKind.SUCCEEDED
+    finished(client, other.id)
+    client.cancel(marker.id)
+
+
 # ---- errors ----------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from jobcontrol.client.aio import AsyncJobControlClient
 from jobcontrol.client.backoff import Backoff
+from jobcontrol.client.calls import SubmittedJob, SubmittedJobs
 from jobcontrol.client.errors import (
     DeadlineExceeded,
     RpcFailed,
@@ -49,6 +50,8 @@ __all__ = [
     "JobState",
     "Progress",
     "RpcFailed",
+    "SubmittedJob",
+    "SubmittedJobs",
     "TlsOptions",
     "Unauthenticated",
     "Unavailable",

@@ -12,9 +12,10 @@ import grpc
 
 from jobcontrol.client import calls
 from jobcontrol.client.base import BaseClient
-from jobcontrol.client.calls import SubmitOptions, UnaryCall
+from jobcontrol.client.calls import SubmitOptions, SubmittedJob, SubmittedJobs, UnaryCall
 from jobcontrol.client.channel import open_aio_channel
 from jobcontrol.client.options import ClientOptions
+from jobcontrol.client.watching import WatchResumption
 from jobcontrol.jobs import Job, JobEvent, JobSpec, JobState
 from jobcontrol.workers import Worker
 
@@ -48,12 +49,12 @@ class AsyncJobControlClient(BaseClient[grpc.aio.Channel]):
         type: str,
         payload: Mapping[str, Any] | None = None,
         **options: Unpack[SubmitOptions],
-    ) -> Job:
+    ) -> SubmittedJob:
         """Submit one job; see `JobControlClient.submit`."""
         spec = calls.make_spec(type, payload, **options)
         return await self._unary(calls.submit_job(spec))
 
-    async def submit_many(self, specs: Iterable[JobSpec]) -> builtins.list[Job]:
+    async def submit_many(self, specs: Iterable[JobSpec]) -> SubmittedJobs:
         return await self._unary(calls.submit_jobs(builtins.list(specs)))
 
     async def get(self, job_id: str) -> Job:
@@ -78,7 +79,22 @@ class AsyncJobControlClient(BaseClient[grpc.aio.Channel]):
     ) -> AsyncIterator[JobEvent]:
         """The job's events until the terminal one, resuming across restarts; see
         `JobControlClient.watch`."""
-        state = self._resumption(job_id, after_sequence)
+        async for event in self._follow(self._resumption(job_id, after_sequence)):
+            yield event
+
+    async def watch_jobs(
+        self,
+        *,
+        types: Iterable[str] = (),
+        labels: Mapping[str, str] | None = None,
+        after_sequence: int | None = None,
+    ) -> AsyncIterator[JobEvent]:
+        """Every change to matching jobs, never ending; see `JobControlClient.watch_jobs`."""
+        job_filter = calls.make_filter(types=types, labels=labels)
+        async for event in self._follow(self._feed(job_filter, after_sequence)):
+            yield event
+
+    async def _follow(self, state: WatchResumption) -> AsyncIterator[JobEvent]:
         while True:
             stream = self._open_watch(state)
             error: grpc.RpcError | None = None

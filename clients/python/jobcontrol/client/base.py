@@ -14,7 +14,8 @@ from jobcontrol.client.options import (
     ClientOptions,
     TlsOptions,
 )
-from jobcontrol.client.watching import WatchResumption
+from jobcontrol.client.watching import FeedResumption, WatchResumption
+from jobcontrol.store import JobFilter
 from jobcontrol.v1 import job_control_pb2_grpc
 
 ChannelT = TypeVar("ChannelT")
@@ -61,11 +62,20 @@ class BaseClient(Generic[ChannelT]):
         )
 
     def _open_watch(self, state: WatchResumption) -> Any:
-        return self._stub.WatchJob(state.request(), metadata=self.options.metadata)
+        method = self._stub.WatchJobs if isinstance(state, FeedResumption) else self._stub.WatchJob
+        return method(state.request(), metadata=self.options.metadata)
 
     def _resumption(self, job_id: str, after_sequence: int | None) -> WatchResumption:
         return WatchResumption(
             job_id,
+            after_sequence=after_sequence,
+            backoff=self.options.retry,
+            reconnect_timeout=self.options.watch_reconnect_timeout,
+        )
+
+    def _feed(self, job_filter: JobFilter, after_sequence: int | None) -> FeedResumption:
+        return FeedResumption(
+            job_filter,
             after_sequence=after_sequence,
             backoff=self.options.retry,
             reconnect_timeout=self.options.watch_reconnect_timeout,

@@ -7,6 +7,7 @@ on is built here once.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -84,24 +85,53 @@ def make_filter(
     )
 
 
-def submit_job(spec: JobSpec) -> UnaryCall[Job]:
+@dataclass(frozen=True, slots=True)
+class SubmittedJob(Job):
+    """What `submit` returns: the job, and what the server said about the submission.
+
+    `created` is False when an earlier submission with the same idempotency key
+    returned this job. `warnings` are for people, such as that no live worker serves
+    the job's type yet (the job waits until one starts)."""
+
+    created: bool = True
+    warnings: tuple[str, ...] = ()
+
+
+class SubmittedJobs(list[Job]):
+    """What `submit_many` returns: the jobs in the order of the specs, and the server's
+    `warnings` about the batch (one line per problem, not per job)."""
+
+    def __init__(self, jobs: Iterable[Job], warnings: Iterable[str] = ()) -> None:
+        super().__init__(jobs)
+        self.warnings: tuple[str, ...] = tuple(warnings)
+
+
+def submit_job(spec: JobSpec) -> UnaryCall[SubmittedJob]:
     return UnaryCall(
         "SubmitJob",
         convert.spec_to_proto(spec),
-        lambda response: convert.job_from_proto(response.job),
+        _submitted,
         safe=bool(spec.idempotency_key),
     )
 
 
-def submit_jobs(specs: Sequence[JobSpec]) -> UnaryCall[list[Job]]:
+def submit_jobs(specs: Sequence[JobSpec]) -> UnaryCall[SubmittedJobs]:
     """All or nothing in one store transaction; safe to repeat only when every job
     carries an idempotency key."""
     return UnaryCall(
         "SubmitJobs",
         api.SubmitJobsRequest(requests=[convert.spec_to_proto(spec) for spec in specs]),
-        lambda response: [convert.job_from_proto(job) for job in response.jobs],
+        lambda response: SubmittedJobs(
+            (convert.job_from_proto(job) for job in response.jobs), response.warnings
+        ),
         safe=bool(specs) and all(spec.idempotency_key for spec in specs),
     )
+
+
+def _submitted(response: api.SubmitJobResponse) -> SubmittedJob:
+    job = convert.job_from_proto(response.job)
+    fields = {field.name: getattr(job, field.name) for field in dataclasses.fields(job)}
+    return SubmittedJob(**fields, created=response.created, warnings=tuple(response.warnings))
 
 
 def get_job(job_id: str) -> UnaryCall[Job]:

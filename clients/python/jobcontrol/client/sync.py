@@ -12,9 +12,10 @@ import grpc
 
 from jobcontrol.client import calls
 from jobcontrol.client.base import BaseClient
-from jobcontrol.client.calls import SubmitOptions, UnaryCall
+from jobcontrol.client.calls import SubmitOptions, SubmittedJob, SubmittedJobs, UnaryCall
 from jobcontrol.client.channel import open_channel
 from jobcontrol.client.options import ClientOptions
+from jobcontrol.client.watching import WatchResumption
 from jobcontrol.jobs import Job, JobEvent, JobSpec, JobState
 from jobcontrol.workers import Worker
 
@@ -48,17 +49,20 @@ class JobControlClient(BaseClient[grpc.Channel]):
         type: str,
         payload: Mapping[str, Any] | None = None,
         **options: Unpack[SubmitOptions],
-    ) -> Job:
+    ) -> SubmittedJob:
         """Submit one job. Keyword options (`SubmitOptions`): `priority` (0-1000, higher
         first), `idempotency_key`, `run_after` (an aware datetime) or `delay`,
         `max_attempts`, `timeout` (longest one attempt may run), `labels`; spans as
         timedelta or seconds. With `idempotency_key` the call is safe to repeat (and is
-        retried on UNAVAILABLE): the same request returns the first job."""
+        retried on UNAVAILABLE): the same request returns the first job. The job comes
+        back with `created` and the server's `warnings` (such as that no live worker
+        serves its type yet)."""
         spec = calls.make_spec(type, payload, **options)
         return self._unary(calls.submit_job(spec))
 
-    def submit_many(self, specs: Iterable[JobSpec]) -> builtins.list[Job]:
-        """Submit up to 1,000 jobs all or nothing, in one store transaction."""
+    def submit_many(self, specs: Iterable[JobSpec]) -> SubmittedJobs:
+        """Submit up to 1,000 jobs all or nothing, in one store transaction; the list
+        carries the server's `warnings` about the batch."""
         return self._unary(calls.submit_jobs(builtins.list(specs)))
 
     def get(self, job_id: str) -> Job:
@@ -82,7 +86,23 @@ class JobControlClient(BaseClient[grpc.Channel]):
         """The job's events: a snapshot first (or, with `after_sequence`, the events
         after it), then every change, ending after the terminal event. Survives server
         restarts and dropped connections by resuming after the last event delivered."""
-        state = self._resumption(job_id, after_sequence)
+        return self._follow(self._resumption(job_id, after_sequence))
+
+    def watch_jobs(
+        self,
+        *,
+        types: Iterable[str] = (),
+        labels: Mapping[str, str] | None = None,
+        after_sequence: int | None = None,
+    ) -> Iterator[JobEvent]:
+        """Every change to jobs of these types with these labels, as it happens (with
+        `after_sequence`, the stored events after it first); never ends on its own.
+        Survives dropped connections like `watch`. Filter by state on the events: a
+        state filter would hide the change that takes a job out of it."""
+        job_filter = calls.make_filter(types=types, labels=labels)
+        return self._follow(self._feed(job_filter, after_sequence))
+
+    def _follow(self, state: WatchResumption) -> Iterator[JobEvent]:
         while True:
             stream = self._open_watch(state)
             error: grpc.RpcError | None = None

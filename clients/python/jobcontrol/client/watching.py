@@ -19,6 +19,7 @@ from jobcontrol import convert
 from jobcontrol.client.backoff import Backoff
 from jobcontrol.client.errors import Unavailable, error_from_rpc
 from jobcontrol.jobs import EventKind, JobEvent
+from jobcontrol.store import JobFilter
 from jobcontrol.v1 import job_control_pb2 as api
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,12 @@ class WatchResumption:
     def last_sequence(self) -> int | None:
         return self._last
 
-    def request(self) -> api.WatchJobRequest:
+    @property
+    def subject(self) -> str:
+        """What is watched, for messages."""
+        return f"job {self.job_id}"
+
+    def request(self) -> api.WatchJobRequest | api.WatchJobsRequest:
         """A snapshot first while nothing was delivered yet; after that, a replay of what
         came after the last delivered event."""
         request = api.WatchJobRequest(job_id=self.job_id)
@@ -76,16 +82,19 @@ class WatchResumption:
         self._last = max(self._last or 0, event.sequence)
         self._broken_since = None  # the connection works: the reconnect budget starts over
         self._reconnects = 0
-        if event.job.is_terminal and event.kind is not EventKind.QUEUE_POSITION:
+        if self._ends_watch(event):
             self.finished = True
         return event
+
+    def _ends_watch(self, event: JobEvent) -> bool:
+        return event.job.is_terminal and event.kind is not EventKind.QUEUE_POSITION
 
     def reconnect_delay(self, error: grpc.RpcError | None) -> float:
         """Seconds to wait before reconnecting after the stream broke with `error` (None:
         it ended before the terminal event). Raises the typed error instead when the
         status is an answer rather than an outage, or when the budget is spent."""
         if error is not None and error.code() not in RESUMABLE_CODES:
-            raise error_from_rpc(error, job_id=self.job_id) from error
+            raise error_from_rpc(error, job_id=self.job_id or None) from error
         now = self._clock()
         if self._broken_since is None:
             self._broken_since = now
@@ -93,17 +102,48 @@ class WatchResumption:
         if waited >= self._reconnect_timeout:
             why = (error.details() or error.code().name) if error else "the stream ended early"
             raise Unavailable(
-                f"gave up resuming the watch of job {self.job_id} after "
+                f"gave up resuming the watch of {self.subject} after "
                 f"{self._reconnect_timeout:g}s: {why}"
             ) from error
         self._reconnects += 1
         delay = min(self._backoff.delay(self._reconnects), self._reconnect_timeout - waited)
         log.info(
-            "watch of job %s broke (%s); resuming after sequence %s in %.2fs",
-            self.job_id,
+            "watch of %s broke (%s); resuming after sequence %s in %.2fs",
+            self.subject,
             error.code().name if error else "stream ended early",
             self._last,
             delay,
             extra={"job_id": self.job_id},
         )
         return delay
+
+
+class FeedResumption(WatchResumption):
+    """Where a WatchJobs feed stands: like a watch of one job, but it never finishes,
+    and a resumed feed asks for the matching events after the last one delivered."""
+
+    def __init__(
+        self,
+        job_filter: JobFilter,
+        *,
+        after_sequence: int | None,
+        backoff: Backoff,
+        reconnect_timeout: float,
+    ) -> None:
+        super().__init__(
+            "", after_sequence=after_sequence, backoff=backoff, reconnect_timeout=reconnect_timeout
+        )
+        self._filter = job_filter
+
+    @property
+    def subject(self) -> str:
+        return "jobs"
+
+    def request(self) -> api.WatchJobsRequest:
+        request = api.WatchJobsRequest(filter=convert.filter_to_proto(self._filter))
+        if self.last_sequence is not None:
+            request.after_sequence = self.last_sequence
+        return request
+
+    def _ends_watch(self, event: JobEvent) -> bool:
+        return False
