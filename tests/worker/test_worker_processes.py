@@ -482,6 +482,27 @@ def test_transcode_of_missing_input_fails_at_once_with_a_clear_error(
     assert not (tmp_path / "x.mp3").exists()
 
 
+def test_transcode_that_ffmpeg_refuses_names_the_output_path_not_its_partial_file(
+    tmp_path: Path, server: ServerProcess, stub: Stub, store: SyncStore, start_worker: StartWorker
+):
+    source = make_tone(tmp_path / "tone.wav", seconds=1)
+    start_worker(server.store_path)
+    # ffprobe reads the input; ffmpeg then fails on the output: no format for the
+    # extension, and a directory that does not exist.
+    for output in (tmp_path / "tone.nosuchformat", tmp_path / "no-such-dir" / "tone.mp3"):
+        job_id = submit(stub, "audio.transcode", input=str(source), output=str(output))
+        job = wait_state(store, job_id, *TERMINAL)
+
+        assert job.state is JobState.FAILED
+        assert job.error is not None
+        assert job.error.code == "ffmpeg_failed"
+        assert str(output) in job.error.message
+        assert "partial" not in job.error.message
+        assert "file:" not in job.error.message
+        assert not output.exists()
+    assert list(tmp_path.rglob(".tone.partial-*")) == []
+
+
 # ---- one-command setup --------------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ Result: {"output": path, "duration_s": float, "bytes": int}.
 Paths are passed to ffmpeg as `file:` URLs, so a payload can name neither an option
 (a path starting with '-') nor another protocol; nothing runs through a shell. The
 output is written to a hidden partial file beside it and renamed at the end, so a
-cancelled or failed job never leaves a half-written output behind.
+cancelled or failed job never leaves a half-written output behind; ffmpeg's errors are
+passed on naming the output path as given, not that partial file.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ async def audio_transcode(ctx: JobContext) -> dict[str, Any]:
             on_stdout_line=_progress_parser(ctx, duration),
         )  # fmt: skip
         if result.returncode != 0:
+            said = _as_given(result.stderr_tail, {partial: target, source: source})
             raise PermanentError(
-                f"ffmpeg failed with exit code {result.returncode}: {result.stderr_tail[-500:]}",
+                f"ffmpeg failed with exit code {result.returncode}: {said[-500:]}",
                 code="ffmpeg_failed",
             )
         ctx.report_progress(99.5, stage="finalizing", message=str(target))
@@ -63,6 +65,14 @@ async def audio_transcode(ctx: JobContext) -> dict[str, Any]:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
     return {"output": str(target), "duration_s": round(duration, 3), "bytes": target.stat().st_size}
+
+
+def _as_given(text: str, paths: dict[Path, Path]) -> str:
+    """ffmpeg's words with the paths the user gave: the output for the hidden partial
+    file it was writing, and no `file:` prefixes."""
+    for written, shown in paths.items():
+        text = text.replace(f"file:{written}", str(shown)).replace(str(written), str(shown))
+    return text
 
 
 def _path(payload: Any, key: str) -> Path:
@@ -101,9 +111,8 @@ async def _probe_duration(ffprobe: str, source: Path, ctx: JobContext) -> float:
         on_stdout_line=lines.append,
     )  # fmt: skip
     if probe.returncode != 0:
-        raise PermanentError(
-            f"cannot read input {source}: {probe.stderr_tail[-500:]}", code="bad_input"
-        )
+        said = _as_given(probe.stderr_tail, {source: source})
+        raise PermanentError(f"cannot read input {source}: {said[-500:]}", code="bad_input")
     try:
         duration = float(lines[0])
     except (IndexError, ValueError):
