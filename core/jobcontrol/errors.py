@@ -6,6 +6,8 @@ status code in a single table; nothing here knows about gRPC.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
+
 
 class JobControlError(Exception):
     """The job-control system refused the request."""
@@ -62,3 +64,21 @@ class LeaseLost(JobControlError):
 
 class StoreUnavailable(JobControlError):
     """The job store cannot be reached or cannot write right now; retry later."""
+
+
+class UnservedJobType(JobControlError):
+    """No live worker serves the job's type, and this server refuses such jobs."""
+
+    def __init__(self, job_types: Sequence[str], served: Collection[str]) -> None:
+        named = ", ".join(f'"{t}"' for t in job_types)
+        kind = "job type" if len(job_types) == 1 else "job types"
+        live = (
+            "live workers serve " + ", ".join(f'"{t}"' for t in sorted(served))
+            if served
+            else "no worker is live"
+        )
+        super().__init__(
+            f"no live worker serves {kind} {named} ({live}), and this server refuses "
+            "jobs no worker serves (--reject-unserved-types)"
+        )
+        self.job_types = tuple(job_types)

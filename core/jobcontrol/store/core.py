@@ -547,6 +547,12 @@ class SqlJobStore:
 
         return await self._db.read(list_all)
 
+    async def served_job_types(self) -> frozenset[str]:
+        def served(tx: Tx) -> frozenset[str]:
+            return frozenset(row["job_type"] for row in tx.execute(sql.SERVED_JOB_TYPES))
+
+        return await self._db.read(served)
+
     # ---- events --------------------------------------------------------------------
 
     async def list_events(

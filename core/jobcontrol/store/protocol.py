@@ -164,6 +164,10 @@ class JobStore(Protocol):
 
     async def list_workers(self, *, include_stopped: bool = False) -> list[Worker]: ...
 
+    async def served_job_types(self) -> frozenset[str]:
+        """The job types some ACTIVE worker claims."""
+        ...
+
     # Events
     async def list_events(
         self, *, after_sequence: int, limit: int = 1000, job_id: str | None = None

@@ -247,6 +247,12 @@ WHERE :include_stopped OR state IN ('ACTIVE', 'DRAINING')
 ORDER BY start_us DESC, id DESC
 """
 
+# The job types ACTIVE workers claim (a DRAINING worker claims nothing new).
+SERVED_JOB_TYPES = """
+SELECT DISTINCT types.value AS job_type FROM workers, json_each(workers.job_types) AS types
+WHERE workers.state = 'ACTIVE'
+"""
+
 RUNNING_JOBS_BY_WORKER = """
 SELECT worker_id, id FROM jobs
 WHERE state = 'RUNNING' AND worker_id IN (SELECT value FROM json_each(:ids))

@@ -26,6 +26,7 @@ from jobcontrol.server.housekeeping import Housekeeper, HousekeepingConfig
 from jobcontrol.server.hub import EventHub
 from jobcontrol.server.listen import ListenAddress, ListenError
 from jobcontrol.server.metrics import Metrics, metered
+from jobcontrol.server.served import ServedTypes
 from jobcontrol.server.service import JobControlService
 from jobcontrol.startup import open_writable_store
 from jobcontrol.store import JobStore, StoreConfig
@@ -61,7 +62,11 @@ class ServerConfig:
     limits: LoadLimits = field(default_factory=LoadLimits)
     tail_interval: float = 0.05
     housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
+    reject_unserved_types: bool = False
     with_worker: bool = False
+    # How long the in-process worker's running jobs may take to finish at shutdown; the
+    # CLI defaults it to the standalone worker's --drain-grace.
+    worker_drain_grace: timedelta = timedelta(seconds=30)
 
 
 GRPC_OPTIONS = [
@@ -116,11 +121,19 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     except BaseException:
         await server.stop(None)
         raise
-    hub = EventHub(store, metrics=metrics, tail_interval=config.tail_interval)
+    served = ServedTypes(store)
+    hub = EventHub(store, metrics=metrics, tail_interval=config.tail_interval, served=served)
     await hub.start()
 
     admission = Admission(config.limits, metrics)
-    registration.register(server, JobControlService(store, hub, metrics), metrics, admission)
+    service = JobControlService(
+        store,
+        hub,
+        metrics,
+        served=served,
+        reject_unserved_types=config.reject_unserved_types,
+    )
+    registration.register(server, service, metrics, admission)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -147,21 +160,30 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         log.info("metrics on http://%s/metrics", config.metrics_listen)
     housekeeper.start()
     lag_sampler = asyncio.create_task(metrics.sample_loop_lag(), name="loop-lag")
-    worker_stop = asyncio.Event()
-    worker_task = _start_worker(store, hub, worker_stop) if config.with_worker else None
+    worker_stop, worker_stop_now = asyncio.Event(), asyncio.Event()
+    worker_task = (
+        _start_worker(store, hub, config.worker_drain_grace, worker_stop, worker_stop_now)
+        if config.with_worker
+        else None
+    )
+
+    def on_signal() -> None:
+        """The first signal stops the server (the in-process worker drains meanwhile);
+        a second one ends that drain at once, as it does for `jobcontrol-worker`."""
+        (worker_stop_now if stop.is_set() else stop).set()
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     try:
         await stop.wait()
         log.info("shutting down: ending streams, finishing calls in flight")
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
         if worker_task is not None:
             worker_stop.set()  # drains: running jobs finish or are handed back
             await asyncio.gather(worker_task, return_exceptions=True)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
         lag_sampler.cancel()
         await housekeeper.stop()
         await hub.close()
@@ -186,7 +208,13 @@ def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
         raise ListenError(f"cannot listen on {address}: {error}") from None
 
 
-def _start_worker(store: JobStore, hub: EventHub, stop: asyncio.Event) -> asyncio.Task[None]:
+def _start_worker(
+    store: JobStore,
+    hub: EventHub,
+    drain_grace: timedelta,
+    stop: asyncio.Event,
+    stop_now: asyncio.Event,
+) -> asyncio.Task[None]:
     """The in-process worker of `--with-worker`: same store, and its writes wake the hub."""
     from jobcontrol.worker.cli import load_handler_modules
     from jobcontrol.worker.handlers import default_registry
@@ -196,7 +224,7 @@ def _start_worker(store: JobStore, hub: EventHub, stop: asyncio.Event) -> asynci
     worker = Worker(
         store,
         default_registry,
-        WorkerConfig(drain_grace=timedelta(seconds=SHUTDOWN_GRACE_SECONDS)),
+        WorkerConfig(drain_grace=drain_grace),
         on_write=hub.wake,
     )
-    return asyncio.create_task(worker.run(stop), name="in-process-worker")
+    return asyncio.create_task(worker.run(stop, stop_now), name="in-process-worker")

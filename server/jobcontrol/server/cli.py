@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import re
 import sys
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
+from jobcontrol.durations import SYNTAX, duration_arg, format_duration
 from jobcontrol.errors import JobControlError
+from jobcontrol.logs import FORMATS, LEVELS, add_logging_arguments, configure_logging
 from jobcontrol.server.admission import (
     DEFAULT_MAX_CONCURRENT_RPCS,
     DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
@@ -24,21 +27,48 @@ from jobcontrol.server.housekeeping import HousekeepingConfig
 from jobcontrol.server.listen import ListenAddress, ListenError
 from jobcontrol.startup import StartupError
 from jobcontrol.store import StoreConfig
+from jobcontrol.worker.runtime import WorkerConfig
 
 LOCAL_TAIL_INTERVAL = 0.05
 REMOTE_TAIL_INTERVAL = 0.2
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _SIZE = re.compile(r"(\d+)\s*(KiB|MiB|GiB)?", re.IGNORECASE)
 _SIZE_UNITS = {None: 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+SIZE_SYNTAX = "a size is a number of bytes, or of KiB, MiB or GiB: 512KiB, 24MiB"
+_ON = ("1", "true", "yes", "on")
+_OFF = ("", "0", "false", "no", "off")
 
 
-def duration(text: str) -> timedelta:
-    """`90`, `1.5s`, `250ms`, `5m`, `2h`, `7d`."""
-    match = _DURATION.fullmatch(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 30s, 5m, 7d)")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's default after its help, spelled as the option takes it (`7d`, not
+    `7 days, 0:00:00`); none where there is no default or the help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default is None
+            or default is False
+            or default == ""
+            or default == argparse.SUPPRESS
+            or "default" in text
+        ):
+            return text
+        shown = format_duration(default) if isinstance(default, timedelta) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line naming the problem, not the whole usage block."""
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def env_switch(p: argparse.ArgumentParser, env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value not in _ON + _OFF:
+        p.error(f"env {name} must be 1 or 0, got {value!r}")
+    return value in _ON
 
 
 def byte_size(text: str) -> int:
@@ -62,61 +92,105 @@ def positive_int(text: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     env = os.environ
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="jobcontrol-server",
         description="Serve jobcontrol.v1.JobControl (plus health and reflection) on one store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=f"{SYNTAX[0].upper()}{SYNTAX[1:]}; {SIZE_SYNTAX}.",
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--listen",
+        metavar="HOST:PORT",
         default=env.get("JOBCONTROL_LISTEN", "127.0.0.1:50051"),
-        help="host:port to serve on; port 0 picks a free one (env JOBCONTROL_LISTEN)",
+        help="address to serve on; port 0 picks a free one (env JOBCONTROL_LISTEN)",
     )
     StoreConfig.add_arguments(p)
     p.add_argument(
-        "--with-worker",
+        "--reject-unserved-types",
         action="store_true",
-        help="also run a worker with the built-in job types in this process (local setup)",
+        default=env_switch(p, env, "JOBCONTROL_REJECT_UNSERVED_TYPES"),
+        help="refuse a submit (FAILED_PRECONDITION) whose job type no live worker serves, "
+        "instead of accepting it with a warning; a SubmitJobs batch is refused whole "
+        "(env JOBCONTROL_REJECT_UNSERVED_TYPES=1)",
     )
     p.add_argument(
         "--metrics-listen",
+        metavar="HOST:PORT",
         default=env.get("JOBCONTROL_METRICS_LISTEN"),
-        help="host:port for the Prometheus /metrics endpoint (env JOBCONTROL_METRICS_LISTEN)",
+        help="address for the Prometheus /metrics endpoint (env JOBCONTROL_METRICS_LISTEN)",
     )
     p.add_argument(
         "--auth-tokens-file",
+        metavar="FILE",
         default=env.get("JOBCONTROL_AUTH_TOKENS_FILE"),
         help="file of accepted bearer tokens, one per line (env JOBCONTROL_AUTH_TOKENS_FILE; "
         "a single token can also come from env JOBCONTROL_AUTH_TOKEN)",
     )
-    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
-    p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
-    p.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certs (mTLS)")
+    p.add_argument("--tls-cert", metavar="FILE", type=Path, help="PEM certificate chain: serve TLS")
+    p.add_argument("--tls-key", metavar="FILE", type=Path, help="PEM private key for --tls-cert")
     p.add_argument(
-        "--tail-interval",
-        type=duration,
-        default=None,
-        help="how often to read events written by other processes while someone watches "
-        "(default 50ms for SQLite, 200ms for a remote libSQL store)",
+        "--tls-client-ca",
+        metavar="FILE",
+        type=Path,
+        help="PEM CA bundle: require client certificates (mTLS)",
     )
-    p.add_argument("--reap-interval", type=duration, default=duration("1s"))
-    p.add_argument(
+    timing = p.add_argument_group("timing")
+    timing.add_argument(
+        "--tail-interval",
+        type=duration_arg,
+        metavar="DURATION",
+        help="how often to read events written by other processes while someone watches "
+        f"(default {format_duration(LOCAL_TAIL_INTERVAL)} for SQLite, "
+        f"{format_duration(REMOTE_TAIL_INTERVAL)} for a remote libSQL store)",
+    )
+    timing.add_argument(
+        "--reap-interval",
+        type=duration_arg,
+        metavar="DURATION",
+        default=timedelta(seconds=1),
+        help="how often to hand back jobs whose lease expired, end attempts past their "
+        "timeout, and mark silent workers LOST",
+    )
+    timing.add_argument(
         "--worker-lost-after",
-        type=duration,
-        default=duration("60s"),
+        type=duration_arg,
+        metavar="DURATION",
+        default=timedelta(seconds=60),
         help="mark a worker LOST after this long without a heartbeat",
     )
-    p.add_argument(
+    timing.add_argument(
         "--retention",
-        type=duration,
-        default=duration("7d"),
+        type=duration_arg,
+        metavar="DURATION",
+        default=timedelta(days=7),
         help="prune finished jobs and their events older than this",
     )
-    p.add_argument("--prune-interval", type=duration, default=duration("1h"))
+    timing.add_argument(
+        "--prune-interval",
+        type=duration_arg,
+        metavar="DURATION",
+        default=timedelta(hours=1),
+        help="how often to prune what --retention lets go",
+    )
+    worker = p.add_argument_group("in-process worker (local setup)")
+    worker.add_argument(
+        "--with-worker",
+        action="store_true",
+        help="also run a worker with the built-in job types in this process",
+    )
+    worker.add_argument(
+        "--worker-drain-grace",
+        type=duration_arg,
+        metavar="DURATION",
+        default=WorkerConfig().drain_grace,
+        help="on SIGTERM/SIGINT, how long its running jobs may take to finish before being "
+        "handed back; a second signal hands them back at once",
+    )
     limits = p.add_argument_group("load limits (past one, calls get RESOURCE_EXHAUSTED)")
     limits.add_argument(
         "--max-concurrent-rpcs",
         type=positive_int,
+        metavar="N",
         default=env.get("JOBCONTROL_MAX_CONCURRENT_RPCS", str(DEFAULT_MAX_CONCURRENT_RPCS)),
         help="unary calls handled at once; health checks are never refused "
         "(env JOBCONTROL_MAX_CONCURRENT_RPCS)",
@@ -124,12 +198,14 @@ def parser() -> argparse.ArgumentParser:
     limits.add_argument(
         "--max-streams",
         type=positive_int,
+        metavar="N",
         default=env.get("JOBCONTROL_MAX_STREAMS", str(DEFAULT_MAX_STREAMS)),
         help="WatchJob and WatchJobs streams open at once (env JOBCONTROL_MAX_STREAMS)",
     )
     limits.add_argument(
         "--max-request-bytes-in-flight",
         type=byte_size,
+        metavar="SIZE",
         default=env.get(
             "JOBCONTROL_MAX_REQUEST_BYTES_IN_FLIGHT",
             f"{DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT // 1024**2}MiB",
@@ -137,7 +213,7 @@ def parser() -> argparse.ArgumentParser:
         help="bytes of unary requests handled at once; a request is always taken when "
         "nothing else is in flight (env JOBCONTROL_MAX_REQUEST_BYTES_IN_FLIGHT)",
     )
-    p.add_argument("--log-level", default=env.get("JOBCONTROL_LOG_LEVEL", "INFO"))
+    add_logging_arguments(p, env)
     return p
 
 
@@ -186,17 +262,23 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             retention=args.retention,
             prune_interval=args.prune_interval.total_seconds(),
         ),
+        reject_unserved_types=args.reject_unserved_types,
         with_worker=args.with_worker,
+        worker_drain_grace=args.worker_drain_grace,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    p = parser()
+    args = p.parse_args(argv)
+    # argparse checks choices on the command line only, not defaults from the environment.
+    for value, choices, env in (
+        (args.log_level, LEVELS, "JOBCONTROL_LOG_LEVEL"),
+        (args.log_format, FORMATS, "JOBCONTROL_LOG_FORMAT"),
+    ):
+        if value not in choices:
+            p.error(f"env {env} must be one of {', '.join(choices)}, got {value!r}")
+    configure_logging(args.log_level, args.log_format)
     config = config_from_args(args)
     try:
         asyncio.run(serve(config))

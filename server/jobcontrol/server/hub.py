@@ -4,7 +4,9 @@ The tailer reads `job_events` after the last sequence it saw and hands each even
 the subscriptions that want it, so the store sees the same queries for one watcher or
 ten thousand; with nobody subscribed it only follows the newest sequence. Snapshots
 for new watchers are loaded in batches, and queue positions of watched PENDING jobs are
-refreshed for all of them in one query per tick.
+refreshed for all of them in one query per tick. Jobs go out PENDING with `unserved`
+set as the served types say (`served.ServedTypes`); the same tick tells a watcher of a
+PENDING job when that flips.
 
 Each subscription has a bounded buffer. A watcher that falls behind has its progress
 updates coalesced: if it had not read everything before the tailer's batch arrived, a
@@ -32,6 +34,7 @@ from datetime import UTC, datetime
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.jobs import EventKind, Job, JobEvent, JobState
 from jobcontrol.server.metrics import Metrics
+from jobcontrol.server.served import ServedTypes, mark_event
 from jobcontrol.store import JobFilter, JobStore
 
 log = logging.getLogger(__name__)
@@ -191,8 +194,10 @@ class EventHub:
         position_interval: float = 1.0,
         capacity: int = 1024,
         read_limit: int = 1000,
+        served: ServedTypes | None = None,
     ) -> None:
         self._store = store
+        self._served = served or ServedTypes(store)
         self._metrics = metrics
         self._tail_interval = tail_interval
         self._idle_interval = idle_interval
@@ -295,6 +300,7 @@ class EventHub:
             waiters, self._snapshot_waiters = self._snapshot_waiters, {}
             try:
                 events = await self._store.latest_events(list(waiters))
+                served = await self._served.get()
             except Exception as error:  # handed to every waiter, which reports it
                 for futures in waiters.values():
                     for future in futures:
@@ -304,7 +310,8 @@ class EventHub:
             for job_id, futures in waiters.items():
                 for future in futures:
                     if not future.done():
-                        future.set_result(events.get(job_id))
+                        event = events.get(job_id)
+                        future.set_result(None if event is None else mark_event(event, served))
 
     def _dispatch(self, event: JobEvent) -> None:
         delivery = Delivery(event)
@@ -326,6 +333,9 @@ class EventHub:
                     events = await self._store.list_events(
                         after_sequence=self._last, limit=self._read_limit
                     )
+                    if any(event.job.state is JobState.PENDING for event in events):
+                        served = await self._served.get()
+                        events = [mark_event(event, served) for event in events]
                 else:
                     await self._skip_unwatched()
                     events = []
@@ -379,6 +389,7 @@ class EventHub:
                 continue
             try:
                 positions = await self._store.queue_positions(sorted(watched))
+                served = await self._served.get()
             except StoreUnavailable as error:
                 log.warning("queue positions: %s", error.message)
                 continue
@@ -389,12 +400,13 @@ class EventHub:
                     job = sub.last_job
                     if job is None or job.state is not JobState.PENDING:
                         continue
-                    if job.queue_position == position:
+                    unserved = job.type not in served
+                    if job.queue_position == position and job.unserved == unserved:
                         continue
                     event = JobEvent(
                         sequence=sub.last_sequence,
                         kind=EventKind.QUEUE_POSITION,
                         time=now,
-                        job=dataclasses.replace(job, queue_position=position),
+                        job=dataclasses.replace(job, queue_position=position, unserved=unserved),
                     )
                     sub.push(Delivery(event), self._batch)

@@ -17,11 +17,12 @@ import grpc
 from google.protobuf import struct_pb2
 
 from jobcontrol import convert
-from jobcontrol.errors import InvalidArgument, JobNotFound
+from jobcontrol.errors import InvalidArgument, JobNotFound, UnservedJobType
 from jobcontrol.ids import parse_id
 from jobcontrol.jobs import EventKind, Job, JobEvent
 from jobcontrol.server.hub import OVERFLOW, Delivery, EventHub, Subscription, WatchEnded
 from jobcontrol.server.metrics import Metrics
+from jobcontrol.server.served import ServedTypes, mark, mark_event, warnings
 from jobcontrol.server.status import StreamEnded, streaming, unary
 from jobcontrol.store import JobFilter, JobStore
 from jobcontrol.v1 import job_control_pb2 as api
@@ -50,18 +51,46 @@ async def _in_slices(items: Sequence[T], convert_one: Callable[[int, T], R]) -> 
 
 
 class JobControlService(job_control_pb2_grpc.JobControlServicer):
-    def __init__(self, store: JobStore, hub: EventHub, metrics: Metrics) -> None:
+    """`reject_unserved_types`: refuse submits of types no ACTIVE worker serves
+    (FAILED_PRECONDITION) instead of accepting them with a warning."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        hub: EventHub,
+        metrics: Metrics,
+        *,
+        served: ServedTypes | None = None,
+        reject_unserved_types: bool = False,
+    ) -> None:
         self.store = store
         self.hub = hub
         self.metrics = metrics
+        self.served = served or ServedTypes(store)
+        self.reject_unserved_types = reject_unserved_types
+
+    async def _served_for(self, job_types: Sequence[str]) -> frozenset[str]:
+        """The served types; raises UnservedJobType (a batch is refused whole) when
+        this server refuses types nobody serves and some of these are."""
+        served = await self.served.get()
+        if self.reject_unserved_types:
+            unserved = [t for t in dict.fromkeys(job_types) if t not in served]
+            if unserved:
+                raise UnservedJobType(unserved, served)
+        return served
 
     @unary
     async def SubmitJob(self, request: api.SubmitJobRequest, context: Context) -> Any:
-        submitted = await self.store.create_job(convert.spec_from_proto(request))
+        spec = convert.spec_from_proto(request)
+        served = await self._served_for([spec.type])
+        submitted = await self.store.create_job(spec)
         if submitted.created:
             self.hub.wake()
+        job = mark(submitted.job, served)
         return api.SubmitJobResponse(
-            job=_answer(submitted.job, request.payload), created=submitted.created
+            job=_answer(job, request.payload),
+            created=submitted.created,
+            warnings=warnings([job]),
         )
 
     @unary
@@ -70,19 +99,20 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
             request.requests,
             lambda i, r: convert.spec_from_proto(r, field_prefix=f"requests[{i}]."),
         )
+        served = await self._served_for([spec.type for spec in specs])
         results = await self.store.create_jobs(specs)
         self.hub.wake()
+        jobs = [mark(r.job, served) for r in results]
         return api.SubmitJobsResponse(
-            jobs=await _in_slices(
-                results, lambda i, r: _answer(r.job, request.requests[i].payload)
-            ),
+            jobs=await _in_slices(jobs, lambda i, job: _answer(job, request.requests[i].payload)),
             created=[r.created for r in results],
+            warnings=warnings(jobs),
         )
 
     @unary
     async def GetJob(self, request: api.GetJobRequest, context: Context) -> Any:
         job = await self.store.get_job(request.job_id)
-        return api.GetJobResponse(job=convert.job_to_proto(job))
+        return api.GetJobResponse(job=await self._to_proto(job))
 
     @unary
     async def ListJobs(self, request: api.ListJobsRequest, context: Context) -> Any:
@@ -91,8 +121,9 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
+        served = await self.served.get()
         return api.ListJobsResponse(
-            jobs=[convert.job_to_proto(j) for j in page.jobs],
+            jobs=[convert.job_to_proto(mark(j, served)) for j in page.jobs],
             next_page_token=page.next_page_token,
         )
 
@@ -100,13 +131,16 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
     async def CancelJob(self, request: api.CancelJobRequest, context: Context) -> Any:
         job = await self.store.cancel_job(request.job_id, reason=request.reason)
         self.hub.wake()
-        return api.CancelJobResponse(job=convert.job_to_proto(job))
+        return api.CancelJobResponse(job=await self._to_proto(job))
 
     @unary
     async def RetryJob(self, request: api.RetryJobRequest, context: Context) -> Any:
         job = await self.store.retry_job(request.job_id)
         self.hub.wake()
-        return api.RetryJobResponse(job=convert.job_to_proto(job))
+        return api.RetryJobResponse(job=await self._to_proto(job))
+
+    async def _to_proto(self, job: Job) -> pb.Job:
+        return convert.job_to_proto(mark(job, await self.served.get()))
 
     @unary
     async def ListWorkers(self, request: api.ListWorkersRequest, context: Context) -> Any:
@@ -195,14 +229,16 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
         job_filter: JobFilter | None = None,
         sub: Subscription | None = None,
     ) -> AsyncIterator[JobEvent]:
-        """Stored events after `after`, page by page, until caught up with the store."""
+        """Stored events after `after`, page by page, until caught up with the store;
+        PENDING jobs marked unserved as they are now."""
         while True:
             page = await self.store.list_events(
                 after_sequence=after, limit=REPLAY_PAGE, job_id=job_id
             )
+            served = await self.served.get()
             for event in page:
                 if sub is None or sub.wants(event):
-                    yield event
+                    yield mark_event(event, served)
             if len(page) < REPLAY_PAGE:
                 return
             after = page[-1].sequence

@@ -1,7 +1,8 @@
 """Domain errors to gRPC status codes (AIP-193): one table, one place that ends a
 call with an error.
 
-Field errors carry google.rpc.BadRequest details. Anything unexpected becomes INTERNAL
+Field errors carry google.rpc.BadRequest details, refused job types
+google.rpc.PreconditionFailure details. Anything unexpected becomes INTERNAL
 with a generic message; the traceback goes to the server log only.
 """
 
@@ -27,11 +28,16 @@ from jobcontrol.errors import (
     JobNotFound,
     LeaseLost,
     StoreUnavailable,
+    UnservedJobType,
     WorkerNotFound,
 )
 from jobcontrol.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# google.rpc.PreconditionFailure's violation type for a refused job type; its subject is
+# the type.
+UNSERVED_JOB_TYPE = "UNSERVED_JOB_TYPE"
 
 STATUS_CODES: dict[type[JobControlError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -39,6 +45,7 @@ STATUS_CODES: dict[type[JobControlError], grpc.StatusCode] = {
     WorkerNotFound: grpc.StatusCode.NOT_FOUND,
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
+    UnservedJobType: grpc.StatusCode.FAILED_PRECONDITION,
     LeaseLost: grpc.StatusCode.ABORTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
 }
@@ -73,6 +80,20 @@ def rich_status(error: JobControlError) -> grpc.Status:
         )
         packed = any_pb2.Any()
         packed.Pack(bad_request)
+        details.append(packed)
+    elif isinstance(error, UnservedJobType):
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=UNSERVED_JOB_TYPE,
+                    subject=job_type,
+                    description="no live worker serves this job type",
+                )
+                for job_type in error.job_types
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(failure)
         details.append(packed)
     message = status_pb2.Status(
         code=getattr(code_pb2, code.name), message=error.message, details=details
