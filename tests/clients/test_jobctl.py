@@ -5,23 +5,27 @@ that reflect the final state, and errors as `jobctl: STATUS: message` with no tr
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
+import queue
 import re
 import select
 import struct
 import subprocess
 import termios
+import threading
 import time
 import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from jobcontrol.client.cli import EXIT_CANCELLED, EXIT_ERROR, EXIT_FAILED, EXIT_USAGE
-from tests.clients.conftest import server_dir
+from jobcontrol.client.cli import EXIT_CANCELLED, EXIT_ERROR, EXIT_FAILED, EXIT_USAGE, parser
+from tests.clients.conftest import StartNumberWorker, server_dir
 from tests.conftest import BIN, ServerProcess, free_port, start_server
 from tests.server.test_auth_tls import make_certs
 
@@ -227,8 +231,58 @@ def test_list_filters_by_label_and_state_and_honours_the_limit(worker_server: Se
     rows = table.stdout.splitlines()
     assert rows[0].split() == ["ID", "TYPE", "STATE", "PROGRESS", "ATTEMPT", "CREATED"]
     assert [row.split()[0] for row in rows[1:]] == ids[::-1]
-    assert [json.loads(line)["id"] for line in limited.stdout.splitlines()] == ids[:0:-1]
-    assert [json.loads(line)["id"] for line in cancelled.stdout.splitlines()] == [ids[0]]
+    assert [job["id"] for job in json.loads(limited.stdout)] == ids[:0:-1]
+    assert [job["id"] for job in json.loads(cancelled.stdout)] == [ids[0]]
+
+
+def test_an_empty_list_says_so_instead_of_printing_a_bare_header(worker_server: ServerProcess):
+    label = f"run={uuid.uuid4().hex[:8]}"
+
+    table = jobctl("list", "--label", label, address=worker_server.address)
+    as_json = jobctl("list", "--label", label, "--json", address=worker_server.address)
+
+    assert table.returncode == 0, table.stderr
+    assert table.stdout == ""
+    assert table.stderr.strip() == "no jobs match"
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == []
+
+
+def test_an_empty_list_on_a_new_server_says_there_are_no_jobs_yet(tmp_path: Path):
+    server = start_server(server_dir(tmp_path, "empty"))
+    try:
+        result = jobctl("list", address=server.address)
+        workers = jobctl("workers", address=server.address)
+        workers_json = jobctl("workers", "--json", address=server.address)
+    finally:
+        server.stop()
+
+    assert (result.returncode, result.stdout, result.stderr.strip()) == (0, "", "no jobs yet")
+    assert (workers.stdout, workers.stderr.strip()) == ("", "no live workers")
+    assert json.loads(workers_json.stdout) == []
+
+
+def test_every_command_takes_json(worker_server: ServerProcess):
+    job_id = submitted_id(worker_server, "demo.sleep", "--delay", "1h")
+    address = worker_server.address
+
+    submitted = jobctl("submit", "demo.sleep", "--delay", "1h", "--json", address=address)
+    got = jobctl("get", job_id, "--json", address=address)
+    cancelled = jobctl("cancel", job_id, "--json", address=address)
+    retried = jobctl("retry", job_id, "--json", address=address)
+    workers = jobctl("workers", "--json", address=address)
+    jobctl("cancel", job_id, address=address)
+    jobctl("cancel", json.loads(submitted.stdout)["id"], address=address)
+
+    assert json.loads(submitted.stdout)["state"] == "JOB_STATE_PENDING"
+    assert len(got.stdout.splitlines()) == 1  # one line, where plain `get` indents
+    assert json.loads(got.stdout)["id"] == job_id
+    assert json.loads(cancelled.stdout)["state"] == "JOB_STATE_CANCELLED"
+    assert json.loads(retried.stdout)["state"] == "JOB_STATE_PENDING"
+    [worker] = json.loads(workers.stdout)
+    assert worker["state"] == "WORKER_STATE_ACTIVE"  # proto3 JSON names and enums
+    assert "demo.sleep" in worker["jobTypes"]
+    assert worker["concurrency"] >= 1
 
 
 def test_retry_and_workers(worker_server: ServerProcess):
@@ -251,6 +305,156 @@ def test_connection_flags_work_after_the_subcommand_too(worker_server: ServerPro
     result = jobctl("workers", "--addr", worker_server.address, address="127.0.0.1:1")
 
     assert result.returncode == 0, result.stderr
+
+
+# ---- numbers, durations, warnings -------------------------------------------------------
+
+
+def test_whole_numbers_print_as_integers(numbers_server: ServerProcess):
+    address = numbers_server.address
+    payload = json.dumps({"steps": 4, "ratio": 0.5})
+
+    watched = jobctl("submit", "numbers.sizes", "--payload", payload, "--watch", address=address)
+    job_id = watched.stdout.splitlines()[0].removeprefix("submitted job ")
+    got = jobctl("get", job_id, address=address)
+    listed = jobctl("list", "--type", "numbers.sizes", "--json", address=address)
+
+    assert watched.returncode == 0, watched
+    summary = watched.stdout.splitlines()[-1]
+    assert '"bytes": 160514,' in summary, summary
+    assert "160514.0" not in summary
+    assert '"steps": 4' in summary
+    assert '"ratio": 0.5' in summary
+    result = json.loads(got.stdout)["result"]
+    assert '"bytes": 160514,' in got.stdout
+    assert type(result["bytes"]) is int
+    assert type(result["echo"]["steps"]) is int
+    assert type(result["huge"]) is float  # past 2**53 it stays what the wire holds
+    assert type(json.loads(listed.stdout)[0]["result"]["nested"]["counts"][0]) is int
+
+
+def test_durations_take_units_and_bare_seconds(worker_server: ServerProcess):
+    address = worker_server.address
+
+    in_units = json.loads(
+        jobctl(
+            "submit",
+            "demo.sleep",
+            "--delay",
+            "2h",
+            "--job-timeout",
+            "90s",
+            "--json",
+            "--timeout",
+            "5s",
+            address=address,
+        ).stdout
+    )
+    in_seconds = json.loads(
+        jobctl("submit", "demo.sleep", "--delay", "7200", "--json", address=address).stdout
+    )
+    refused = jobctl("submit", "demo.sleep", "--delay", "2 fortnights", address=address)
+
+    for job in (in_units, in_seconds):
+        created = datetime.fromisoformat(job["createTime"])
+        assert datetime.fromisoformat(job["runAfter"]) - created == timedelta(hours=2)
+        jobctl("cancel", job["id"], address=address)
+    assert in_units["timeout"] == "90s"
+    assert refused.returncode == EXIT_USAGE
+    assert "500ms, 30s, 5m, 2h or 7d" in refused.stderr
+
+
+def test_help_states_the_duration_syntax_and_every_option_says_what_it_does():
+    top_level = parser()
+    commands = next(
+        action for action in top_level._actions if isinstance(action, argparse._SubParsersAction)
+    )
+    texts = [jobctl("--help", address=None).stdout]
+    for name, sub in commands.choices.items():
+        texts.append(jobctl(name, "--help", address=None).stdout)
+        for action in sub._actions:
+            assert action.help, f"jobctl {name} {action.option_strings or action.dest}"
+    for action in top_level._actions:
+        assert action.help, action.option_strings
+
+    texts = [" ".join(text.split()) for text in texts]  # argparse wraps lines anywhere
+    assert "500ms, 30s, 5m, 2h or 7d" in texts[0]
+    for text in texts:
+        assert "(default: None)" not in text
+        assert "(default: )" not in text
+        assert not re.search(r"\(default[^)]*\)\s*\(default", text), text  # doubled
+        assert "0:00" not in text  # no timedelta reprs
+    assert "[--timeout DURATION]" in texts[0]
+    submit_help = texts[1 + list(commands.choices).index("submit")]
+    assert "--delay DURATION" in submit_help
+    assert "--job-timeout DURATION" in submit_help
+
+
+def test_submit_warns_when_no_live_worker_serves_the_type(worker_server: ServerProcess):
+    job_type = f"test.nobody{uuid.uuid4().hex[:8]}"
+
+    result = jobctl("submit", job_type, address=worker_server.address)
+
+    assert result.returncode == 0, result.stderr
+    assert str(uuid.UUID(result.stdout.strip())) == result.stdout.strip()
+    [warning] = result.stderr.splitlines()
+    assert warning.startswith("jobctl: warning: "), warning
+    assert job_type in warning
+    jobctl("cancel", result.stdout.strip(), address=worker_server.address)
+
+
+def test_watch_warns_while_no_worker_serves_the_type_and_says_when_one_does(
+    tmp_path: Path, start_number_worker: StartNumberWorker
+):
+    server = start_server(server_dir(tmp_path, "unserved"))
+    try:
+        job_id = submitted_id(server, "numbers.sizes")
+        with Lines([JOBCTL, "watch", job_id], environment(server.address)) as watch:
+            warning = watch.next_line()
+            start_number_worker(server)
+            served = watch.next_line()
+            code = watch.process.wait(60)
+    finally:
+        server.stop()
+
+    assert warning.startswith("jobctl: warning: no live worker serves job type 'numbers.sizes'")
+    assert served == "jobctl: a live worker serves job type 'numbers.sizes' now"
+    assert code == 0
+
+
+class Lines:
+    """A running command whose stderr lines are read as they come, each with a deadline
+    (a line that never comes fails the test instead of hanging it)."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            list(args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self._lines.put(line.rstrip("\n"))
+
+    def next_line(self, timeout: float = 30) -> str:
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line on stderr within {timeout}s") from None
+
+    def __enter__(self) -> Lines:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        self._reader.join(10)  # it stops at the end of the output
+        assert self.process.stderr is not None
+        self.process.stderr.close()
 
 
 # ---- errors ----------------------------------------------------------------------------

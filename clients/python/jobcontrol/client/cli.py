@@ -1,5 +1,10 @@
 """`jobctl`: submit, follow, cancel and inspect jobs from a shell (docs/architecture.md).
 
+Every command takes `--json`: commands about one job print it as one JSON object,
+`list` and `workers` print one JSON array (`[]` when nothing matches), and the streams
+(`watch`, `submit --watch`, `top`) print one JSON object per event and line. The
+objects are the proto3 JSON forms of the API's messages, as grpcurl prints them.
+
 Exit codes, so scripts can branch on the outcome of a job:
 
     0   the command worked; for `watch` and `submit --watch`: the job SUCCEEDED
@@ -17,18 +22,25 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from datetime import timedelta
 from itertools import islice
 from pathlib import Path
 from typing import Any, NoReturn
 
 from jobcontrol import convert
-from jobcontrol.client import render
+from jobcontrol.client import render, top
 from jobcontrol.client.errors import status_name
-from jobcontrol.client.options import DEFAULT_ADDRESS, DEFAULT_TIMEOUT, TlsOptions
+from jobcontrol.client.options import (
+    DEFAULT_ADDRESS,
+    DEFAULT_TIMEOUT,
+    DEFAULT_WATCH_RECONNECT_TIMEOUT,
+    TlsOptions,
+)
 from jobcontrol.client.sync import JobControlClient
+from jobcontrol.durations import SYNTAX, duration_arg, format_duration, optional_duration_arg
 from jobcontrol.errors import JobControlError
-from jobcontrol.jobs import JobState
+from jobcontrol.jobs import JobEvent, JobState
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -76,19 +88,27 @@ def _connection_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> Non
         "--token-file",
         type=Path,
         default=default(None),
+        metavar="FILE",
         help="file holding the bearer token (default: env JOBCONTROL_AUTH_TOKEN)",
     )
     group.add_argument(
         "--tls", action="store_true", default=default(False), help="TLS with the system CAs"
     )
-    group.add_argument("--tls-ca", type=Path, default=default(None), help="PEM CA bundle: TLS")
-    group.add_argument("--tls-cert", type=Path, default=default(None), help="client cert (mTLS)")
-    group.add_argument("--tls-key", type=Path, default=default(None), help="client key (mTLS)")
+    group.add_argument(
+        "--tls-ca", type=Path, default=default(None), metavar="FILE", help="PEM CA bundle: TLS"
+    )
+    group.add_argument(
+        "--tls-cert", type=Path, default=default(None), metavar="FILE", help="client cert (mTLS)"
+    )
+    group.add_argument(
+        "--tls-key", type=Path, default=default(None), metavar="FILE", help="client key (mTLS)"
+    )
     group.add_argument(
         "--timeout",
-        type=float,
-        default=default(DEFAULT_TIMEOUT),
-        help=f"deadline in seconds for each call (default {DEFAULT_TIMEOUT:g})",
+        type=optional_duration_arg,
+        default=default(timedelta(seconds=DEFAULT_TIMEOUT)),
+        metavar="DURATION",
+        help=f"deadline of each call; 0: none (default {format_duration(DEFAULT_TIMEOUT)})",
     )
 
 
@@ -120,65 +140,138 @@ def _payload(text: str) -> dict[str, Any]:
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="jobctl",
-        description="Submit, follow and cancel jobcontrol jobs.",
+        description="Submit, follow and cancel jobcontrol jobs. "
+        "--json on any command prints JSON: one object for one job, an array for "
+        "`list` and `workers`, one object per line for `watch` and `top`. "
+        f"{SYNTAX[0].upper()}{SYNTAX[1:]}.",
         epilog="exit codes: 0 ok / job SUCCEEDED, 1 job FAILED, 2 job CANCELLED, "
         "3 call failed (jobctl: STATUS: message), 64 usage, 130 interrupted",
     )
     _connection_flags(p, suppress=False)
-    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = p.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="one of these; `jobctl COMMAND --help` lists its options",
+    )
 
-    def command(name: str, run: Command, help: str) -> argparse.ArgumentParser:
+    def command(name: str, run: Command, help: str, json_help: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         _connection_flags(sub, suppress=True)
-        sub.set_defaults(run=run)
+        sub.add_argument("--json", action="store_true", help=json_help)
+        sub.set_defaults(run=run, watch_reconnect_timeout=DEFAULT_WATCH_RECONNECT_TIMEOUT)
         return sub
 
-    submit = command("submit", _submit, "submit a job; prints its id (or follows it)")
+    event_json = (
+        "one JSON object per event: proto3 JSON of jobcontrol.v1.JobEvent "
+        "(lowerCamelCase, enum names, int64 as strings)"
+    )
+
+    submit = command(
+        "submit",
+        _submit,
+        "submit a job; prints its id (or follows it)",
+        "print the job as one JSON object (with --watch: one JSON object per event)",
+    )
     submit.add_argument("type", help="job type, e.g. demo.sleep")
-    submit.add_argument("--payload", type=_payload, default={}, help="JSON object")
+    submit.add_argument(
+        "--payload", type=_payload, default={}, metavar="JSON", help="input, a JSON object"
+    )
     submit.add_argument("--priority", type=int, default=0, help="0 (default) to 1000")
-    submit.add_argument("--label", type=_label, action="append", default=[], metavar="K=V")
-    submit.add_argument("--idempotency-key", help="makes the submission safe to repeat")
-    submit.add_argument("--delay", type=float, help="seconds before it may run")
-    submit.add_argument("--max-attempts", type=int, help="attempts before it fails (1-100)")
+    _label_flag(submit, "a label to set; repeatable")
+    submit.add_argument(
+        "--idempotency-key", metavar="KEY", help="makes the submission safe to repeat"
+    )
+    submit.add_argument(
+        "--delay", type=optional_duration_arg, metavar="DURATION", help="wait before it may run"
+    )
+    submit.add_argument(
+        "--job-timeout",
+        type=duration_arg,
+        metavar="DURATION",
+        help="longest one attempt may run (default: no limit)",
+    )
+    submit.add_argument(
+        "--max-attempts", type=int, metavar="N", help="attempts before it fails (1-100)"
+    )
     submit.add_argument("--watch", action="store_true", help="follow it like `jobctl watch`")
-    submit.add_argument("--json", action="store_true", help="print JSON (see `watch --json`)")
 
-    get = command("get", _get, "print a job as JSON")
-    get.add_argument("id")
+    get = command("get", _get, "print a job as JSON", "one line instead of indented")
+    get.add_argument("id", help="the job's id")
 
-    listing = command("list", _list, "list jobs, newest first")
-    listing.add_argument("--state", type=_state, action="append", default=[], help="repeatable")
-    listing.add_argument("--type", action="append", default=[], help="repeatable")
-    listing.add_argument("--label", type=_label, action="append", default=[], metavar="K=V")
+    listing = command(
+        "list", _list, "list jobs, newest first", "print one JSON array of jobs ([] if none)"
+    )
+    _filter_flags(listing)
     listing.add_argument(
         "--limit",
         type=int,
         default=DEFAULT_LIST_LIMIT,
+        metavar="N",
         help=f"at most this many (default {DEFAULT_LIST_LIMIT}; 0: all)",
     )
-    listing.add_argument("--json", action="store_true", help="one JSON job per line")
 
-    watch = command("watch", _watch, "follow a job until it finishes")
-    watch.add_argument("id")
+    watch = command("watch", _watch, "follow a job until it finishes", event_json)
+    watch.add_argument("id", help="the job's id")
     watch.add_argument(
-        "--json",
-        action="store_true",
-        help="one JSON object per event: proto3 JSON of jobcontrol.v1.JobEvent "
-        "(lowerCamelCase, enum names, int64 as strings)",
+        "--after-sequence", type=int, metavar="N", help="replay the events after this one"
     )
-    watch.add_argument("--after-sequence", type=int, help="replay the events after this one")
 
-    cancel = command("cancel", _cancel, "cancel a job")
-    cancel.add_argument("id")
-    cancel.add_argument("--reason", default="", help="recorded on the job")
+    cancel = command("cancel", _cancel, "cancel a job", "print the job as one JSON object")
+    cancel.add_argument("id", help="the job's id")
+    cancel.add_argument("--reason", default="", help="why, recorded on the job")
 
-    retry = command("retry", _retry, "run a FAILED or CANCELLED job again")
-    retry.add_argument("id")
+    retry = command(
+        "retry", _retry, "run a FAILED or CANCELLED job again", "print the job as one JSON object"
+    )
+    retry.add_argument("id", help="the job's id")
 
-    workers = command("workers", _workers, "list workers")
+    workers = command(
+        "workers", _workers, "list workers", "print one JSON array of workers ([] if none)"
+    )
     workers.add_argument("--all", action="store_true", help="include stopped and lost ones")
+
+    live = command(
+        "top",
+        _top,
+        "a live table of jobs and workers; Ctrl-C leaves",
+        "print every change to matching jobs as it happens, one JSON event per line",
+    )
+    _filter_flags(live)
+    live.add_argument(
+        "--rows", type=int, metavar="N", help="job rows to show (default: fit the terminal)"
+    )
+    live.add_argument(
+        "--once", action="store_true", help="print the table once and exit (for scripts)"
+    )
+    live.add_argument(
+        "--after-sequence",
+        type=int,
+        metavar="N",
+        help="first replay the stored events after this one (a JobEvent's sequence)",
+    )
+    live.set_defaults(watch_reconnect_timeout=top.RECONNECT_TIMEOUT)
     return p
+
+
+def _label_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument(
+        "--label", type=_label, action="append", default=[], metavar="K=V", help=help
+    )
+
+
+def _filter_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state",
+        type=_state,
+        action="append",
+        default=[],
+        help="only jobs in this state (pending, running, succeeded, failed, cancelled); repeatable",
+    )
+    parser.add_argument(
+        "--type", action="append", default=[], help="only jobs of this type; repeatable"
+    )
+    _label_flag(parser, "only jobs with this label; repeatable, all must match")
 
 
 def _submit(client: JobControlClient, args: argparse.Namespace) -> int:
@@ -189,8 +282,11 @@ def _submit(client: JobControlClient, args: argparse.Namespace) -> int:
         labels=dict(args.label),
         idempotency_key=args.idempotency_key,
         delay=args.delay,
+        timeout=args.job_timeout,
         max_attempts=args.max_attempts,
     )
+    for warning in job.warnings:
+        print(f"jobctl: warning: {warning}", file=sys.stderr)
     if args.watch:
         print(f"submitted job {job.id}", file=sys.stderr if args.json else sys.stdout)
         return _follow(client, job.id, as_json=args.json, after_sequence=None)
@@ -202,7 +298,8 @@ def _submit(client: JobControlClient, args: argparse.Namespace) -> int:
 
 
 def _get(client: JobControlClient, args: argparse.Namespace) -> int:
-    render.dump_json(convert.job_to_json(client.get(args.id)), indent=2)
+    job = convert.job_to_json(client.get(args.id))
+    render.dump_json(job, indent=None if args.json else 2)
     return EXIT_OK
 
 
@@ -218,10 +315,10 @@ def _list(client: JobControlClient, args: argparse.Namespace) -> int:
     )
     shown = islice(jobs, limit)
     if args.json:
-        for job in shown:
-            render.dump_json(convert.job_to_json(job))
-    else:
-        render.print_table((render.job_row(job) for job in shown), render.JOB_HEADER)
+        render.dump_json_array(convert.job_to_json(job) for job in shown)
+    elif not render.print_table((render.job_row(job) for job in shown), render.JOB_HEADER):
+        filtered = args.state or args.type or args.label
+        print("no jobs match" if filtered else "no jobs yet", file=sys.stderr)
     return EXIT_OK
 
 
@@ -234,7 +331,9 @@ def _follow(
 ) -> int:
     last = None
     with render.event_view(as_json=as_json) as view:
-        for event in client.watch(job_id, after_sequence=after_sequence):
+        for event, note in _with_notes(client.watch(job_id, after_sequence=after_sequence)):
+            if note:
+                view.note(note)
             view.show(event)
             last = event
     if last is None or not last.job.is_terminal:  # watch() ends on a terminal event or raises
@@ -242,8 +341,28 @@ def _follow(
     return _EXIT_FOR_STATE[last.job.state]
 
 
+def _with_notes(events: Iterable[JobEvent]) -> Iterable[tuple[JobEvent, str]]:
+    """Each event, with a line for the user when the job becomes unserved (no live
+    worker has a handler for its type) or served again."""
+    unserved = False
+    for event in events:
+        note = ""
+        if event.job.unserved and not unserved:
+            note = (
+                f"warning: no live worker serves job type {event.job.type!r}; "
+                "the job waits until one starts (see `jobctl workers`)"
+            )
+        elif unserved and not event.job.unserved and not event.job.is_terminal:
+            note = f"a live worker serves job type {event.job.type!r} now"
+        unserved = event.job.unserved
+        yield event, note
+
+
 def _cancel(client: JobControlClient, args: argparse.Namespace) -> int:
     job = client.cancel(args.id, args.reason)
+    if args.json:
+        render.dump_json(convert.job_to_json(job))
+        return EXIT_OK
     note = " (cancel requested; its worker is stopping it)" if job.cancel_requested else ""
     print(f"{job.id} {job.state}{note}")
     return EXIT_OK
@@ -251,14 +370,33 @@ def _cancel(client: JobControlClient, args: argparse.Namespace) -> int:
 
 def _retry(client: JobControlClient, args: argparse.Namespace) -> int:
     job = client.retry(args.id)
+    if args.json:
+        render.dump_json(convert.job_to_json(job))
+        return EXIT_OK
     print(f"{job.id} {job.state} (next attempt {job.attempt + 1} of {job.max_attempts})")
     return EXIT_OK
 
 
 def _workers(client: JobControlClient, args: argparse.Namespace) -> int:
     workers = client.workers(include_stopped=args.all)
-    render.print_table((render.worker_row(w) for w in workers), render.WORKER_HEADER)
+    if args.json:
+        render.dump_json_array(convert.worker_to_json(worker) for worker in workers)
+    elif not render.print_table((render.worker_row(w) for w in workers), render.WORKER_HEADER):
+        print("no workers" if args.all else "no live workers", file=sys.stderr)
     return EXIT_OK
+
+
+def _top(client: JobControlClient, args: argparse.Namespace) -> int:
+    if args.rows is not None and args.rows < 1:
+        raise _UsageError(f"--rows must be 1 or more, got {args.rows}")
+    view = top.TopFilter(states=frozenset(args.state), types=args.type, labels=dict(args.label))
+    if args.after_sequence is not None and args.after_sequence < 0:
+        raise _UsageError(f"--after-sequence must be 0 or more, got {args.after_sequence}")
+    if args.json and args.once:
+        raise _UsageError("--once draws the table; --json streams events: choose one")
+    if args.json:
+        return top.stream_json(client, view, after_sequence=args.after_sequence)
+    return top.run(client, view, rows=args.rows, once=args.once, after_sequence=args.after_sequence)
 
 
 def _token(args: argparse.Namespace) -> str | None:
@@ -293,7 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Command = args.run
     try:
         client = JobControlClient(
-            args.addr, token=_token(args), tls=_tls(args), timeout=args.timeout or None
+            args.addr,
+            token=_token(args),
+            tls=_tls(args),
+            timeout=args.timeout.total_seconds() or None,
+            watch_reconnect_timeout=args.watch_reconnect_timeout,
         )
         with client:
             return run(client, args)

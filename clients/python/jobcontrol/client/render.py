@@ -39,13 +39,16 @@ class EventView(Protocol):
 
     def show(self, event: JobEvent) -> None: ...
 
+    def note(self, text: str) -> None:
+        """A line for the user beside the events, such as a warning."""
 
-def event_view(*, as_json: bool, out: TextIO = sys.stdout) -> EventView:
+
+def event_view(*, as_json: bool, out: TextIO = sys.stdout, notes: TextIO = sys.stderr) -> EventView:
     if as_json:
-        return JsonLines(out)
+        return JsonLines(out, notes)
     if out.isatty():
         return ProgressBar(Console(file=out))
-    return PlainLines(out)
+    return PlainLines(out, notes)
 
 
 def summary(job: Job) -> str:
@@ -65,8 +68,9 @@ def summary(job: Job) -> str:
 class _Lines:
     """A view that writes whole lines, flushed at once, and holds nothing open."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, notes: TextIO) -> None:
         self._out = out
+        self._notes = notes
 
     def __enter__(self) -> Self:
         return self
@@ -76,6 +80,10 @@ class _Lines:
 
     def _print(self, text: str) -> None:
         print(text, file=self._out, flush=True)
+
+    def note(self, text: str) -> None:
+        """On stderr, so the events on stdout stay all of one kind."""
+        print(f"jobctl: {text}", file=self._notes, flush=True)
 
 
 class JsonLines(_Lines):
@@ -125,6 +133,10 @@ class ProgressBar:
     def __exit__(self, *exc_info: object) -> None:
         self._progress.stop()
 
+    def note(self, text: str) -> None:
+        """Above the bar, which stays at the bottom."""
+        self._progress.console.print(f"jobctl: {text}", highlight=False, markup=False)
+
     def show(self, event: JobEvent) -> None:
         job = event.job
         self._progress.update(
@@ -142,6 +154,8 @@ class ProgressBar:
 
 def _notes(job: Job) -> list[str]:
     notes = []
+    if job.unserved and job.state is JobState.PENDING:
+        notes.append("(no live worker serves its type)")
     if job.queue_position is not None:
         notes.append(f"(queue position {job.queue_position})")
     if job.cancel_requested:
@@ -195,13 +209,17 @@ def _clock(span: timedelta | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02}:{seconds % 60:02}"
 
 
-def print_table(rows: Iterable[list[str]], header: list[str], out: TextIO = sys.stdout) -> None:
-    """Columns padded to their widest cell; the last column is not padded."""
+def print_table(rows: Iterable[list[str]], header: list[str], out: TextIO = sys.stdout) -> bool:
+    """Columns padded to their widest cell; the last column is not padded. Prints
+    nothing, not even the header, when there are no rows, and says whether there were."""
     table = [header, *rows]
+    if len(table) == 1:
+        return False
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[-1]]).rstrip(), file=out)
+    return True
 
 
 def job_row(job: Job) -> list[str]:
@@ -234,3 +252,14 @@ WORKER_HEADER = ["ID", "NAME", "STATE", "JOBS", "HEARTBEAT", "TYPES"]
 
 def dump_json(value: Any, out: TextIO = sys.stdout, *, indent: int | None = None) -> None:
     print(json.dumps(value, indent=indent), file=out, flush=True)
+
+
+def dump_json_array(values: Iterable[Any], out: TextIO = sys.stdout) -> None:
+    """One JSON array, an element per line, written as the values come so a long
+    listing is never held whole; `[]` when there are none."""
+    separator = "["
+    for value in values:
+        out.write(f"{separator}{json.dumps(value)}")
+        separator = ",\n"
+    out.write("[]\n" if separator == "[" else "]\n")
+    out.flush()
