@@ -403,13 +403,18 @@ def test_submit_warns_when_no_live_worker_serves_the_type(worker_server: ServerP
     jobctl("cancel", result.stdout.strip(), address=worker_server.address)
 
 
+@pytest.mark.parametrize("command", ["watch", "submit --watch"])
 def test_watch_warns_while_no_worker_serves_the_type_and_says_when_one_does(
-    tmp_path: Path, start_number_worker: StartNumberWorker
+    tmp_path: Path, start_number_worker: StartNumberWorker, command: str
 ):
+    """Once: `submit --watch` warns when it submits, and the watch does not repeat it."""
     server = start_server(server_dir(tmp_path, "unserved"))
     try:
-        job_id = submitted_id(server, "numbers.sizes")
-        with Lines([JOBCTL, "watch", job_id], environment(server.address)) as watch:
+        if command == "watch":
+            args = ["watch", submitted_id(server, "numbers.sizes")]
+        else:
+            args = ["submit", "numbers.sizes", "--watch"]
+        with Lines([JOBCTL, *args], environment(server.address)) as watch:
             warning = watch.next_line()
             start_number_worker(server)
             served = watch.next_line()
@@ -417,7 +422,8 @@ def test_watch_warns_while_no_worker_serves_the_type_and_says_when_one_does(
     finally:
         server.stop()
 
-    assert warning.startswith("jobctl: warning: no live worker serves job type 'numbers.sizes'")
+    assert warning.startswith("jobctl: warning: ")
+    assert "numbers.sizes" in warning
     assert served == "jobctl: a live worker serves job type 'numbers.sizes' now"
     assert code == 0
 

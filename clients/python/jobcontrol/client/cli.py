@@ -289,7 +289,8 @@ def _submit(client: JobControlClient, args: argparse.Namespace) -> int:
         print(f"jobctl: warning: {warning}", file=sys.stderr)
     if args.watch:
         print(f"submitted job {job.id}", file=sys.stderr if args.json else sys.stdout)
-        return _follow(client, job.id, as_json=args.json, after_sequence=None)
+        warned = bool(job.warnings)
+        return _follow(client, job.id, as_json=args.json, after_sequence=None, warned=warned)
     if args.json:
         render.dump_json(convert.job_to_json(job))
     else:
@@ -327,11 +328,18 @@ def _watch(client: JobControlClient, args: argparse.Namespace) -> int:
 
 
 def _follow(
-    client: JobControlClient, job_id: str, *, as_json: bool, after_sequence: int | None
+    client: JobControlClient,
+    job_id: str,
+    *,
+    as_json: bool,
+    after_sequence: int | None,
+    warned: bool = False,
 ) -> int:
+    """`warned`: the user was already told the job's type is unserved."""
     last = None
     with render.event_view(as_json=as_json) as view:
-        for event, note in _with_notes(client.watch(job_id, after_sequence=after_sequence)):
+        events = client.watch(job_id, after_sequence=after_sequence)
+        for event, note in _with_notes(events, unserved=warned):
             if note:
                 view.note(note)
             view.show(event)
@@ -341,10 +349,10 @@ def _follow(
     return _EXIT_FOR_STATE[last.job.state]
 
 
-def _with_notes(events: Iterable[JobEvent]) -> Iterable[tuple[JobEvent, str]]:
+def _with_notes(events: Iterable[JobEvent], *, unserved: bool) -> Iterable[tuple[JobEvent, str]]:
     """Each event, with a line for the user when the job becomes unserved (no live
-    worker has a handler for its type) or served again."""
-    unserved = False
+    worker has a handler for its type) or served again. `unserved`: what the user was
+    last told."""
     for event in events:
         note = ""
         if event.job.unserved and not unserved:
