@@ -164,6 +164,18 @@ def test_submit_job_returns_a_created_pending_job_with_a_uuid(server: ServerProc
     assert field(job, "max_attempts") == 3
 
 
+def test_submit_job_of_a_type_no_worker_serves_shows_the_warning(server: ServerProcess):
+    response = submit(server, type="no.such.type")
+
+    assert response["warnings"] == [
+        'no live worker serves job type "no.such.type"; the job waits until one registers '
+        "(ListWorkers shows the types workers serve)"
+    ]
+    assert response["job"]["unserved"] is True
+    got = ok_json(call(server, f"{SERVICE}/GetJob", {"job_id": response["job"]["id"]}))["job"]
+    assert got["unserved"] is True
+
+
 def test_submit_job_accepts_camel_case_json_field_names(server: ServerProcess):
     response = submit(server, maxAttempts=5, idempotencyKey="grpcurl-camel")
 
