@@ -1,12 +1,23 @@
-"""Every command in docs/ops.md, run against real servers and checked.
+"""The documentation ships with the code and runs as written.
 
-A ```sh block followed by `<!-- expect: ... -->` is a checked example. The comment says
-which server it runs against (`server=plain|token|tls|mtls`, all with an in-process
-worker), which job `$JOB_ID` names (`job=pending|cancelled|succeeded|failed`, a fresh
-one per example), the exit code (`exit=N`, default 0), and what the output must hold
-(`contains="..."`, repeatable; `match="regex"`). The variables the runbook uses (ADDR,
-TOKEN, CA_CERT, CLIENT_CERT, CLIENT_KEY, JOB_ID) are set for each block, which runs in
-`bash -euo pipefail` with grpcurl and jobctl on PATH.
+- Every ```sh or ```python block of README.md and docs/*.md is either run by a test (an
+  `<!-- expect: ... -->` comment under it) or marked `<!-- not run: why -->`
+  (tests/doc_blocks.py has the format).
+- README.md and docs/job-types.md are run as a reader follows them: the blocks of one
+  document in order, the shell ones in one bash session (so `ID=...` carries over), the
+  Python ones with the project's interpreter, against a server started as `make run`
+  starts it. The one difference: the server listens on a free port, so `127.0.0.1:50051`
+  in a block becomes its address, and `JOBCONTROL_ADDR` (jobctl's default) is set to it.
+  Their expect comments hold `contains="..."` and `match="regex"` (per line); a block
+  must also get to its end (exit 0). README blocks marked `run=cluster` run in
+  tests/test_cluster.py.
+- docs/ops.md is run example by example against servers with and without a token, TLS
+  and mTLS; its comments also say which server (`server=plain|token|tls|mtls`), which
+  job `$JOB_ID` names (`job=pending|cancelled|succeeded|failed`, a fresh one each), and
+  the exit code (`exit=N`, default 0). The variables the runbook uses (ADDR, TOKEN,
+  CA_CERT, CLIENT_CERT, CLIENT_KEY, JOB_ID) are set, and grpcurl and jobctl are on PATH.
+- Relative links in README.md and docs/*.md lead to tracked files (and headings), and no
+  tracked file points at design notes outside the repository.
 """
 
 from __future__ import annotations
@@ -23,65 +34,204 @@ import pytest
 from jobcontrol.client import JobControlClient, JobState, TlsOptions
 from tests.clients.conftest import server_dir
 from tests.conftest import BIN, ROOT, ServerProcess, start_server, wait_for
-from tests.doc_blocks import Block
-from tests.doc_blocks import blocks as doc_blocks
+from tests.doc_blocks import (
+    PYTHON,
+    SHELL,
+    Block,
+    Ran,
+    ShellSession,
+    anchors,
+    blocks,
+    check,
+    links,
+    run_python,
+)
 from tests.server.test_auth_tls import make_certs
 
-DOC = ROOT / "docs" / "ops.md"
+README = ROOT / "README.md"
+OPS = ROOT / "docs" / "ops.md"
+JOB_TYPES = ROOT / "docs" / "job-types.md"
+DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+# Documents a reader follows from top to bottom against `make run`.
+WALKTHROUGHS = [README, JOB_TYPES]
+MAKE_RUN_ADDRESS = "127.0.0.1:50051"
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """The test's environment without any JOBCONTROL_ setting of the machine it runs on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBCONTROL_")}
+    env.update(extra, HOME=str(home))
+    return env
+
+
+def tracked_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
+    )
+    return [name for name in listed.stdout.decode().split("\0") if name]
+
+
+# ---- every document ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_every_runnable_block_is_run_or_marked_not_run(document: Path):
+    found = blocks(document)
+    unnamed = [b.where for b in found if not b.lang]
+    unmarked = [b.where for b in found if b.runnable and b.expect is None and b.not_run is None]
+    unexplained = [b.where for b in found if b.not_run == ""]
+
+    assert unnamed == [], f"code blocks without a language: {unnamed}"
+    assert unmarked == [], f"blocks neither run by a test nor marked `not run`: {unmarked}"
+    assert unexplained == [], f"`not run` needs a reason: {unexplained}"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_relative_links_lead_to_tracked_files_and_headings(document: Path):
+    tracked = {ROOT / name for name in tracked_files()}
+    folders = {parent for path in tracked for parent in path.parents}
+    broken = []
+    for target in links(document):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        resolved = (document.parent / path).resolve() if path else document
+        if resolved not in tracked and resolved not in folders:
+            broken.append(f"{target}: no such file in the repository")
+        elif anchor and anchor not in anchors(resolved):
+            broken.append(f"{target}: no heading #{anchor} in {resolved.name}")
+
+    assert broken == [], f"{document.name}: {broken}"
+
+
+def test_no_tracked_file_points_at_design_notes_outside_the_repository():
+    outside = re.compile(r"\.\./shared|DESIGN(?:\.md| §)")
+    found = []
+    for name in tracked_files():
+        try:
+            text = (ROOT / name).read_text(encoding="utf-8")
+        except (UnicodeDecodeError, IsADirectoryError, FileNotFoundError):
+            continue  # binary, a submodule, or deleted in the working tree
+        found += [f"{name}:{text.count(chr(10), 0, m.start()) + 1}" for m in outside.finditer(text)]
+
+    assert found == [], f"point these at docs/architecture.md instead: {found}"
+
+
+def test_the_readme_links_the_reference_documents():
+    targets = {target.partition("#")[0] for target in links(README)}
+
+    assert {"docs/architecture.md", "docs/job-types.md", "docs/ops.md"} <= targets
+
+
+# ---- README.md and docs/job-types.md, as a reader follows them --------------------------
+
+
+@pytest.fixture(scope="module")
+def make_run_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """What `make run` starts, on a free port and a fresh store."""
+    server = start_server(tmp_path_factory.mktemp("make-run"), args=["--with-worker"])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def walkthrough(document: Path) -> list[Block]:
+    """The blocks a reader runs against `make run`, in order."""
+    chosen = []
+    for block in blocks(document):
+        if block.expect is None or not block.runnable:
+            continue
+        expected = block.expectations()
+        for key in expected:
+            assert key in {"run", "contains", "match"}, f"{block.where}: {key}?"
+        run = expected.get("run", ["server"])[-1]
+        assert run in {"server", "cluster"}, f"{block.where}: run={run}?"
+        if run == "server":
+            chosen.append(block)
+    return chosen
+
+
+def test_make_run_starts_the_server_the_walkthroughs_run_against():
+    dry_run = subprocess.run(
+        ["make", "-n", "--no-print-directory", "run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert dry_run.stdout.splitlines()[-1] == ".venv/bin/jobcontrol-server --with-worker"
+
+
+def test_the_readme_shows_jobctl_and_both_python_clients():
+    shell = "\n".join(b.code for b in walkthrough(README) if b.lang in SHELL)
+    python = "\n".join(b.code for b in walkthrough(README) if b.lang in PYTHON)
+
+    for command in ("submit", "get", "cancel", "watch", "list", "workers"):
+        assert re.search(rf"jobctl {command}\b", shell), f"no `jobctl {command}` in the README"
+    assert "--watch" in shell
+    assert "grpcurl" in shell
+    assert "JobControlClient(" in python
+    assert "AsyncJobControlClient(" in python
+
+
+@pytest.mark.parametrize("document", WALKTHROUGHS, ids=lambda p: p.name)
+def test_walkthrough_runs_as_written(
+    document: Path, make_run_server: ServerProcess, tmp_path: Path
+):
+    chosen = walkthrough(document)
+    assert chosen, f"{document.name} has no block to run"
+    env = clean_env(tmp_path, JOBCONTROL_ADDR=make_run_server.address)
+
+    with ShellSession(cwd=ROOT, env=env) as shell:
+        for block in chosen:
+            code = block.code.replace(MAKE_RUN_ADDRESS, make_run_server.address)
+            ran: Ran
+            if block.lang in PYTHON:
+                ran = run_python(code, cwd=ROOT, env=env, name=f"block_{block.line}")
+            else:
+                ran = shell.run(code)
+            check(block, ran)
+
+
+# ---- docs/ops.md, example by example ------------------------------------------------------
+
 SERVERS = ("plain", "token", "tls", "mtls")
 JOBS = ("pending", "cancelled", "succeeded", "failed")
 
 
 @dataclass(frozen=True)
 class Example:
-    line: int
-    code: str
+    block: Block
     server: str = "plain"
     job: str | None = None
     exit: int = 0
-    contains: tuple[str, ...] = ()
-    match: str | None = None
 
     @property
     def id(self) -> str:
-        return f"ops.md:{self.line}"
-
-
-def blocks() -> list[Block]:
-    return doc_blocks(DOC)
+        return self.block.where
 
 
 def parse(block: Block) -> Example:
     found = block.expectations()
     for key in found:
-        assert key in {"server", "job", "exit", "match", "contains"}, f"ops.md:{block.line}: {key}?"
+        assert key in {"server", "job", "exit", "match", "contains"}, f"{block.where}: {key}?"
     settings = {key: values[-1] for key, values in found.items()}
     example = Example(
-        line=block.line,
-        code=block.code,
+        block=block,
         server=settings.get("server", "plain"),
         job=settings.get("job"),
         exit=int(settings.get("exit", "0")),
-        contains=tuple(found.get("contains", ())),
-        match=settings.get("match"),
     )
     assert example.server in SERVERS, example
     assert example.job is None or example.job in JOBS, example
-    assert example.contains or example.match, f"{example.id} checks nothing"
+    assert "contains" in found or "match" in found, f"{example.id} checks nothing"
     return example
 
 
-EXAMPLES = [parse(b) for b in blocks() if b.expect is not None]
-
-
-# ---- the runbook itself ----------------------------------------------------------------
-
-
-def test_every_grpcurl_block_in_the_runbook_is_checked():
-    unchecked = [b.line for b in blocks() if "grpcurl" in b.code and b.expect is None]
-
-    assert unchecked == [], f"ops.md blocks at lines {unchecked} have no expect comment"
-    assert len(EXAMPLES) >= 30
+EXAMPLES = [parse(b) for b in blocks(OPS) if b.expect is not None]
 
 
 def test_the_runbook_shows_every_rpc_with_and_without_a_token():
@@ -95,20 +245,18 @@ def test_the_runbook_shows_every_rpc_with_and_without_a_token():
         "RetryJob",
         "ListWorkers",
     ]
+    assert len(EXAMPLES) >= 30
     for rpc in rpcs:
-        calls = [e for e in EXAMPLES if f"jobcontrol.v1.JobControl/{rpc}\n" in e.code + "\n"]
-        with_token = [e for e in calls if "Bearer $TOKEN" in e.code and e.server == "token"]
-        without = [e for e in calls if "authorization" not in e.code and e.server == "plain"]
+        calls = [e for e in EXAMPLES if f"jobcontrol.v1.JobControl/{rpc}\n" in e.block.code + "\n"]
+        with_token = [e for e in calls if "Bearer $TOKEN" in e.block.code and e.server == "token"]
+        without = [e for e in calls if "authorization" not in e.block.code and e.server == "plain"]
         assert with_token, f"{rpc} has no example with a token"
         assert without, f"{rpc} has no example without a token"
-    watches = [e.code for e in EXAMPLES if "JobControl/WatchJob" in e.code]
+    watches = [e.block.code for e in EXAMPLES if "JobControl/WatchJob" in e.block.code]
     assert any("after_sequence" in code for code in watches)
     assert any("after_sequence" not in code for code in watches)
-    assert any("Health/Check" in e.code for e in EXAMPLES)
-    assert any("-cacert" in e.code for e in EXAMPLES)
-
-
-# ---- the servers the examples run against ----------------------------------------------
+    assert any("Health/Check" in e.block.code for e in EXAMPLES)
+    assert any("-cacert" in e.block.code for e in EXAMPLES)
 
 
 @dataclass
@@ -187,24 +335,11 @@ def prepare_job(target: Target, state: str) -> str:
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.id for e in EXAMPLES])
 def test_runbook_example(example: Example, targets: dict[str, Target], tmp_path: Path):
     target = targets[example.server]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBCONTROL_")}
-    env.update(target.env, PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HOME=str(tmp_path))
+    env = clean_env(tmp_path, **target.env, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if example.job is not None:
         env["JOB_ID"] = prepare_job(target, example.job)
 
-    result = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", example.code],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    with ShellSession(cwd=tmp_path, env=env) as shell:
+        ran = shell.run(example.block.code)
 
-    output = result.stdout + result.stderr
-    assert result.returncode == example.exit, f"{example.id} exited {result.returncode}:\n{output}"
-    for expected in example.contains:
-        assert expected in output, f"{example.id}: {expected!r} not in:\n{output}"
-    if example.match is not None:
-        assert re.search(example.match, result.stdout), f"{example.id}: no {example.match!r}"
+    check(example.block, ran, exit_code=example.exit)

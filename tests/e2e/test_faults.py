@@ -3,7 +3,8 @@
 that turns read-only or runs out of disk, a remote database that goes away, a delayed
 job, and a worker frozen past its lease. Every test ends by checking the store's own
 record: each job's row matches its newest event, and every event follows the state
-machine (DESIGN §2), so no fault left a transition half-written.
+machine (docs/architecture.md, "Jobs and their state machine"), so no fault left a
+transition half-written.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Hostile input (issue 8, part 2): whatever a client sends, the server answers with a
-clear status and stays up (DESIGN §4: never INTERNAL, never UNKNOWN, never a crash).
+clear status and stays up (docs/architecture.md, "Errors": never INTERNAL, never
+UNKNOWN, never a crash).
 
 * A property-based fuzzer (hypothesis) sends every JobControl RPC random and boundary
   input against ONE real server process: odd strings (empty, huge, NUL, astral, RTL,
@@ -66,8 +67,9 @@ AUTH = (("authorization", f"Bearer {TOKEN}"),)
 Metadata = Sequence[tuple[str, str | bytes]]
 
 Code = grpc.StatusCode
-# What a client may be told about its own input (DESIGN §4). UNAVAILABLE is the store's
-# or the server's trouble, INTERNAL and UNKNOWN are bugs: none of them may appear here.
+# What a client may be told about its own input (docs/architecture.md, "Errors").
+# UNAVAILABLE is the store's or the server's trouble, INTERNAL and UNKNOWN are bugs:
+# none of them may appear here.
 ALLOWED = frozenset(
     {
         Code.OK,

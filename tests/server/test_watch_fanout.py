@@ -1,9 +1,9 @@
 """WatchJob fan-out: a thousand watchers on one job, against a real server process.
 
 The EventHub runs ONE tailer per server that reads `job_events` and fans every event
-out to all subscribed streams (DESIGN §1). So every watcher sees the job's story in
-order and ending with its terminal event, and the store sees the same queries for a
-thousand watchers as for one.
+out to all subscribed streams (docs/architecture.md, "The event feed"). So every
+watcher sees the job's story in order and ending with its terminal event, and the store
+sees the same queries for a thousand watchers as for one.
 
 The job is driven as a worker drives it: from this process, through its own
 SqliteJobStore on the server's file. The server learns of every change only by
@@ -305,7 +305,7 @@ async def test_a_worker_write_reaches_the_first_watcher_within_a_few_tail_interv
 ):
     """With nobody watching the tailer waits its idle interval (1 s) between reads; the
     first watcher must end that wait, or a worker's next write reaches it up to 1 s late
-    instead of within one tail interval (DESIGN §1)."""
+    instead of within one tail interval (docs/architecture.md, "The event feed")."""
     server = start_server(tmp_path, metrics=True)
     store = await SqliteJobStore.open(server.store_path)
     try:
