@@ -14,13 +14,15 @@ import termios
 import threading
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from jobcontrol.client import JobControlClient
+from jobcontrol.client import JobControlClient, JobSpec, top
 from jobcontrol.client.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
+from jobcontrol.jobs import Job, JobState
 from tests.clients.conftest import server_dir
 from tests.clients.test_jobctl import JOBCTL, environment, jobctl
 from tests.conftest import ServerProcess, free_port, start_server, wait_for
@@ -206,7 +208,12 @@ def test_top_json_prints_each_change_as_one_json_event(worker_server: ServerProc
 
 @pytest.mark.parametrize(
     "args",
-    [["top", "--rows", "0"], ["top", "--once", "--json"], ["top", "--after-sequence", "-1"]],
+    [
+        ["top"],  # stdout is a pipe here: no terminal to draw on
+        ["top", "--rows", "0"],
+        ["top", "--once", "--json"],
+        ["top", "--after-sequence", "-1"],
+    ],
 )
 def test_top_refuses_a_bad_command_line(args: list[str]):
     result = jobctl(*args, address=f"127.0.0.1:{free_port()}")
@@ -214,3 +221,67 @@ def test_top_refuses_a_bad_command_line(args: list[str]):
     assert result.returncode == EXIT_USAGE, result
     assert result.stderr.strip().splitlines()[-1].startswith("jobctl: error: ")
     assert "Traceback" not in result.stderr
+
+
+def test_top_keeps_up_with_thousands_of_jobs_from_the_stream(worker_server: ServerProcess):
+    address = worker_server.address
+    label = f"top={uuid.uuid4().hex[:8]}"
+    since = sequence_now(address, label)
+    job_type = f"test.many{uuid.uuid4().hex[:8]}"  # no worker serves it: all stay PENDING
+    terminal = Terminal(
+        [JOBCTL, "top", "--label", label, "--state", "pending", "--after-sequence", str(since)],
+        environment(address),
+    )
+    try:
+        terminal.wait_for("no jobs match yet")
+        with JobControlClient(address) as client:
+            for _ in range(3):
+                specs = [JobSpec(type=job_type, labels={"top": label[4:]}) for _ in range(1000)]
+                client.submit_many(specs)
+        terminal.wait_for(r"PENDING 3000\b", timeout=60)
+        terminal.wait_for(r"… and \d+ more")
+        terminal.interrupt()
+        code = terminal.wait()
+    finally:
+        terminal.close()
+
+    assert code == EXIT_INTERRUPTED
+
+
+def _job(number: int, state: JobState, updated: datetime) -> Job:
+    return Job(
+        id=f"job-{number}",
+        type="demo.sleep",
+        payload={},
+        state=state,
+        priority=0,
+        labels={},
+        attempt=1,
+        max_attempts=3,
+        create_time=updated,
+        update_time=updated,
+        run_after=updated,
+    )
+
+
+def test_the_board_keeps_the_newest_state_and_forgets_old_finished_jobs_but_counts_them(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setattr(top, "KEPT_JOBS", 10)
+    board = top.Board(top.TopFilter())
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    running = _job(0, JobState.RUNNING, start)
+    board.offer(running)
+    for number in range(1, 12):
+        board.offer(_job(number, JobState.SUCCEEDED, start + timedelta(seconds=number)))
+    board.offer(_job(0, JobState.PENDING, start - timedelta(seconds=1)))  # older: ignored
+
+    frame = board.frame(rows=100)
+
+    assert frame.counts[JobState.SUCCEEDED] == 11
+    assert frame.counts[JobState.RUNNING] == 1
+    assert frame.counts[JobState.PENDING] == 0
+    assert frame.jobs[0] == running  # running first, then the newest
+    assert [job.id for job in frame.jobs[1:3]] == ["job-11", "job-10"]
+    assert len(frame.jobs) == 10  # the oldest finished ones are forgotten
+    assert "job-1" not in {job.id for job in frame.jobs}

@@ -177,7 +177,9 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--payload", type=_payload, default={}, metavar="JSON", help="input, a JSON object"
     )
-    submit.add_argument("--priority", type=int, default=0, help="0 (default) to 1000")
+    submit.add_argument(
+        "--priority", type=int, default=0, metavar="N", help="0 (default) to 1000, higher first"
+    )
     _label_flag(submit, "a label to set; repeatable")
     submit.add_argument(
         "--idempotency-key", metavar="KEY", help="makes the submission safe to repeat"
@@ -402,6 +404,10 @@ def _top(client: JobControlClient, args: argparse.Namespace) -> int:
         raise _UsageError(f"--after-sequence must be 0 or more, got {args.after_sequence}")
     if args.json and args.once:
         raise _UsageError("--once draws the table; --json streams events: choose one")
+    if not (args.json or args.once or sys.stdout.isatty()):
+        raise _UsageError(
+            "top draws on a terminal; elsewhere use --once (the table once) or --json (events)"
+        )
     if args.json:
         return top.stream_json(client, view, after_sequence=args.after_sequence)
     return top.run(client, view, rows=args.rows, once=args.once, after_sequence=args.after_sequence)
