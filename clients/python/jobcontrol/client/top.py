@@ -248,6 +248,8 @@ def stream_json(
 
 
 def _seed(client: JobControlClient, board: Board) -> None:
+    """What was there before top started: the newest jobs, and the active ones however
+    old (both bounded); the stream brings every change after."""
     view = board.view
     active = [JobState.PENDING, JobState.RUNNING]
     if view.states:
@@ -280,7 +282,7 @@ def _follow_jobs(client: JobControlClient, board: Board, after_sequence: int | N
         )
         for event in events:
             board.offer(event.job)
-    except BaseException as error:
+    except BaseException as error:  # any end of the stream ends top: the drawer reports it
         board.fail(error)
 
 
@@ -291,7 +293,7 @@ def _follow_workers(client: JobControlClient, board: Board, stop: threading.Even
             board.set_workers(client.workers())
         except Unavailable as error:
             board.set_workers([], problem=f"server unreachable, retrying ({error})")
-        except BaseException as error:
+        except BaseException as error:  # not an outage: the drawer reports it
             board.fail(error)
             return
         stop.wait(WORKERS_REFRESH_SECONDS)
