@@ -159,6 +159,7 @@ def test_worker_drain_grace_reaches_the_in_process_worker(tmp_path: Path):
     job_id = start_long_job(server)
 
     assert server.stop() == 0, server.log  # stop() kills what takes over 15 s
+    assert "stopping the in-process worker: drain grace 1s;" in server.log
     assert re.search(r"draining: 1 jobs? ha(s|ve) 1s to finish", server.log), server.log
     assert state_after(tmp_path, server, job_id) == pb.JOB_STATE_PENDING  # handed back
 

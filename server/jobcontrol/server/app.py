@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from jobcontrol.durations import format_duration
 from jobcontrol.server import registration
 from jobcontrol.server.admission import Admission, LoadLimits
 from jobcontrol.server.auth import BearerTokenAuth
@@ -178,6 +179,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     try:
         await stop.wait()
         log.info("shutting down: ending streams, finishing calls in flight")
+        if worker_task is not None:
+            log.info(
+                "stopping the in-process worker: drain grace %s; a second SIGTERM/SIGINT "
+                "hands its running jobs back at once",
+                format_duration(config.worker_drain_grace),
+            )
     finally:
         if worker_task is not None:
             worker_stop.set()  # drains: running jobs finish or are handed back
