@@ -19,10 +19,9 @@ MAX_AGE_SECONDS = 1.0
 class ServedTypes:
     """The job types ACTIVE workers serve, read from the store at most once every
     `max_age` seconds and shared by every caller meanwhile: submits are the hot path
-    (tens of thousands of jobs a second) and must not cost a store read each. So a
-    worker that has just registered, or just stopped, may take up to `max_age` to
-    count; a worker that dies without stopping counts until the reaper marks it LOST
-    (`--worker-lost-after`)."""
+    and must not cost a store read each. So a worker that has just registered, or just
+    stopped, may take up to `max_age` to count (or stop counting); one that dies
+    without stopping counts until the reaper marks it LOST (`--worker-lost-after`)."""
 
     def __init__(self, store: JobStore, *, max_age: float = MAX_AGE_SECONDS) -> None:
         self._store = store
