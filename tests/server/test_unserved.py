@@ -4,6 +4,7 @@ real server and real `jobcontrol-worker` processes."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import threading
@@ -17,10 +18,13 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from jobcontrol.server.metrics import Metrics, metered
+from jobcontrol.server.served import MAX_AGE_SECONDS, ServedTypes
+from jobcontrol.store.sqlite import SqliteJobStore
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import BIN, ServerProcess, start_server, wait_for
+from tests.conftest import BIN, ServerProcess, read_metrics, start_server, wait_for
 from tests.worker.conftest import WorkerProcess
 
 Stub = job_control_pb2_grpc.JobControlStub
@@ -318,3 +322,42 @@ def _accepted(stub: Stub, job_type: str) -> api.SubmitJobResponse | None:
         if error.code() is not grpc.StatusCode.FAILED_PRECONDITION:
             raise
         return None
+
+
+# ---- cost ------------------------------------------------------------------------------
+
+
+def served_reads(server: ServerProcess) -> float:
+    assert server.metrics_address is not None
+    samples = read_metrics(server.metrics_address)
+    return samples.get(("jobcontrol_store_calls_total", (("operation", "served_job_types"),)), 0)
+
+
+def test_submits_do_not_cost_a_store_read_each(tmp_path: Path):
+    server = start_server(tmp_path, metrics=True)
+    try:
+        with server.channel() as channel:
+            stub = Stub(channel)
+            started = time.monotonic()
+            for _ in range(300):
+                submit(stub, "no.such.type")
+            seconds = time.monotonic() - started
+        reads = served_reads(server)
+    finally:
+        server.stop()
+    # One read per MAX_AGE_SECONDS of submitting at most (plus the read at each end).
+    assert 1 <= reads <= seconds / MAX_AGE_SECONDS + 2, (reads, seconds)
+
+
+async def test_callers_at_once_share_one_read(tmp_path: Path):
+    metrics = Metrics()
+    store = metered(await SqliteJobStore.open(tmp_path / "jobs.db"), metrics)
+    try:
+        served = ServedTypes(store, max_age=3600)
+        answers = await asyncio.gather(*(served.get() for _ in range(500)))
+        again = await served.get()
+    finally:
+        await store.close()
+    assert set(answers) == {frozenset()}
+    assert again == frozenset()
+    assert metrics.store_calls.labels("served_job_types")._value.get() == 1
