@@ -123,6 +123,49 @@ def test_the_readme_links_the_reference_documents():
     assert {"docs/architecture.md", "docs/job-types.md", "docs/ops.md"} <= targets
 
 
+def test_the_block_reader_sees_languages_markers_and_headings(tmp_path: Path):
+    document = tmp_path / "doc.md"
+    document.write_text(
+        "# A `demo.sleep` title\n\n## Same\n\n## Same\n\n"
+        '```sh\necho run\n```\n<!-- expect: contains="run me" -->\n\n'
+        "```python\nprint(1)\n```\n\n<!-- not run: a module -->\n\n"
+        "```bash\necho forgotten\n```\n\n"
+        "```text\na diagram\n```\n",
+        encoding="utf-8",
+    )
+
+    found = blocks(document)
+
+    assert [(b.lang, b.line) for b in found] == [
+        ("sh", 8),
+        ("python", 13),
+        ("bash", 18),
+        ("text", 22),
+    ]
+    assert found[0].expectations() == {"contains": ["run me"]}
+    assert found[1].not_run == "a module"
+    assert [b.runnable and b.expect is None and b.not_run is None for b in found] == [
+        False,
+        False,
+        True,
+        False,
+    ]
+    assert anchors(document) == {"a-demosleep-title", "same", "same-1"}
+
+
+def test_a_shell_session_keeps_variables_and_stops_at_the_first_failure():
+    with ShellSession(cwd=ROOT, env=clean_env(ROOT)) as shell:
+        first = shell.run("NAME=kept\necho set")
+        second = shell.run("echo $NAME; printf 'no newline'")
+        failed = shell.run("false\necho never")
+        after = shell.run("echo never")
+
+    assert first == Ran(0, "set\n")
+    assert second == Ran(0, "kept\nno newline")
+    assert failed == Ran(1, "")
+    assert after.exit_code == 1
+
+
 # ---- README.md and docs/job-types.md, as a reader follows them --------------------------
 
 
