@@ -145,9 +145,12 @@ class ShellSession:
         script.write_text(code, encoding="utf-8")
         marker = f"-- block {self._count} done {self._token} --"
         assert self._process.stdin is not None
-        self._process.stdin.write(f"source {shlex.quote(str(script))} </dev/null\n")
-        self._process.stdin.write(f"echo {shlex.quote(marker)}\n")
-        self._process.stdin.flush()
+        # A block that fails at once ends the shell before it reads the marker line.
+        with contextlib.suppress(BrokenPipeError):
+            self._process.stdin.write(
+                f"source {shlex.quote(str(script))} </dev/null\necho {shlex.quote(marker)}\n"
+            )
+            self._process.stdin.flush()
         output: list[str] = []
         deadline = time.monotonic() + timeout
         while True:

@@ -139,8 +139,8 @@ def test_the_block_reader_sees_languages_markers_and_headings(tmp_path: Path):
     assert [(b.lang, b.line) for b in found] == [
         ("sh", 8),
         ("python", 13),
-        ("bash", 18),
-        ("text", 22),
+        ("bash", 19),
+        ("text", 23),
     ]
     assert found[0].expectations() == {"contains": ["run me"]}
     assert found[1].not_run == "a module"
