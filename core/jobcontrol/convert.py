@@ -96,9 +96,26 @@ def struct_to_dict(message: struct_pb2.Struct, *, field: str) -> dict[str, Any]:
     if _depth(message) > _MAX_STRUCT_DEPTH:
         raise InvalidArgument(field, f"is nested deeper than {_MAX_STRUCT_DEPTH} levels")
     try:
-        return json_format.MessageToDict(message)
+        value = json_format.MessageToDict(message)
     except ValueError:  # a NaN or infinite number_value: JSON has no way to write it
         raise InvalidArgument(field, "must not contain NaN or Infinity") from None
+    _make_numbers_whole(value)
+    return value
+
+
+def _make_numbers_whole(value: dict[str, Any] | list[Any]) -> None:
+    """In place, so a large payload is not copied: a handler given `{"steps": 4}` must get
+    the int 4 (a Struct holds only doubles), or `range(payload["steps"])` fails."""
+    stack: list[dict[str, Any] | list[Any]] = [value]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, item in items:
+            if isinstance(item, float):
+                if item.is_integer() and abs(item) <= _EXACT_INTEGERS:
+                    node[key] = int(item)  # type: ignore[index]
+            elif isinstance(item, dict | list):
+                stack.append(item)
 
 
 def _depth(value: struct_pb2.Struct | struct_pb2.ListValue, level: int = 1) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -52,3 +52,16 @@ def _event_at(value: datetime) -> JobEvent:
         run_after=value,
     )
     return JobEvent(sequence=1, kind=EventKind.SUBMITTED, time=value, job=job)
+
+
+def test_whole_numbers_in_a_submitted_payload_reach_the_handler_as_ints():
+    """A Struct holds only doubles; a handler doing `range(payload["steps"])` needs an int."""
+    message = struct_pb2.Struct()
+    message.update({"steps": 4, "nested": [1, 2.5, {"bytes": 160514}], "huge": 2.0**60})
+    payload = convert.struct_to_dict(message, field="payload")
+    assert payload["steps"] == 4
+    assert type(payload["steps"]) is int
+    assert type(payload["nested"][0]) is int
+    assert payload["nested"][1] == 2.5
+    assert type(payload["nested"][2]["bytes"]) is int
+    assert type(payload["huge"]) is float, "past 2**53 a double is not an exact integer"
