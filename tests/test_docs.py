@@ -105,7 +105,7 @@ def test_relative_links_lead_to_tracked_files_and_headings(document: Path):
 
 
 def test_no_tracked_file_points_at_design_notes_outside_the_repository():
-    outside = re.compile(r"\.\./shared|DESIGN(?:\.md| §)")
+    outside = re.compile(r"\.\./shared|DESIG[N](?:\.md| §)")  # spelt so it finds no word here
     found = []
     for name in tracked_files():
         try:
