@@ -100,9 +100,15 @@ class ServerProcess:
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.address)
 
-    def stop(self, timeout: float = 15.0) -> int:
+    def stop(self, timeout: float = 15.0, drain: float = 5.0) -> int:
+        """SIGTERM; if a `--with-worker` server is still draining its jobs after `drain`
+        seconds, a second SIGTERM hands them back at once, as Ctrl-C twice does."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+            try:
+                return self.process.wait(min(drain, timeout))
+            except subprocess.TimeoutExpired:
+                self.process.send_signal(signal.SIGTERM)
             try:
                 return self.process.wait(timeout)
             except subprocess.TimeoutExpired:
