@@ -10,8 +10,8 @@ import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
 
+from jobcontrol.cli_args import ArgumentParser, HelpFormatter, positive_int
 from jobcontrol.durations import SYNTAX, duration_arg, format_duration
 from jobcontrol.errors import JobControlError
 from jobcontrol.logs import FORMATS, LEVELS, add_logging_arguments, configure_logging
@@ -38,32 +38,6 @@ _ON = ("1", "true", "yes", "on")
 _OFF = ("", "0", "false", "no", "off")
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Each option's default after its help, spelled as the option takes it (`7d`, not
-    `7 days, 0:00:00`); none where there is no default or the help already states it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        default = action.default
-        if (
-            not action.option_strings
-            or default is None
-            or default is False
-            or default == ""
-            or default == argparse.SUPPRESS
-            or "default" in text
-        ):
-            return text
-        shown = format_duration(default) if isinstance(default, timedelta) else str(default)
-        return f"{text} (default: {shown.replace('%', '%%')})"
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line naming the problem, not the whole usage block."""
-        self.exit(2, f"{self.prog}: {message}\n")
-
-
 def env_switch(p: argparse.ArgumentParser, env: Mapping[str, str], name: str) -> bool:
     value = env.get(name, "").strip().lower()
     if value not in _ON + _OFF:
@@ -78,16 +52,6 @@ def byte_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 24MiB)")
     unit = match.group(2).lower() if match.group(2) else None
     return int(match.group(1)) * _SIZE_UNITS[unit]
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:

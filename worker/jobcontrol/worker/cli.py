@@ -14,8 +14,8 @@ import os
 import signal
 import sys
 from datetime import timedelta
-from typing import NoReturn
 
+from jobcontrol.cli_args import ArgumentParser, HelpFormatter, positive_int
 from jobcontrol.durations import SYNTAX, duration_arg, format_duration, parse_duration
 from jobcontrol.errors import InvalidArgument, JobControlError
 from jobcontrol.logs import FORMATS, LEVELS, add_logging_arguments, configure_logging
@@ -32,39 +32,6 @@ from jobcontrol.worker.runtime import (
 )
 
 DEFAULTS = WorkerConfig()
-
-
-class HelpFormatter(argparse.HelpFormatter):
-    """Each option's default after its help, spelled as the option takes it (`30s`, not
-    `0:00:30`); none where there is no default or the help already states it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        default = action.default
-        if (
-            not action.option_strings
-            or default in (None, False, "", argparse.SUPPRESS)
-            or "default" in text
-        ):
-            return text
-        shown = format_duration(default) if isinstance(default, timedelta) else str(default)
-        return f"{text} (default: {shown.replace('%', '%%')})"
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One line naming the problem, not the whole usage block."""
-        self.exit(2, f"{self.prog}: {message}\n")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _poll_interval(args: argparse.Namespace, store: StoreConfig) -> timedelta:
