@@ -74,3 +74,20 @@ async def test_register_refuses_bad_fields(store: SqlJobStore, info: WorkerInfo,
     with pytest.raises(InvalidArgument) as caught:
         await store.register_worker(info)
     assert caught.value.field == field
+
+
+async def test_served_job_types_are_those_of_active_workers(store: SqlJobStore, clock: ManualClock):
+    """What the server warns about when a job type has no live worker."""
+    assert await store.served_job_types() == frozenset()
+    a = await store.register_worker(WorkerInfo("a", "h", 1, ("x.a", "y.b"), 1))
+    b = await store.register_worker(WorkerInfo("b", "h", 2, ("y.b", "z.c"), 1))
+    c = await store.register_worker(WorkerInfo("c", "h", 3, ("w.d",), 1))
+    assert await store.served_job_types() == {"x.a", "y.b", "z.c", "w.d"}
+    await store.drain_worker(b.id)
+    await store.deregister_worker(c.id)
+    assert await store.served_job_types() == {"x.a", "y.b"}
+    clock.advance(timedelta(minutes=5))
+    assert set(await store.mark_lost_workers(silent_for=timedelta(minutes=1))) == {a.id, b.id}
+    assert await store.served_job_types() == frozenset()
+    await store.heartbeat_worker(a.id)
+    assert await store.served_job_types() == {"x.a", "y.b"}
