@@ -253,12 +253,21 @@ def succeed(job: Job, result: Mapping[str, Any], *, now: datetime) -> Change:
 
 
 def fail(
-    job: Job, error: JobError, *, now: datetime, policy: RetryPolicy = DEFAULT_RETRY_POLICY
+    job: Job,
+    error: JobError,
+    *,
+    now: datetime,
+    policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+    max_attempts: int | None = None,
 ) -> Change:
     """An attempt failed: back to PENDING after a backoff while attempts are left and the
     error is retryable, else FAILED. A job whose cancellation was requested is not run
-    again: it is cancelled, keeping the error."""
+    again: it is cancelled, keeping the error. `max_attempts` (the worker's handler
+    setting for the job's type) replaces the job's, and is stored so the job shows the
+    limit that decided."""
     _require(job, JobState.RUNNING, "fail")
+    if max_attempts is not None:
+        job = dataclasses.replace(job, max_attempts=max_attempts)
     if error.retryable and job.attempt < job.max_attempts:
         if job.cancel_requested:
             return _finish(job, JobState.CANCELLED, now, error=error), EventKind.CANCELLED
@@ -346,14 +355,23 @@ def reap(
     return None
 
 
-def time_out(job: Job, *, now: datetime, policy: RetryPolicy = DEFAULT_RETRY_POLICY) -> Change:
-    """The attempt ran past the job's timeout: whether its worker stopped it or the
-    reaper found it overdue, the job gets the same error."""
-    timeout = job.timeout.total_seconds() if job.timeout else 0
+def time_out(
+    job: Job,
+    *,
+    now: datetime,
+    policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+    max_attempts: int | None = None,
+    attempt_timeout: timedelta | None = None,
+) -> Change:
+    """The attempt ran past its timeout (the job's, else `attempt_timeout`: its
+    handler's for the type): whether its worker stopped it or the reaper found it
+    overdue, the job gets the same error."""
+    limit = job.timeout or attempt_timeout
+    seconds = limit.total_seconds() if limit else 0
     error = JobError(
-        ErrorCode.DEADLINE_EXCEEDED, f"attempt ran past its timeout of {timeout:g}s", True
+        ErrorCode.DEADLINE_EXCEEDED, f"attempt ran past its timeout of {seconds:g}s", True
     )
-    return fail(job, error, now=now, policy=policy)
+    return fail(job, error, now=now, policy=policy, max_attempts=max_attempts)
 
 
 def _finish(job: Job, to: JobState, now: datetime, **changes: Any) -> Job:

@@ -434,7 +434,15 @@ class SqlJobStore:
             rows += await self._db.write(complete, small=len(batch) <= SMALL_BATCH)
         return rows
 
-    async def fail_job(self, *, job_id: str, lease_id: str, error: JobError) -> Job:
+    async def fail_job(
+        self,
+        *,
+        job_id: str,
+        lease_id: str,
+        error: JobError,
+        retry_policy: RetryPolicy | None = None,
+        max_attempts: int | None = None,
+    ) -> Job:
         error = JobError(
             code=error.code[:MAX_ERROR_CODE_LENGTH] or jobs.ErrorCode.HANDLER_ERROR,
             message=error.message[:MAX_ERROR_MESSAGE_LENGTH],
@@ -444,7 +452,13 @@ class SqlJobStore:
         return await self._fenced(
             job_id,
             lease_id,
-            lambda job, now: jobs.fail(job, error, now=now, policy=self._retry_policy),
+            lambda job, now: jobs.fail(
+                job,
+                error,
+                now=now,
+                policy=retry_policy or self._retry_policy,
+                max_attempts=max_attempts,
+            ),
         )
 
     async def record_cancelled(self, *, job_id: str, lease_id: str) -> Job:
@@ -452,11 +466,25 @@ class SqlJobStore:
             job_id, lease_id, lambda job, now: jobs.confirm_cancelled(job, now=now)
         )
 
-    async def time_out_job(self, *, job_id: str, lease_id: str) -> Job:
+    async def time_out_job(
+        self,
+        *,
+        job_id: str,
+        lease_id: str,
+        retry_policy: RetryPolicy | None = None,
+        max_attempts: int | None = None,
+        attempt_timeout: timedelta | None = None,
+    ) -> Job:
         return await self._fenced(
             job_id,
             lease_id,
-            lambda job, now: jobs.time_out(job, now=now, policy=self._retry_policy),
+            lambda job, now: jobs.time_out(
+                job,
+                now=now,
+                policy=retry_policy or self._retry_policy,
+                max_attempts=max_attempts,
+                attempt_timeout=attempt_timeout,
+            ),
         )
 
     async def release_job(self, *, job_id: str, lease_id: str) -> Job:

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from jobcontrol.jobs import Job, JobError, JobEvent, JobSpec, JobState, Progress
+from jobcontrol.retry import RetryPolicy
 from jobcontrol.workers import Worker, WorkerInfo
 
 DEFAULT_PAGE_SIZE = 50
@@ -140,12 +141,32 @@ class JobStore(Protocol):
         (InvalidArgument naming it) before anything is written."""
         ...
 
-    async def fail_job(self, *, job_id: str, lease_id: str, error: JobError) -> Job: ...
+    async def fail_job(
+        self,
+        *,
+        job_id: str,
+        lease_id: str,
+        error: JobError,
+        retry_policy: RetryPolicy | None = None,
+        max_attempts: int | None = None,
+    ) -> Job:
+        """Retried after a backoff (`retry_policy`, else the store's) while attempts are
+        left (`max_attempts` replaces the job's when given) and the error is retryable."""
+        ...
 
     async def record_cancelled(self, *, job_id: str, lease_id: str) -> Job: ...
 
-    async def time_out_job(self, *, job_id: str, lease_id: str) -> Job:
-        """The worker stopped the handler at the job's deadline."""
+    async def time_out_job(
+        self,
+        *,
+        job_id: str,
+        lease_id: str,
+        retry_policy: RetryPolicy | None = None,
+        max_attempts: int | None = None,
+        attempt_timeout: timedelta | None = None,
+    ) -> Job:
+        """The worker stopped the handler at the attempt's deadline: the job's timeout,
+        else `attempt_timeout` (its handler's). Retried as `fail_job` is."""
         ...
 
     async def release_job(self, *, job_id: str, lease_id: str) -> Job: ...

@@ -1,10 +1,11 @@
-"""What a handler sees of its job: payload, attempt, progress reporting, cancellation.
+"""What a handler sees of its job (`JobContext`), and the runtime's side of a running
+job (`JobRun`: lease, stop signal, progress writer), which handlers never see.
 
-`report_progress` never blocks and is safe from any thread: it keeps the latest update
-and a writer task stores it at most a few times per second; the last update is always
-written before the job finishes. A write the store refuses for a while is kept (unless a
-newer update replaced it) and tried again after a backoff: progress is never the reason
-a job stops.
+Progress never blocks a handler and is safe from any thread: the runtime keeps the
+latest update and a writer task stores it at most a few times per second; the last
+update is always written before the job finishes. A write the store refuses for a while
+is kept (unless a newer update replaced it) and tried again after a backoff: progress is
+never the reason a job stops.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
 from jobcontrol.errors import InvalidArgument, LeaseLost
@@ -39,23 +40,183 @@ class StopReason(enum.Enum):
     TIMEOUT = "timeout"
 
 
+class StopSignal:
+    """Whether, and why, a handler should stop: set by the runtime (or a test
+    environment) from any thread, seen by sync handlers as a flag and by async ones as an
+    event on `loop`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._flag = threading.Event()
+        self._event = asyncio.Event()
+        self.reason: StopReason | None = None
+
+    @property
+    def is_set(self) -> bool:
+        return self._flag.is_set()
+
+    def request(self, reason: StopReason) -> None:
+        """The first reason given is the one kept."""
+        if self.reason is None:
+            self.reason = reason
+        self._flag.set()
+        if _running_loop() is self._loop:
+            self._event.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 class JobContext:
+    """What a handler gets for one attempt at one job.
+
+    About the job: `job_id`, `job_type`, `payload`, `labels`, `attempt` (1 for the first
+    run), `max_attempts` (the attempts this job is allowed: its own, or its handler's
+    setting), `lease_id` (unique to this attempt: name scratch files with it so two runs of
+    one job never share one) and `logger` (a logger whose records carry job_id, job_type
+    and attempt).
+
+    Progress: `report_progress(percent, stage=None, message=None)`, cheap and safe from
+    any thread; a stage left out keeps the last one.
+
+    Cancellation (a CancelJob, the worker shutting down, the attempt's timeout, or the
+    worker losing the job's lease): `cancelled` is True once the handler should stop,
+    `raise_if_cancelled()` raises `JobCancelled` then, `await wait_cancelled()` returns
+    then, and `await sleep(seconds)` sleeps but raises `JobCancelled` as soon as the job
+    is stopped. Async handlers are also cancelled (`asyncio.CancelledError`) if they do
+    not stop by themselves; plain functions run in a thread and must check.
+
+    Build one in a unit test with `jobcontrol.worker.testing`, never by hand.
+    """
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        stop: StopSignal,
+        on_progress: Callable[[Progress], None],
+        max_attempts: int | None = None,
+    ) -> None:
+        self._job = job
+        self._stop = stop
+        self._on_progress = on_progress
+        self._max_attempts = max_attempts or job.max_attempts
+        self._last_stage = job.progress.stage
+        self._logger = _JobLogger(
+            logging.getLogger(f"jobcontrol.handler.{job.type}"),
+            {"job_id": job.id, "job_type": job.type, "attempt": job.attempt},
+        )
+
+    # ---- the job -------------------------------------------------------------------
+
+    @property
+    def job_id(self) -> str:
+        return self._job.id
+
+    @property
+    def job_type(self) -> str:
+        return self._job.type
+
+    @property
+    def payload(self) -> Mapping[str, Any]:
+        return self._job.payload
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self._job.labels
+
+    @property
+    def attempt(self) -> int:
+        return self._job.attempt
+
+    @property
+    def max_attempts(self) -> int:
+        return self._max_attempts
+
+    @property
+    def lease_id(self) -> str:
+        return self._job.lease_id or ""
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        return self._logger
+
+    # ---- progress ------------------------------------------------------------------
+
+    def report_progress(
+        self, percent: float, stage: str | None = None, message: str | None = None
+    ) -> None:
+        """Record progress (0-100). Cheap: stores at most a few writes per second."""
+        if stage is not None:
+            self._last_stage = stage
+        self._on_progress(
+            Progress(
+                percent=float(min(100.0, max(0.0, percent))),
+                stage=self._last_stage[:MAX_STAGE_LENGTH],
+                message=(message or "")[:MAX_PROGRESS_MESSAGE_LENGTH],
+            )
+        )
+
+    # ---- cancellation --------------------------------------------------------------
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the handler should stop (cancellation, shutdown, timeout, lost
+        lease)."""
+        return self._stop.is_set
+
+    def raise_if_cancelled(self) -> None:
+        if self._stop.is_set:
+            reason = self._stop.reason
+            raise JobCancelled(reason.value if reason else "cancelled")
+
+    async def wait_cancelled(self) -> None:
+        await self._stop.wait()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but raise JobCancelled at once if the job is stopped meanwhile."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except TimeoutError:
+            return
+        self.raise_if_cancelled()
+
+
+class _JobLogger(logging.LoggerAdapter[logging.Logger]):
+    """Names the job in each message (for text logs) and in its fields (for JSON)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
+        extra = dict(self.extra or {})
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return f"job {extra['job_id']}: {msg}", kwargs
+
+
+class JobRun:
+    """The runtime's side of one running job: its lease, its stop signal and its progress
+    writer. The handler gets only `context`."""
+
     def __init__(
         self,
         job: Job,
         store: JobStore,
         loop: asyncio.AbstractEventLoop,
         *,
+        max_attempts: int | None = None,
         progress_episode: Episode | None = None,
     ) -> None:
         assert job.lease_id is not None
         self.job = job
+        self.lease_id = job.lease_id
+        self.lease_lost = False
         self._store = store
         self._loop = loop
-        self._lease_id = job.lease_id
-        self._stop = threading.Event()
-        self._stop_async = asyncio.Event()
-        self.stop_reason: StopReason | None = None
+        self._stop = StopSignal(loop)
+        self.context = JobContext(
+            job, stop=self._stop, on_progress=self._offer, max_attempts=max_attempts
+        )
         self._pending: Progress | None = None
         self._progress_wakeup = asyncio.Event()
         self._last_write = 0.0
@@ -65,84 +226,41 @@ class JobContext:
         self._progress_episode = progress_episode or Episode("progress writes")
         self._progress_backoff = Backoff(base=0.25, cap=5.0)
         self._retry_delay = 0.0
-        self.lease_lost = False
+
+    # ---- stopping ------------------------------------------------------------------
 
     @property
-    def job_id(self) -> str:
-        return self.job.id
-
-    @property
-    def payload(self) -> Mapping[str, Any]:
-        return self.job.payload
-
-    @property
-    def attempt(self) -> int:
-        return self.job.attempt
-
-    @property
-    def lease_id(self) -> str:
-        return self._lease_id
-
-    # ---- cancellation --------------------------------------------------------------
-
-    @property
-    def cancelled(self) -> bool:
-        """True once the handler should stop (cancellation, shutdown, lost lease)."""
-        return self._stop.is_set()
-
-    def raise_if_cancelled(self) -> None:
-        if self._stop.is_set():
-            raise JobCancelled(self.stop_reason.value if self.stop_reason else "cancelled")
-
-    async def wait_cancelled(self) -> None:
-        await self._stop_async.wait()
-
-    async def sleep(self, seconds: float) -> None:
-        """Sleep, but raise JobCancelled at once if the job is stopped meanwhile."""
-        try:
-            await asyncio.wait_for(self._stop_async.wait(), timeout=seconds)
-        except TimeoutError:
-            return
-        self.raise_if_cancelled()
+    def stop_reason(self) -> StopReason | None:
+        return self._stop.reason
 
     def request_stop(self, reason: StopReason) -> None:
-        """Runtime side: ask the handler to stop (loop thread only)."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self._stop.set()
-        self._stop_async.set()
+        """Ask the handler to stop."""
+        self._stop.request(reason)
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    def lose_lease(self) -> None:
+        """The store no longer holds our lease: stop the handler and write nothing more."""
+        self.lease_lost = True
+        self.request_stop(StopReason.LEASE_LOST)
 
     # ---- progress ------------------------------------------------------------------
 
-    def report_progress(
-        self, percent: float, stage: str | None = None, message: str | None = None
-    ) -> None:
-        """Record progress (0-100). Cheap: stores at most a few writes per second."""
-        progress = Progress(
-            percent=float(min(100.0, max(0.0, percent))),
-            stage=(stage if stage is not None else self._latest().stage)[:MAX_STAGE_LENGTH],
-            message=(message or "")[:MAX_PROGRESS_MESSAGE_LENGTH],
-        )
-        try:
-            running_loop = asyncio.get_running_loop()
-        except RuntimeError:
-            running_loop = None
-        if running_loop is self._loop:
+    def _offer(self, progress: Progress) -> None:
+        if _running_loop() is self._loop:
             self._set_pending(progress)
         else:
             self._loop.call_soon_threadsafe(self._set_pending, progress)
-
-    def _latest(self) -> Progress:
-        return self._pending or self.job.progress
 
     def _set_pending(self, progress: Progress) -> None:
         self._pending = progress
         self._progress_wakeup.set()
 
     async def write_progress(self) -> None:
-        """Runtime side: the writer task, until `close_progress`. A write in flight is
-        never cut short (the runtime stops the writer only between writes), so the last
-        update cannot be taken and then lost."""
+        """The writer task, until `close_progress`. A write in flight is never cut short
+        (the runtime stops the writer only between writes), so the last update cannot be
+        taken and then lost."""
         interval = 1.0 / PROGRESS_WRITES_PER_SECOND
         while True:
             await self._progress_wakeup.wait()
@@ -169,8 +287,8 @@ class JobContext:
         return self._writer_closing
 
     async def close_progress(self, writer: asyncio.Task[None]) -> None:
-        """Runtime side: stop the writer once its write in flight (if any) is done. What
-        is still pending is written by `flush_progress`, before the job's outcome."""
+        """Stop the writer once its write in flight (if any) is done. What is still
+        pending is written by `flush_progress`, before the job's outcome."""
         self._writer_closing = True
         self._writer_wakeup.set()
         self._progress_wakeup.set()
@@ -187,12 +305,11 @@ class JobContext:
         self._progress_wakeup.clear()
         self._last_write = time.monotonic()
         try:
-            self.job = await self._store.report_progress(
-                job_id=self.job.id, lease_id=self._lease_id, progress=progress
+            await self._store.report_progress(
+                job_id=self.job.id, lease_id=self.lease_id, progress=progress
             )
         except LeaseLost:
-            self.lease_lost = True
-            self.request_stop(StopReason.LEASE_LOST)
+            self.lose_lease()
             return
         except InvalidArgument as error:
             log.warning("progress of job %s refused: %s", self.job.id, error.message)
@@ -202,3 +319,10 @@ class JobContext:
                 self._pending = progress
             raise
         self._progress_episode.succeeded()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

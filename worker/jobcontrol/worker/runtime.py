@@ -30,17 +30,19 @@ import os
 import random
 import socket
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import TracebackType
 from typing import Any
 
 from jobcontrol.errors import InvalidArgument, LeaseLost
-from jobcontrol.jobs import ErrorCode, Job, JobError
+from jobcontrol.jobs import ErrorCode, Job, JobError, JobState
 from jobcontrol.store import JobStore
 from jobcontrol.store.protocol import MAX_BATCH_SIZE
 from jobcontrol.worker.completions import CompletionWriter
-from jobcontrol.worker.context import JobContext, StopReason
+from jobcontrol.worker.context import JobRun, StopReason
 from jobcontrol.worker.handlers import (
     Handler,
     JobCancelled,
@@ -92,7 +94,8 @@ class WorkerConfig:
 @dataclass(eq=False)
 class _Running:
     job: Job
-    context: JobContext
+    handler: Handler
+    run: JobRun
     task: asyncio.Task[None] | None = None
     # When the lease runs out unless renewed (monotonic; from when the claim or the last
     # renewal that went through was sent, so never later than the store's own time).
@@ -100,6 +103,7 @@ class _Running:
     # When the handler ended (monotonic); set while its outcome waits to be written.
     finished_at: float | None = None
     unrecorded_bytes: int = 0
+    started_at: float = field(default_factory=time.monotonic)
 
 
 class Worker:
@@ -248,14 +252,20 @@ class Worker:
         await self._slot_freed.wait()
 
     def _start(self, job: Job, claimed_at: float) -> None:
-        context = JobContext(
+        handler = self._registry.get(job.type)
+        assert handler is not None
+        run = JobRun(
             job,
             self._store,
             asyncio.get_running_loop(),
+            max_attempts=handler.attempts_for(job),
             progress_episode=self._progress_episode,
         )
         running = _Running(
-            job, context, lease_deadline=claimed_at + self._config.lease_timeout.total_seconds()
+            job,
+            handler,
+            run,
+            lease_deadline=claimed_at + self._config.lease_timeout.total_seconds(),
         )
         self._running[job.id] = running
         running.task = asyncio.create_task(self._run_job(running), name=f"job-{job.id}")
@@ -263,19 +273,18 @@ class Worker:
     # ---- running one job -----------------------------------------------------------
 
     async def _run_job(self, running: _Running) -> None:
-        job, context = running.job, running.context
-        handler = self._registry.get(job.type)
-        assert handler is not None
-        writer = asyncio.create_task(context.write_progress(), name=f"progress-{job.id}")
+        job, run = running.job, running.run
+        writer = asyncio.create_task(run.write_progress(), name=f"progress-{job.id}")
+        _log_claimed(running)
         try:
             try:
-                outcome = await self._call(handler, context, job)
+                outcome = await self._call(running.handler, run, job)
             except Exception as error:  # a bug of ours, not the handler's: fail the attempt
                 log.exception("running job %s failed in the worker itself", job.id)
                 outcome = Outcome(error=error)
             # Let a progress write in flight finish rather than cut it short: the update
             # it carries may be the last one, which must be stored before the outcome.
-            await context.close_progress(writer)
+            await run.close_progress(writer)
             running.finished_at = time.monotonic()
             await self._record_until_stored(running, outcome)
         finally:
@@ -285,33 +294,33 @@ class Worker:
             self._running.pop(job.id, None)
             self._slot_freed.set()
 
-    async def _call(self, handler: Handler, context: JobContext, job: Job) -> Outcome:
+    async def _call(self, handler: Handler, run: JobRun, job: Job) -> Outcome:
         """Run the handler until it returns, raises, times out or is stopped."""
         if handler.is_async:
-            call: Awaitable[Any] = handler.function(context)  # type: ignore[assignment]
+            call: Awaitable[Any] = handler.function(run.context)  # type: ignore[assignment]
         else:
-            call = asyncio.to_thread(handler.function, context)
+            call = asyncio.to_thread(handler.function, run.context)
         handler_task = asyncio.ensure_future(call)
-        stopped = asyncio.create_task(context.wait_cancelled())
-        timeout = _remaining(job)
+        stopped = asyncio.create_task(run.wait_stopped())
+        timeout = _remaining(job, handler)
         try:
             done, _ = await asyncio.wait(
                 {handler_task, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
             if handler_task not in done:
                 if not done:
-                    context.request_stop(StopReason.TIMEOUT)
+                    run.request_stop(StopReason.TIMEOUT)
                 # Cooperative handlers see the stop flag; async ones are cancelled too.
                 handler_task.cancel()
                 await asyncio.wait({handler_task}, timeout=HANDLER_STOP_GRACE_SECONDS)
                 if handler_task.done() and not handler_task.cancelled():
                     handler_task.exception()  # retrieved: its failure is the stop itself
-                return Outcome(stopped=context.stop_reason)
+                return Outcome(stopped=run.stop_reason)
             error = handler_task.exception()
             if error is None:
                 return Outcome(result=handler_task.result() or {})
-            if context.stop_reason is not None or isinstance(error, JobCancelled):
-                return Outcome(stopped=context.stop_reason or StopReason.CANCEL_REQUESTED)
+            if run.stop_reason is not None or isinstance(error, JobCancelled):
+                return Outcome(stopped=run.stop_reason or StopReason.CANCEL_REQUESTED)
             return Outcome(error=error)
         finally:
             stopped.cancel()
@@ -321,17 +330,17 @@ class Worker:
         still be held: until it lands, the store says the lease is lost, the lease runs
         out (heartbeats keep renewing it meanwhile), or a shutdown's drain grace ends.
         The job keeps its slot all along, so held outcomes never outnumber the slots."""
-        job, context = running.job, running.context
+        job, run = running.job, running.run
         backoff = Backoff(base=RECORD_RETRY.base, cap=RECORD_RETRY.cap)
         tries = 0
         while True:
-            if context.lease_lost or outcome.stopped is StopReason.LEASE_LOST:
+            if run.lease_lost or outcome.stopped is StopReason.LEASE_LOST:
                 await self._lease_gone(running, outcome, retried=tries > 0)
                 return
             try:
-                await self._record(job, context, outcome)
+                stored = await self._record(running, outcome)
             except LeaseLost:
-                context.lease_lost = True
+                run.lease_lost = True
                 continue
             except Exception as error:
                 self._record_episode.failed(error)
@@ -343,6 +352,7 @@ class Worker:
                 self._record_episode.succeeded()
                 if tries:
                     log.debug("job %s: outcome recorded after %d failed tries", job.id, tries)
+                _log_recorded(running, outcome, stored)
                 return
             tries += 1
             if self._give_up_recording.is_set():
@@ -367,43 +377,67 @@ class Worker:
         """The store no longer holds our lease: write nothing more. After a failed try
         this may be our own write landing (a remote write whose answer was lost): a
         finished job still carrying our lease says so."""
-        job, context = running.job, running.context
+        job, run = running.job, running.run
         if retried:
             with contextlib.suppress(Exception):
                 stored = await self._store.get_job(job.id)
-                if stored.is_terminal and stored.lease_id == context.lease_id:
+                if stored.is_terminal and stored.lease_id == run.lease_id:
                     log.info("job %s: an earlier try had recorded it (%s)", job.id, stored.state)
                     return
         log.warning(
             "lost the lease on job %s; its outcome (%s) is dropped",
             job.id,
             outcome.describe(),
-            extra={"job_id": job.id, "attempt": job.attempt, "worker_id": self.worker_id},
+            extra={
+                "job_id": job.id,
+                "job_type": job.type,
+                "attempt": job.attempt,
+                "outcome": "lease_lost",
+                "worker_id": self.worker_id,
+            },
         )
 
-    async def _record(self, job: Job, context: JobContext, outcome: Outcome) -> None:
+    async def _record(self, running: _Running, outcome: Outcome) -> Job | None:
         """One try at storing the outcome, the handler's last progress first. Raises what
-        the store raises."""
+        the store raises. A failure is retried by the handler's settings for the type.
+        Returns the job as stored, or None for a success (written in a group)."""
+        job, run, handler = running.job, running.run, running.handler
         if outcome.stopped is not StopReason.SHUTDOWN:  # a release resets progress
-            await context.flush_progress()
-        lease = {"job_id": job.id, "lease_id": context.lease_id}
+            await run.flush_progress()
+        lease = {"job_id": job.id, "lease_id": run.lease_id}
+        retry_policy, max_attempts = handler.retry, handler.attempts_for(job)
+        stored: Job | None = None
         if outcome.stopped is StopReason.SHUTDOWN:
-            await self._store.release_job(**lease)
+            stored = await self._store.release_job(**lease)
         elif outcome.stopped is StopReason.CANCEL_REQUESTED:
-            await self._store.record_cancelled(**lease)
+            stored = await self._store.record_cancelled(**lease)
         elif outcome.stopped is StopReason.TIMEOUT:
-            await self._store.time_out_job(**lease)
+            stored = await self._store.time_out_job(
+                **lease,
+                retry_policy=retry_policy,
+                max_attempts=max_attempts,
+                attempt_timeout=handler.timeout_for(job),
+            )
         elif outcome.error is not None:
-            await self._store.fail_job(**lease, error=_job_error(outcome.error))
+            stored = await self._store.fail_job(
+                **lease,
+                error=_job_error(outcome.error),
+                retry_policy=retry_policy,
+                max_attempts=max_attempts,
+            )
         else:
             result = outcome.result if isinstance(outcome.result, Mapping) else {}
             try:
                 await self._completions.complete(**lease, result=result)
             except InvalidArgument as error:  # e.g. result too large or not JSON
-                await self._store.fail_job(
-                    **lease, error=JobError("invalid_result", error.message, retryable=False)
+                stored = await self._store.fail_job(
+                    **lease,
+                    error=JobError("invalid_result", error.message, retryable=False),
+                    retry_policy=retry_policy,
+                    max_attempts=max_attempts,
                 )
         self._on_write()
+        return stored
 
     # ---- heartbeats and cancellation -----------------------------------------------
 
@@ -456,7 +490,7 @@ class Worker:
         sent = time.monotonic()
         try:
             acks = await self._store.heartbeat_jobs(
-                {r.job.id: r.context.lease_id for r in batch},
+                {r.job.id: r.run.lease_id for r in batch},
                 lease_timeout=self._config.lease_timeout,
             )
         except Exception as error:
@@ -467,12 +501,11 @@ class Worker:
         for running in batch:
             ack = acks.get(running.job.id)
             if ack is None:  # lost: expired and reaped, or taken over
-                running.context.lease_lost = True
-                running.context.request_stop(StopReason.LEASE_LOST)
+                running.run.lose_lease()
                 continue
             running.lease_deadline = deadline
             if ack.cancel_requested and running.finished_at is None:
-                running.context.request_stop(StopReason.CANCEL_REQUESTED)
+                running.run.request_stop(StopReason.CANCEL_REQUESTED)
         return True
 
     async def _cancel_requests(self) -> None:
@@ -496,7 +529,7 @@ class Worker:
             for job_id in requested:
                 running = self._running.get(job_id)
                 if running is not None and running.finished_at is None:
-                    running.context.request_stop(StopReason.CANCEL_REQUESTED)
+                    running.run.request_stop(StopReason.CANCEL_REQUESTED)
 
     # ---- draining ------------------------------------------------------------------
 
@@ -527,7 +560,7 @@ class Worker:
         running = list(self._running.values())
         for r in running:
             if r.finished_at is None:
-                r.context.request_stop(reason)
+                r.run.request_stop(reason)
         await asyncio.gather(*(r.task for r in running if r.task), return_exceptions=True)
 
 
@@ -555,19 +588,105 @@ def _outcome_bytes(outcome: Outcome) -> int:
         return 1024
 
 
-def _remaining(job: Job) -> float | None:
-    if job.deadline is None:
+def _remaining(job: Job, handler: Handler) -> float | None:
+    """Seconds left of the attempt: the job's timeout, else its handler's for the type."""
+    timeout = handler.timeout_for(job)
+    if timeout is None or job.start_time is None:
         return None
-    return max(0.0, (job.deadline - datetime.now(UTC)).total_seconds())
+    return max(0.0, (job.start_time + timeout - datetime.now(UTC)).total_seconds())
+
+
+def _handler_traceback(error: BaseException) -> TracebackType | None:
+    """The error's traceback from the handler's first frame on: the frames of the thread
+    pool a plain handler runs in say nothing about the failure."""
+    frames = error.__traceback__
+    while frames is not None and frames.tb_frame.f_globals.get("__name__", "").startswith(
+        ("asyncio.", "concurrent.futures.")
+    ):
+        frames = frames.tb_next
+    return frames or error.__traceback__
 
 
 def _job_error(error: BaseException) -> JobError:
+    """The job's error, with the traceback as its details (the store keeps their end)."""
     message = str(error) or type(error).__name__
+    details = "".join(traceback.format_exception(type(error), error, _handler_traceback(error)))
     if isinstance(error, PermanentError):
-        return JobError(error.code, message, retryable=False)
+        return JobError(error.code, message, retryable=False, details=details)
     if isinstance(error, RetryableError):
-        return JobError(error.code, message, retryable=True)
-    return JobError(ErrorCode.HANDLER_ERROR, f"{type(error).__name__}: {message}", True)
+        return JobError(error.code, message, retryable=True, details=details)
+    return JobError(
+        ErrorCode.HANDLER_ERROR, f"{type(error).__name__}: {message}", True, details=details
+    )
+
+
+# ---- each job's life in the log ------------------------------------------------------
+# One line per step, readable as text and with fields for `--log-format json`: job_id,
+# job_type, attempt, max_attempts, outcome and, once the attempt ended, duration_seconds.
+
+
+def _life_fields(running: _Running, outcome: str) -> dict[str, Any]:
+    job = running.job
+    return {
+        "job_id": job.id,
+        "job_type": job.type,
+        "attempt": job.attempt,
+        "max_attempts": running.handler.attempts_for(job),
+        "outcome": outcome,
+    }
+
+
+def _log_claimed(running: _Running) -> None:
+    fields = _life_fields(running, "claimed")
+    log.info(
+        "job %s %s attempt %d/%d claimed",
+        fields["job_id"],
+        fields["job_type"],
+        fields["attempt"],
+        fields["max_attempts"],
+        extra=fields,
+    )
+
+
+def _log_recorded(running: _Running, outcome: Outcome, stored: Job | None) -> None:
+    """What the store made of the attempt: succeeded, cancelled or released at INFO; a
+    failure with the handler's traceback, at WARNING when it will be retried and at ERROR
+    when it fails the job."""
+    state = JobState.SUCCEEDED if stored is None else stored.state
+    seconds = (running.finished_at or time.monotonic()) - running.started_at
+    level, how = logging.INFO, f"in {seconds:.2f}s"
+    if state is JobState.SUCCEEDED:
+        verb = "succeeded"
+    elif state is JobState.CANCELLED:
+        verb = "cancelled"
+    elif state is JobState.PENDING and outcome.stopped is StopReason.SHUTDOWN:
+        verb, how = "released", f"after {seconds:.2f}s (the worker is stopping)"
+    elif state is JobState.PENDING:
+        verb, level = "retried", logging.WARNING
+    else:
+        verb, level = "failed", logging.ERROR
+    fields = _life_fields(running, verb)
+    fields["duration_seconds"] = round(seconds, 3)
+    text = f"{verb} {how}"
+    if verb in ("retried", "failed") and stored is not None and stored.error is not None:
+        fields["error_code"] = stored.error.code
+        text = f"failed {how}: {stored.error.code}: {stored.error.message}"
+        if verb == "retried":
+            delay = max(0.0, (stored.run_after - datetime.now(UTC)).total_seconds())
+            fields["retry_in_seconds"] = round(delay, 3)
+            text += f"; will retry in {delay:.1f}s"
+    error = outcome.error if verb in ("retried", "failed") else None
+    log.log(
+        level,
+        "job %s %s attempt %d/%d %s",
+        fields["job_id"],
+        fields["job_type"],
+        fields["attempt"],
+        fields["max_attempts"],
+        text,
+        exc_info=(type(error), error, _handler_traceback(error)) if error is not None else None,
+        extra=fields,
+    )
 
 
 async def _first(*waits: Awaitable[Any]) -> None:
