@@ -86,8 +86,8 @@ class JobContext:
     worker losing the job's lease): `cancelled` is True once the handler should stop,
     `raise_if_cancelled()` raises `JobCancelled` then, `await wait_cancelled()` returns
     then, and `await sleep(seconds)` sleeps but raises `JobCancelled` as soon as the job
-    is stopped. Async handlers are also cancelled (`asyncio.CancelledError`) if they do
-    not stop by themselves; plain functions run in a thread and must check.
+    is stopped. An async handler's task is cancelled too (`asyncio.CancelledError` at
+    its current await); a plain function runs in a thread and must check `cancelled`.
 
     Build one in a unit test with `jobcontrol.worker.testing`, never by hand.
     """

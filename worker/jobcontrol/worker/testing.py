@@ -3,21 +3,22 @@
     from jobcontrol.worker import JobCancelled
     from jobcontrol.worker.testing import HandlerTestEnvironment, run_handler
 
-    def test_resize():
-        assert run_handler("images.resize", {"path": "a.png"}) == {"ok": True}
+    def test_demo_sleep():
+        assert run_handler("demo.sleep", {"steps": 2, "seconds": 0})["steps"] == 2
 
-    def test_resize_stops_when_cancelled():
+    def test_demo_sleep_stops_when_cancelled():
         env = HandlerTestEnvironment()
-        env.on_progress = lambda progress: env.cancel()
+        env.on_progress = lambda progress: env.cancel()  # at the first report
         with pytest.raises(JobCancelled):
-            env.run("images.resize", {"path": "a.png"})
-        assert env.progress[0].stage == "resizing"
+            env.run("demo.sleep", {"steps": 100, "seconds": 10})
+        assert len(env.progress) == 1
 
 As `temporalio.testing.ActivityEnvironment` does for activities, the environment gives
 the handler a real `JobContext` and runs it as the worker would: async handlers on the
-event loop (and cancelled if they do not stop when asked), plain functions in a thread.
-The payload and the result go through JSON and the same checks as in the store, so a
-result the store would refuse fails here too. The handler's `timeout` applies.
+event loop (their task cancelled when the job is stopped), plain functions in a thread
+(waited for: they stop when they next check). The payload and the result go through
+JSON and the same checks as in the store, so a result the store would refuse fails here
+too. The handler's `timeout` applies.
 """
 
 from __future__ import annotations
