@@ -138,6 +138,10 @@ def test_a_failed_job_exits_one_and_says_why(worker_server: ServerProcess):
         r"job \S+ FAILED after [\d.]+s: demo_permanent: demo.sleep was asked to fail.*",
         result.stdout.splitlines()[-1],
     ), result.stdout
+    # The handler's traceback follows on stderr, to debug with.
+    assert "Traceback (most recent call last):" in result.stderr
+    assert 'demo_sleep.py", line' in result.stderr
+    assert result.stderr.rstrip().endswith("demo.sleep was asked to fail (permanent)")
 
 
 def test_a_cancelled_job_exits_two(worker_server: ServerProcess):

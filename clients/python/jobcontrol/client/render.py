@@ -65,6 +65,14 @@ def summary(job: Job) -> str:
     return text
 
 
+def failure_details(job: Job) -> str | None:
+    """A failed job's error details (the handler's traceback), so whoever watched it
+    fail has what they need to debug it."""
+    if job.state is JobState.FAILED and job.error and job.error.details:
+        return job.error.details.rstrip("\n")
+    return None
+
+
 class _Lines:
     """A view that writes whole lines, flushed at once, and holds nothing open."""
 
@@ -106,6 +114,9 @@ class PlainLines(_Lines):
         self._print(" ".join(parts))
         if job.is_terminal:
             self._print(summary(job))
+            details = failure_details(job)
+            if details:
+                print(details, file=self._notes, flush=True)
 
 
 class ProgressBar:
@@ -150,6 +161,9 @@ class ProgressBar:
         if job.is_terminal:
             self._progress.stop()
             self._console.print(summary(job), highlight=False)
+            details = failure_details(job)
+            if details:
+                self._console.print(details, highlight=False, markup=False)
 
 
 def _notes(job: Job) -> list[str]:
