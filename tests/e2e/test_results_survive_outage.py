@@ -20,7 +20,7 @@ from google.protobuf import struct_pb2
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import ROOT, ServerProcess, start_server, wait_for
+from tests.conftest import ROOT, ServerProcess, start_server, wait_until
 from tests.e2e.counting_handlers import LOG_ENV
 from tests.sqld import SqldProcess
 from tests.worker.conftest import StartWorker, WorkerProcess
@@ -119,11 +119,11 @@ def test_jobs_finishing_while_sqld_is_stopped_are_recorded_once_and_never_rerun(
             alive(worker)
             return states(stub, ids) == [pb.JOB_STATE_RUNNING] * JOBS
 
-        wait_for(all_running, timeout=60, interval=0.05, what="every job to run")
+        wait_until(all_running, timeout=60, interval=0.05, what="every job to run")
         sqld.pause()
         try:
             # Every handler returns during the outage...
-            wait_for(
+            wait_until(
                 lambda: len(finished_lines(finished_log)) == JOBS,
                 timeout=30,
                 interval=0.05,
@@ -131,7 +131,7 @@ def test_jobs_finishing_while_sqld_is_stopped_are_recorded_once_and_never_rerun(
             )
             # ...and the worker fails to store what they left (today's wording, or the
             # old one, so that the old worker fails this test for the right reason).
-            wait_for(
+            wait_until(
                 lambda: re.search(r"recording outcomes failed|could not record job", worker.log),
                 timeout=REQUEST_TIMEOUT + 20,
                 interval=0.1,
@@ -141,7 +141,7 @@ def test_jobs_finishing_while_sqld_is_stopped_are_recorded_once_and_never_rerun(
         finally:
             sqld.resume()
 
-        wait_for(
+        wait_until(
             lambda: states(stub, ids) == [pb.JOB_STATE_SUCCEEDED] * JOBS,
             timeout=120,
             interval=0.2,

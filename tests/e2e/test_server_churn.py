@@ -5,7 +5,6 @@ transition of its job exactly once, in order."""
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from jobcontrol.client import AsyncJobControlClient, Backoff
 from jobcontrol.jobs import EventKind, JobError, JobEvent, JobSpec, Progress
 from jobcontrol.retry import RetryPolicy
 from jobcontrol.store.sqlite import SqliteJobStore
-from tests.conftest import ServerProcess, free_port, start_server
+from tests.conftest import ServerProcess, free_port, start_server, wait_until_async
 
 pytestmark = pytest.mark.slow
 WATCHERS = 200
@@ -27,14 +26,6 @@ TRANSITIONS = {
     EventKind.RETRY_SCHEDULED,
     EventKind.SUCCEEDED,
 }
-
-
-async def _until(condition: object, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_every_watcher_sees_every_transition_once_across_three_kill_9s(tmp_path: Path):
@@ -70,7 +61,9 @@ async def test_every_watcher_sees_every_transition_once_across_three_kill_9s(tmp
         for job_id in ids:
             seen[job_id] = []
         watchers = [asyncio.create_task(follow(job_id)) for job_id in ids]
-        await _until(lambda: all(seen[i] for i in ids), 60, "every snapshot")
+        await wait_until_async(
+            lambda: all(seen[i] for i in ids), timeout=60, interval=0.05, what="every snapshot"
+        )
 
         async def claim_all() -> dict[str, str]:
             claimed = await store.claim_jobs(

@@ -24,7 +24,7 @@ from tests.conftest import (
     ServerProcess,
     health_status,
     start_server,
-    wait_for,
+    wait_until,
 )
 from tests.sqld import SqldProcess
 
@@ -149,7 +149,7 @@ def test_an_outage_of_the_database_is_survived_without_running_an_attempt_twice(
             )
             return bool(page.jobs)
 
-        wait_for(some_succeeded, timeout=60, interval=0.1, what="a first job to succeed")
+        wait_until(some_succeeded, timeout=60, interval=0.1, what="a first job to succeed")
         system.sqld.stop()
         outage_started = time.monotonic()
 
@@ -160,17 +160,17 @@ def test_an_outage_of_the_database_is_survived_without_running_an_attempt_twice(
                 return error.code()
             return None
 
-        assert wait_for(refused, timeout=20, interval=0.2, what="an RPC to fail") == (
+        assert wait_until(refused, timeout=20, interval=0.2, what="an RPC to fail") == (
             grpc.StatusCode.UNAVAILABLE
         )
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
-        wait_for(lambda: health_status(channel) == not_serving, timeout=20, what="NOT_SERVING")
+        wait_until(lambda: health_status(channel) == not_serving, timeout=20, what="NOT_SERVING")
         # The outage itself lasts a few seconds: long enough for heartbeats to fail.
         time.sleep(max(0.0, 3.0 - (time.monotonic() - outage_started)))
         system.sqld.restart()  # same port, same data
 
         serving = health_pb2.HealthCheckResponse.SERVING
-        wait_for(lambda: health_status(channel) == serving, timeout=30, what="SERVING again")
+        wait_until(lambda: health_status(channel) == serving, timeout=30, what="SERVING again")
 
         def all_terminal() -> bool:
             jobs = [stub.GetJob(api.GetJobRequest(job_id=i), timeout=10).job for i in ids]
@@ -179,7 +179,7 @@ def test_an_outage_of_the_database_is_survived_without_running_an_attempt_twice(
                 for j in jobs
             )
 
-        wait_for(all_terminal, timeout=120, interval=0.5, what="every job to finish")
+        wait_until(all_terminal, timeout=120, interval=0.5, what="every job to finish")
         histories = {
             i: [
                 m.event
@@ -238,7 +238,7 @@ def test_while_sqld_hangs_the_server_answers_health_and_streams_flow_from_what_i
                     answers.append(health_status(channel))
                     return answers[-1] == not_serving
 
-                wait_for(check, timeout=60, interval=0.2, what="NOT_SERVING")
+                wait_until(check, timeout=60, interval=0.2, what="NOT_SERVING")
                 still_paused = sqld.running and _stopped(sqld.pid)
             finally:
                 sqld.resume()

@@ -19,7 +19,7 @@ from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
 from jobcontrol.worker.runtime import WorkerConfig
-from tests.conftest import BIN, ServerProcess, start_server, wait_for
+from tests.conftest import BIN, ServerProcess, start_server, wait_until
 
 DURATION_FLAGS = (
     "--tail-interval",
@@ -131,7 +131,7 @@ def start_long_job(server: ServerProcess) -> str:
         job_id: str = stub.SubmitJob(
             api.SubmitJobRequest(type="demo.sleep", payload=payload), timeout=10
         ).job.id
-        wait_for(
+        wait_until(
             lambda: job_state(stub, job_id) == pb.JOB_STATE_RUNNING,
             timeout=30,
             interval=0.05,
@@ -169,7 +169,7 @@ def test_a_second_signal_ends_the_in_process_workers_drain_at_once(tmp_path: Pat
     job_id = start_long_job(server)
 
     server.process.send_signal(signal.SIGTERM)
-    wait_for(lambda: "draining" in server.log, timeout=30, what="the drain to begin")
+    wait_until(lambda: "draining" in server.log, timeout=30, what="the drain to begin")
     assert server.process.poll() is None, "the server stopped before the drain grace ended"
     server.process.send_signal(signal.SIGTERM)
 

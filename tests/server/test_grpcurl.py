@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ServerProcess, wait_for
+from tests.conftest import ServerProcess, wait_until
 
 GRPCURL = str(Path(sys.executable).parent / "grpcurl")
 SERVICE = "jobcontrol.v1.JobControl"
@@ -272,7 +272,7 @@ def test_watch_job_streams_snapshot_then_cancelled_and_exits_zero(
                 return False
             return bool(events)
 
-        wait_for(snapshot_seen, timeout=15, what="the WatchJob snapshot")
+        wait_until(snapshot_seen, timeout=15, what="the WatchJob snapshot")
 
         cancelled = ok_json(call(server, f"{SERVICE}/CancelJob", {"job_id": job["id"]}))
         assert cancelled["job"]["state"] == "JOB_STATE_CANCELLED"

@@ -47,7 +47,7 @@ from jobcontrol.store.sqlite import SqliteJobStore
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_pb2 as pb
 from jobcontrol.workers import WorkerInfo
-from tests.conftest import ServerProcess, read_metrics, rss_bytes, start_server, wait_for
+from tests.conftest import ServerProcess, read_metrics, rss_bytes, start_server, wait_until
 
 SERVICE = "/jobcontrol.v1.JobControl/"
 UNARY_METHODS = (
@@ -1283,7 +1283,7 @@ def test_watchers_that_never_read_leave_server_memory_bounded(
                 ("jobcontrol_open_streams", (("method", method),)), 0
             )
 
-        wait_for(
+        wait_until(
             lambda: open_streams("WatchJob") == open_streams("WatchJobs") == STALLED_PER_RPC,
             timeout=60,
             interval=0.1,
@@ -1316,7 +1316,7 @@ def test_watchers_that_never_read_leave_server_memory_bounded(
             samples = read_metrics(metrics_address)
             return samples.get(("jobcontrol_event_tail_lag_seconds_count", ()), 0) >= written
 
-        wait_for(fanned_out, timeout=120, interval=0.2, what="the hub to fan out every event")
+        wait_until(fanned_out, timeout=120, interval=0.2, what="the hub to fan out every event")
         fan_out_seconds = time.monotonic() - flooded
         settled = sample_rss()
         limit = 2 * baseline + 100 * MIB
@@ -1347,7 +1347,7 @@ def test_watchers_that_never_read_leave_server_memory_bounded(
             assert len(submitted) < SUBMISSIONS
         samples = read_metrics(metrics_address)
         assert samples[("jobcontrol_events_coalesced_total", ())] > 0
-        wait_for(
+        wait_until(
             lambda: open_streams("WatchJob") == open_streams("WatchJobs") == 0,
             timeout=30,
             interval=0.1,

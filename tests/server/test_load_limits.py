@@ -32,7 +32,7 @@ from tests.conftest import (
     rss_bytes,
     start_server,
 )
-from tests.polling import wait_for
+from tests.polling import wait_until
 
 MIB = 1024 * 1024
 CLIENTS = 50
@@ -179,7 +179,7 @@ def test_streams_past_the_limit_are_refused_and_health_checks_never_are(tmp_path
                 samples = read_metrics(metrics_address)
                 return samples.get(("jobcontrol_open_streams", (("method", "WatchJobs"),))) == 2
 
-            wait_for(both_open, what="two open streams")
+            wait_until(both_open, what="two open streams")
             third = stub.WatchJobs(api.WatchJobsRequest())
             with pytest.raises(grpc.RpcError) as refused_stream:
                 next(third)
@@ -212,7 +212,7 @@ def test_unary_calls_past_the_limit_are_refused_while_streams_are_not(tmp_path: 
             waiting = stub.SubmitJob.future(api.SubmitJobRequest(type="load.waits"), timeout=60)
             assert server.metrics_address
             metrics_address = server.metrics_address
-            wait_for(
+            wait_until(
                 lambda: (
                     read_metrics(metrics_address).get(("jobcontrol_unary_rpcs_in_flight", ())) == 1
                 ),

@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
-from tests.conftest import ServerProcess, start_server, wait_for
+from tests.conftest import ServerProcess, start_server, wait_until
 
 
 def test_server_serves_health_and_submit_then_exits_zero_on_sigterm(server: ServerProcess):
@@ -42,7 +42,7 @@ def test_metrics_endpoint_reports_rpcs_streams_jobs_and_tail_lag(tmp_path: Path)
             sampled = "jobcontrol_event_loop_lag_seconds_count 0.0" not in body
             return body if ready and sampled else None
 
-        body = wait_for(scrape, timeout=30, interval=0.2, what="job counts in /metrics")
+        body = wait_until(scrape, timeout=30, interval=0.2, what="job counts in /metrics")
     finally:
         server.stop()
     assert 'jobcontrol_rpcs_total{code="OK",method="SubmitJob"} 1.0' in body

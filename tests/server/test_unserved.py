@@ -24,7 +24,7 @@ from jobcontrol.store.sqlite import SqliteJobStore
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import BIN, ServerProcess, read_metrics, start_server, wait_for
+from tests.conftest import BIN, ServerProcess, read_metrics, start_server, wait_until
 from tests.worker.conftest import WorkerProcess
 
 Stub = job_control_pb2_grpc.JobControlStub
@@ -78,7 +78,7 @@ def get(stub: Stub, job_id: str) -> pb.Job:
 
 def wait_served(stub: Stub, job_id: str, served: bool) -> pb.Job:
     """The PENDING job once the server counts a live worker for its type (or none)."""
-    return wait_for(
+    return wait_until(
         lambda: (job := get(stub, job_id)).unserved is not served and job,
         timeout=20,
         interval=0.05,
@@ -93,7 +93,7 @@ def wait_worker(stub: Stub, worker: WorkerProcess) -> None:
         workers = stub.ListWorkers(api.ListWorkersRequest(), timeout=10).workers
         return any(w.pid == worker.pid for w in workers)
 
-    wait_for(registered, timeout=30, interval=0.05, what="the worker to register")
+    wait_until(registered, timeout=30, interval=0.05, what="the worker to register")
 
 
 class Watch:
@@ -118,7 +118,7 @@ class Watch:
         def seen() -> pb.JobEvent | None:
             return next((e for e in list(self.events) if condition(e)), None)
 
-        return wait_for(seen, timeout=30, interval=0.02, what=what)
+        return wait_until(seen, timeout=30, interval=0.02, what=what)
 
     def close(self) -> None:
         self._call.cancel()
@@ -292,7 +292,7 @@ def test_reject_unserved_types_refuses_them_with_failed_precondition(
 
             wait_worker(stub, start_worker(server.store_path, "--types", "demo.sleep"))
             # The server counts the worker within a second; until then it still refuses.
-            accepted = wait_for(
+            accepted = wait_until(
                 lambda: _accepted(stub, "demo.sleep"), timeout=20, what="demo.sleep accepted"
             )
             assert list(accepted.warnings) == []

@@ -26,7 +26,7 @@ from jobcontrol.store.sqlite import SqliteJobStore
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import ServerProcess, read_metrics, start_server
+from tests.conftest import ServerProcess, read_metrics, start_server, wait_until_async
 
 WATCHERS = 1_000
 CHANNELS = 10  # separate HTTP/2 connections, about 100 streams on each
@@ -43,15 +43,6 @@ SNAPSHOT = pb.EVENT_KIND_SNAPSHOT
 STARTED = pb.EVENT_KIND_STARTED
 PROGRESS = pb.EVENT_KIND_PROGRESS
 SUCCEEDED = pb.EVENT_KIND_SUCCEEDED
-
-
-async def until(condition: Callable[[], bool], *, what: str) -> None:
-    """Poll `condition` on the event loop until it holds, or fail after DEADLINE."""
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {DEADLINE}s waiting for {what}")
-        await asyncio.sleep(POLL)
 
 
 @dataclass
@@ -144,8 +135,10 @@ class Watchers:
             stream.code = await call.code()
 
     async def wait_all(self, condition: Callable[[Stream], bool], what: str) -> None:
-        await until(
+        await wait_until_async(
             lambda: all(condition(stream) for stream in self.streams),
+            timeout=DEADLINE,
+            interval=POLL,
             what=f"all {len(self.streams)} watchers to see {what}",
         )
 
@@ -318,10 +311,13 @@ async def test_a_worker_write_reaches_the_first_watcher_within_a_few_tail_interv
         # Start just after an idle read (with nobody watching the tailer only reads the
         # newest sequence), so an idle wait would have ~1 s still to run.
         reads = store_calls(await metrics_of(server), "last_sequence")
-        deadline = time.monotonic() + DEADLINE
-        while store_calls(await metrics_of(server), "last_sequence") == reads:
-            assert time.monotonic() < deadline, "the tailer never read the store"
-            await asyncio.sleep(POLL)
+
+        async def read_again() -> bool:
+            return store_calls(await metrics_of(server), "last_sequence") != reads
+
+        await wait_until_async(
+            read_again, timeout=DEADLINE, interval=POLL, what="the tailer to read the store"
+        )
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = job_control_pb2_grpc.JobControlStub(channel)
             call = stub.WatchJob(api.WatchJobRequest(job_id=job_id), timeout=DEADLINE)

@@ -18,7 +18,7 @@ import pytest
 
 from jobcontrol.store.sqlite import SqliteJobStore
 from jobcontrol.workers import Worker
-from tests.conftest import BIN, wait_for
+from tests.conftest import BIN, wait_until
 
 
 @dataclass
@@ -149,7 +149,7 @@ class SyncStore:
             workers = self.list_workers(include_stopped=True)
             return next((w for w in workers if w.pid == process.pid), None)
 
-        return wait_for(registered, timeout=timeout, interval=0.05, what="the worker to register")
+        return wait_until(registered, timeout=timeout, interval=0.05, what="the worker to register")
 
     def close(self) -> None:
         try:

@@ -13,7 +13,7 @@ from jobcontrol.jobs import EventKind, Job, JobEvent, JobSpec, JobState
 from jobcontrol.retry import RetryPolicy
 from jobcontrol.worker import JobContext, Registry
 from jobcontrol.worker.handlers import Handler
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, wait_until
 from tests.worker.conftest import StartWorker, SyncStore
 from tests.worker.typed_handlers import SLOW_BACKOFF
 
@@ -144,7 +144,7 @@ def _finished(store: SyncStore, job_id: str) -> Job:
         job: Job = store.get_job(job_id)
         return job if job.is_terminal else None
 
-    return wait_for(done, timeout=30, interval=0.02, what=f"job {job_id} to finish")
+    return wait_until(done, timeout=30, interval=0.02, what=f"job {job_id} to finish")
 
 
 def _submit(store: SyncStore, job_type: str, **fields: Any) -> str:
@@ -201,7 +201,7 @@ def test_a_types_retry_policy_sets_the_backoff_and_its_max_attempts_is_stored(
         kinds = {e.kind: e for e in _events(store, job_id)}
         return kinds.get(EventKind.RETRY_SCHEDULED)
 
-    event = wait_for(retry_scheduled, timeout=30, interval=0.02, what="a retry to be scheduled")
+    event = wait_until(retry_scheduled, timeout=30, interval=0.02, what="a retry to be scheduled")
     backoff = event.job.run_after - event.time
     # Attempt 1's nominal delay is the policy's base; equal jitter keeps the upper half.
     assert SLOW_BACKOFF.base / 2 <= backoff <= SLOW_BACKOFF.base, worker.log

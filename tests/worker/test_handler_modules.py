@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from jobcontrol.jobs import JobSpec, JobState
-from tests.conftest import BIN, ROOT, wait_for
+from tests.conftest import BIN, ROOT, wait_until
 from tests.worker.conftest import StartWorker, SyncStore
 
 
@@ -22,7 +22,7 @@ def test_a_worker_runs_handlers_from_a_user_module(
     def done() -> bool:
         return all(store.get_job(j.id).state.is_terminal for j in (echo, sleep))
 
-    wait_for(done, timeout=20, what="both jobs to finish")
+    wait_until(done, timeout=20, what="both jobs to finish")
     finished = store.get_job(echo.id)
     assert finished.state is JobState.SUCCEEDED, worker.log
     assert finished.result == {"echo": {"hello": "world"}, "attempt": 1}
@@ -45,7 +45,9 @@ def test_handlers_are_imported_from_the_working_directory_without_pythonpath(
     worker = start_worker(store_path, "--handlers", "myapp.jobs", env=no_path, cwd=project)
     job = store.create_job(JobSpec(type="myapp.hello", payload={"name": "world"})).job
 
-    wait_for(lambda: store.get_job(job.id).state.is_terminal, timeout=20, what="the job to finish")
+    wait_until(
+        lambda: store.get_job(job.id).state.is_terminal, timeout=20, what="the job to finish"
+    )
     finished = store.get_job(job.id)
     assert finished.state is JobState.SUCCEEDED, worker.log
     assert finished.result == {"hello": "world"}

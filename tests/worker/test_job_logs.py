@@ -13,7 +13,7 @@ from typing import Any
 from jobcontrol.jobs import JobState
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import ROOT, ServerProcess, wait_for
+from tests.conftest import ROOT, ServerProcess, wait_until
 from tests.worker.conftest import StartWorker, SyncStore, WorkerProcess
 from tests.worker.test_worker_processes import (
     TERMINAL,
@@ -70,7 +70,7 @@ def test_a_handler_error_keeps_its_traceback_in_the_job_and_the_worker_log(
     assert all(e.job.error.details == details for e in failures)
 
     # The worker logged it too: the first attempt at WARNING (retried), the last at ERROR.
-    wait_for(lambda: log_has(worker, "attempt 2/2 failed"), timeout=10, what="the failure log")
+    wait_until(lambda: log_has(worker, "attempt 2/2 failed"), timeout=10, what="the failure log")
     log = worker.log
     retried = re.search(
         rf"WARNING jobcontrol.worker.runtime: job {job_id} sample.missing_key attempt 1/2 "
@@ -103,7 +103,7 @@ def test_an_overlong_traceback_is_bounded_and_keeps_its_end(
     assert "in _descend_left" in details
     assert "in _descend_right" in details
     # The worker's log holds all of it, the first frames included.
-    wait_for(lambda: log_has(worker, "KeyError: 'bottom'"), timeout=10, what="the failure log")
+    wait_until(lambda: log_has(worker, "KeyError: 'bottom'"), timeout=10, what="the failure log")
     assert "in fail_deep_down" in worker.log
     assert "in fail_deep_down" not in details
 
@@ -208,7 +208,7 @@ def test_the_text_log_is_readable_per_job(
     worker = start_worker(server.store_path)
     job_id = submit_with(stub, "demo.sleep", {"seconds": 0, "steps": 0}, max_attempts=3)
     wait_state(store, job_id, JobState.SUCCEEDED)
-    wait_for(lambda: log_has(worker, "succeeded in"), timeout=10, what="the success log")
+    wait_until(lambda: log_has(worker, "succeeded in"), timeout=10, what="the success log")
     assert re.search(
         rf"INFO jobcontrol.worker.runtime: job {job_id} demo.sleep attempt 1/3 claimed\n",
         worker.log,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +16,7 @@ from jobcontrol.retry import RetryPolicy
 from jobcontrol.store.sqlite import SqliteJobStore
 from jobcontrol.worker import JobContext, PermanentError, Registry, RetryableError
 from jobcontrol.worker.runtime import Worker, WorkerConfig
+from tests.conftest import wait_until_async
 
 FAST_RETRY = RetryPolicy(base=timedelta(milliseconds=20), cap=timedelta(milliseconds=20))
 
@@ -49,21 +49,11 @@ class RunningWorker:
 
 
 async def finished(store: SqliteJobStore, job_id: str, within: float = 10) -> Job:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    async def terminal() -> Job | None:
         job = await store.get_job(job_id)
-        if job.is_terminal:
-            return job
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"job {job_id} did not finish: {await store.get_job(job_id)}")
+        return job if job.is_terminal else None
 
-
-async def until(predicate: Any, within: float = 10) -> None:
-    deadline = time.monotonic() + within
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+    return await wait_until_async(terminal, timeout=within, what=f"job {job_id} to finish")
 
 
 async def submit(store: SqliteJobStore, job_type: str, **spec: Any) -> str:
@@ -264,7 +254,7 @@ async def test_a_lost_lease_stops_the_handler_and_writes_nothing_more(store: Sql
         )
         before = await store.last_sequence()
         await asyncio.wait_for(stopped.wait(), 5)
-        await until(lambda: _no_running(worker))
+        await wait_until_async(lambda: _no_running(worker))
         assert await store.last_sequence() == before
         assert (await store.get_job(job_id)).lease_id == taken.lease_id
     finally:
@@ -289,7 +279,7 @@ async def test_drain_lets_short_jobs_finish_and_hands_long_ones_back(store: Sqli
     async def both_running() -> bool:
         return len(worker.worker.running_jobs) == 2
 
-    await until(both_running)
+    await wait_until_async(both_running)
     await worker.close()
     assert (await store.get_job(short)).state is JobState.SUCCEEDED
     handed_back = await store.get_job(long)
@@ -347,7 +337,7 @@ async def test_an_idle_worker_polls_with_reads_and_claims_when_work_arrives(tmp_
 
     worker = RunningWorker(store, registry, poll_interval=timedelta(milliseconds=10))
     try:
-        await until(lambda: _at_least(store, "probes", 20))
+        await wait_until_async(lambda: _at_least(store, "probes", 20))
         assert store.claims == 1  # the first claim found nothing; since then only reads
         job_id = await submit(store, "t.idle")
         assert (await finished(store, job_id)).state is JobState.SUCCEEDED

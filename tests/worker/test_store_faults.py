@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import pytest
 from jobcontrol.jobs import EventKind, JobState
 from jobcontrol.store.sqlite import SqliteJobStore
 from jobcontrol.worker import JobContext, Registry
+from tests.conftest import wait_until_async
 from tests.worker.test_runtime import RunningWorker, finished, submit
 
 
@@ -38,14 +38,6 @@ def rename_table(path: Path, old: str, new: str) -> None:
     """From a connection of its own, as another process would."""
     with sqlite3.connect(path, timeout=30) as conn:
         conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
-
-
-async def eventually(condition: Callable[[], bool], what: str, within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def messages(caplog: pytest.LogCaptureFixture, *, level: int, containing: str) -> list[str]:
@@ -83,7 +75,9 @@ async def test_an_unmapped_driver_error_is_ridden_out_and_logged_once_per_episod
     )
     try:
         ids = [await submit(store, "t.gated") for _ in range(4)]
-        await eventually(lambda: started == set(ids), "all four jobs to start")
+        await wait_until_async(
+            lambda: started == set(ids), timeout=20, what="all four jobs to start"
+        )
 
         rename_table(tmp_path / "jobs.db", "jobs", "jobs_away")
         gate.set()  # the handlers finish while no call of the worker can succeed
@@ -93,7 +87,9 @@ async def test_an_unmapped_driver_error_is_ridden_out_and_logged_once_per_episod
             return len(again) >= 3 or worker.task.done()
 
         for episode in ("claiming jobs", "renewing job leases", "recording outcomes"):
-            await eventually(lambda e=episode: retried_or_gave_up(e), f"{episode} to be retried")
+            await wait_until_async(
+                lambda e=episode: retried_or_gave_up(e), timeout=20, what=f"{episode} to be retried"
+            )
         assert not worker.task.done(), "the worker gave up on a store error"
         assert sorted(worker.worker.running_jobs) == sorted(ids), "an outcome was dropped"
 
@@ -155,20 +151,22 @@ async def test_a_draining_worker_keeps_trying_to_record_until_the_store_is_back(
         await asyncio.wait_for(started.wait(), 10)
         rename_table(tmp_path / "jobs.db", "jobs", "jobs_away")
         gate.set()
-        await eventually(
+        await wait_until_async(
             lambda: (
                 bool(messages(caplog, level=logging.DEBUG, containing="recording outcomes"))
                 or worker.task.done()
             ),
-            "recording to fail",
+            timeout=20,
+            what="recording to fail",
         )
         worker.stop.set()  # SIGTERM: drain while the outcome still waits for the store
-        await eventually(
+        await wait_until_async(
             lambda: (
                 bool(messages(caplog, level=logging.INFO, containing="draining: 1 jobs"))
                 or worker.task.done()
             ),
-            "the drain to begin",
+            timeout=20,
+            what="the drain to begin",
         )
         assert not worker.task.done(), "the worker stopped before the outcome was recorded"
         rename_table(tmp_path / "jobs.db", "jobs_away", "jobs")

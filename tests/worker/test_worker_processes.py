@@ -22,7 +22,7 @@ from jobcontrol.jobs import EventKind, Job, JobEvent, JobState, Progress
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import ServerProcess, start_server, wait_for
+from tests.conftest import ServerProcess, start_server, wait_until
 from tests.store_checks import histories
 from tests.worker.conftest import StartWorker, SyncStore, WorkerProcess, processes_mentioning
 
@@ -69,7 +69,7 @@ def job_in(store: SyncStore, job_id: str, *states: JobState) -> Job | None:
 
 
 def wait_state(store: SyncStore, job_id: str, *states: JobState, timeout: float = 20.0) -> Job:
-    return wait_for(
+    return wait_until(
         lambda: job_in(store, job_id, *states),
         timeout=timeout,
         interval=0.02,
@@ -85,7 +85,7 @@ def wait_running(
             raise AssertionError(f"worker exited with {worker.process.returncode}:\n{worker.log}")
         return job_in(store, job_id, JobState.RUNNING)
 
-    return wait_for(running, timeout=timeout, interval=0.02, what=f"job {job_id} to run")
+    return wait_until(running, timeout=timeout, interval=0.02, what=f"job {job_id} to run")
 
 
 def cancel_and_time(store: SyncStore, stub: Stub, job_id: str, deadline: float) -> float:
@@ -93,7 +93,7 @@ def cancel_and_time(store: SyncStore, stub: Stub, job_id: str, deadline: float) 
     started = time.monotonic()
     stub.CancelJob(api.CancelJobRequest(job_id=job_id, reason="test"), timeout=5)
     remaining = deadline - (time.monotonic() - started)
-    wait_for(
+    wait_until(
         lambda: job_in(store, job_id, JobState.CANCELLED),
         timeout=remaining,
         interval=0.01,
@@ -131,7 +131,7 @@ def test_four_worker_processes_run_2000_jobs_each_exactly_once(
         assert counts.get(JobState.FAILED, 0) == 0, counts
         return bool(counts.get(JobState.SUCCEEDED, 0) == TOTAL_JOBS)
 
-    wait_for(all_succeeded, timeout=120, interval=0.05, what="every job to succeed")
+    wait_until(all_succeeded, timeout=120, interval=0.05, what="every job to succeed")
     elapsed = time.monotonic() - started
     rate = TOTAL_JOBS / elapsed
     print(f"\n{TOTAL_JOBS} jobs on {WORKERS}x8 worker slots: {elapsed:.2f}s, {rate:.0f} jobs/s")
@@ -201,7 +201,7 @@ def wait_transcoding(store: SyncStore, job_id: str, worker: WorkerProcess) -> Jo
         progress = job.progress
         return job if progress.stage == "transcoding" and progress.percent > 0 else None
 
-    job: Job = wait_for(transcoding, timeout=30, interval=0.05, what="ffmpeg progress")
+    job: Job = wait_until(transcoding, timeout=30, interval=0.05, what="ffmpeg progress")
     assert job.progress.percent < 100
     return job
 
@@ -356,7 +356,7 @@ def test_second_sigterm_stops_at_once_without_waiting_the_grace(
 
     worker.send(signal.SIGTERM)
     # Signals of one kind do not queue: send the second once the first was handled.
-    wait_for(
+    wait_until(
         lambda: worker_state(stub, worker_id) == pb.WORKER_STATE_DRAINING,
         timeout=10,
         what="the worker to start draining",
