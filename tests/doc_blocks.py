@@ -8,8 +8,11 @@ Every ```sh or ```python block is followed by a comment saying what becomes of i
   tests/test_cluster.py for the README blocks marked `run=cluster`).
 - `<!-- not run: why -->`: shown, never run (it installs things, runs until Ctrl-C, or
   needs a machine of its own). The reason is required.
+- `<!-- file: PATH -->`: a file of the reader's own project (a handler module, its
+  tests), written to PATH in a project folder that later blocks marked `run=project`
+  run in. PATH is relative and stays inside that folder.
 
-tests/test_docs.py fails on a runnable block with neither, so no example escapes.
+tests/test_docs.py fails on a runnable block with none of these, so no example escapes.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ RUNNABLE = SHELL | PYTHON
 
 _BLOCK = re.compile(
     r"^```(?P<info>[^\n`]*)\n(?P<code>.*?)^```[ \t]*\n"
-    r"(?:\s*<!--\s*(?:expect:(?P<expect>.*?)|not run:(?P<not_run>.*?))-->)?",
+    r"(?:\s*<!--\s*(?:expect:(?P<expect>.*?)|not run:(?P<not_run>.*?)|file:(?P<file>.*?))-->)?",
     re.M | re.S,
 )
 
@@ -51,6 +54,7 @@ class Block:
     code: str
     expect: str | None
     not_run: str | None = None
+    file: str | None = None
 
     @property
     def where(self) -> str:
@@ -59,6 +63,20 @@ class Block:
     @property
     def runnable(self) -> bool:
         return self.lang in RUNNABLE
+
+    @property
+    def marked(self) -> bool:
+        """Run, written as a project file, or said not to run."""
+        return self.expect is not None or self.not_run is not None or self.file is not None
+
+    def write_into(self, folder: Path) -> Path:
+        """Write the block to its `file:` path inside `folder`; returns that path."""
+        assert self.file, f"{self.where} has no file comment"
+        path = (folder / self.file).resolve()
+        assert path.is_relative_to(folder.resolve()), f"{self.where}: {self.file} leaves the folder"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.code, encoding="utf-8")
+        return path
 
     def expectations(self) -> dict[str, list[str]]:
         """The expect comment's words as {key: [value, ...]}, in order."""
@@ -77,7 +95,7 @@ def blocks(path: Path) -> list[Block]:
     found = []
     for m in _BLOCK.finditer(text):
         info = m.group("info").strip()
-        not_run = m.group("not_run")
+        not_run, file = m.group("not_run"), m.group("file")
         found.append(
             Block(
                 path=path,
@@ -86,6 +104,7 @@ def blocks(path: Path) -> list[Block]:
                 code=m.group("code"),
                 expect=m.group("expect"),
                 not_run=None if not_run is None else not_run.strip(),
+                file=None if file is None else file.strip(),
             )
         )
     return found

@@ -9,8 +9,10 @@
   starts it. The one difference: the server listens on a free port, so `127.0.0.1:50051`
   in a block becomes its address, and `JOBCONTROL_ADDR` (jobctl's default) is set to it.
   Their expect comments hold `contains="..."` and `match="regex"` (per line); a block
-  must also get to its end (exit 0). README blocks marked `run=cluster` run in
-  tests/test_cluster.py.
+  must also get to its end (exit 0). Blocks marked `<!-- file: PATH -->` are written into
+  a fresh project folder, and blocks marked `run=project` run there, in a shell of their
+  own with the project's virtualenv first on PATH (as a reader with it activated).
+  README blocks marked `run=cluster` run in tests/test_cluster.py.
 - docs/ops.md is run example by example against servers with and without a token, TLS
   and mTLS; its comments also say which server (`server=plain|token|tls|mtls`), which
   job `$JOB_ID` names (`job=pending|cancelled|succeeded|failed`, a fresh one each), and
@@ -33,7 +35,7 @@ import pytest
 
 from jobcontrol.client import JobControlClient, JobState, TlsOptions
 from tests.clients.conftest import server_dir
-from tests.conftest import BIN, ROOT, ServerProcess, start_server, wait_for
+from tests.conftest import BIN, ROOT, ServerProcess, start_server, wait_until
 from tests.doc_blocks import (
     PYTHON,
     SHELL,
@@ -78,12 +80,14 @@ def tracked_files() -> list[str]:
 def test_every_runnable_block_is_run_or_marked_not_run(document: Path):
     found = blocks(document)
     unnamed = [b.where for b in found if not b.lang]
-    unmarked = [b.where for b in found if b.runnable and b.expect is None and b.not_run is None]
+    unmarked = [b.where for b in found if b.runnable and not b.marked]
     unexplained = [b.where for b in found if b.not_run == ""]
+    unnamed_files = [b.where for b in found if b.file == ""]
 
     assert unnamed == [], f"code blocks without a language: {unnamed}"
     assert unmarked == [], f"blocks neither run by a test nor marked `not run`: {unmarked}"
     assert unexplained == [], f"`not run` needs a reason: {unexplained}"
+    assert unnamed_files == [], f"`file:` needs a path: {unnamed_files}"
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
@@ -130,7 +134,8 @@ def test_the_block_reader_sees_languages_markers_and_headings(tmp_path: Path):
         '```sh\necho run\n```\n<!-- expect: contains="run me" -->\n\n'
         "```python\nprint(1)\n```\n\n<!-- not run: a module -->\n\n"
         "```bash\necho forgotten\n```\n\n"
-        "```text\na diagram\n```\n",
+        "```text\na diagram\n```\n\n"
+        "```python\nVALUE = 1\n```\n<!-- file: pkg/mod.py -->\n",
         encoding="utf-8",
     )
 
@@ -141,16 +146,15 @@ def test_the_block_reader_sees_languages_markers_and_headings(tmp_path: Path):
         ("python", 13),
         ("bash", 19),
         ("text", 23),
+        ("python", 27),
     ]
     assert found[0].expectations() == {"contains": ["run me"]}
     assert found[1].not_run == "a module"
-    assert [b.runnable and b.expect is None and b.not_run is None for b in found] == [
-        False,
-        False,
-        True,
-        False,
-    ]
+    assert found[4].file == "pkg/mod.py"
+    assert [b.runnable and not b.marked for b in found] == [False, False, True, False, False]
     assert anchors(document) == {"a-demosleep-title", "same", "same-1"}
+    written = found[4].write_into(tmp_path / "project")
+    assert written.read_text(encoding="utf-8") == "VALUE = 1\n"
 
 
 def test_a_shell_session_keeps_variables_and_stops_at_the_first_failure():
@@ -180,19 +184,28 @@ def make_run_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 
 
 def walkthrough(document: Path) -> list[Block]:
-    """The blocks a reader runs against `make run`, in order."""
+    """The blocks a reader runs against `make run` or writes into a project, in order."""
     chosen = []
     for block in blocks(document):
-        if block.expect is None or not block.runnable:
+        if not block.runnable:
+            continue
+        if block.file is not None:
+            chosen.append(block)
+            continue
+        if block.expect is None:
             continue
         expected = block.expectations()
         for key in expected:
             assert key in {"run", "contains", "match"}, f"{block.where}: {key}?"
-        run = expected.get("run", ["server"])[-1]
-        assert run in {"server", "cluster"}, f"{block.where}: run={run}?"
-        if run == "server":
+        run = where_it_runs(block)
+        assert run in {"server", "project", "cluster"}, f"{block.where}: run={run}?"
+        if run != "cluster":
             chosen.append(block)
     return chosen
+
+
+def where_it_runs(block: Block) -> str:
+    return block.expectations().get("run", ["server"])[-1]
 
 
 def test_make_run_starts_the_server_the_walkthroughs_run_against():
@@ -215,9 +228,11 @@ def test_the_readme_shows_jobctl_and_both_python_clients():
     for command in ("submit", "get", "cancel", "watch", "list", "workers"):
         assert re.search(rf"jobctl {command}\b", shell), f"no `jobctl {command}` in the README"
     assert "--watch" in shell
+    assert "jobctl top --once" in shell
     assert "grpcurl" in shell
     assert "JobControlClient(" in python
     assert "AsyncJobControlClient(" in python
+    assert "jobcontrol.worker.testing" in python
 
 
 @pytest.mark.parametrize("document", WALKTHROUGHS, ids=lambda p: p.name)
@@ -227,12 +242,23 @@ def test_walkthrough_runs_as_written(
     chosen = walkthrough(document)
     assert chosen, f"{document.name} has no block to run"
     env = clean_env(tmp_path, JOBCONTROL_ADDR=make_run_server.address)
+    project = tmp_path / "project"
+    project.mkdir()
+    # The reader's own project, with the virtualenv holding jobcontrol activated.
+    project_env = {**env, "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
 
     with ShellSession(cwd=ROOT, env=env) as shell:
         for block in chosen:
+            if block.file is not None:
+                block.write_into(project)
+                continue
             code = block.code.replace(MAKE_RUN_ADDRESS, make_run_server.address)
             ran: Ran
-            if block.lang in PYTHON:
+            if where_it_runs(block) == "project":
+                assert block.lang in SHELL, f"{block.where}: run=project is for shell blocks"
+                with ShellSession(cwd=project, env=project_env) as project_shell:
+                    ran = project_shell.run(code)
+            elif block.lang in PYTHON:
                 ran = run_python(code, cwd=ROOT, env=env, name=f"block_{block.line}")
             else:
                 ran = shell.run(code)
@@ -367,7 +393,7 @@ def prepare_job(target: Target, state: str) -> str:
         job = client.submit("demo.sleep", payload, delay=delay)
         if state == "cancelled":
             client.cancel(job.id)
-        wait_for(
+        wait_until(
             lambda: client.get(job.id).state is JobState(state.upper()),
             timeout=30,
             what=f"job {job.id} to be {state}",
