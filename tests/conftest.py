@@ -280,6 +280,3 @@ def delay_proxy() -> Iterator[StartDelayProxy]:
     finally:
         for proxy in started:
             proxy.stop()
-
-
-wait_for = wait_until  # TEMPORARY until tests/test_docs.py is renamed
