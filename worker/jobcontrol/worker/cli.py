@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from jobcontrol.errors import InvalidArgument, JobControlError
 from jobcontrol.logs import FORMATS, LEVELS, add_logging_arguments, configure_logging
 from jobcontrol.startup import StartupError, open_writable_store
 from jobcontrol.store import StoreConfig
+from jobcontrol.worker.fetch_guard import FetchAllowList
 from jobcontrol.worker.handlers import default_registry
 from jobcontrol.worker.runtime import (
     LOCAL_CANCEL_POLL_INTERVAL,
@@ -32,6 +34,24 @@ from jobcontrol.worker.runtime import (
 )
 
 DEFAULTS = WorkerConfig()
+FETCH_ALLOW_ENV = "JOBCONTROL_FETCH_ALLOW"
+
+log = logging.getLogger(__name__)
+
+
+def fetch_allow_entry(text: str) -> str:
+    try:
+        FetchAllowList.parse([text])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text.strip()
+
+
+def _fetch_allow(args: argparse.Namespace) -> FetchAllowList:
+    """The flags, else the environment (comma-separated); ValueError names the bad one."""
+    if args.fetch_allow:
+        return FetchAllowList.parse(args.fetch_allow)
+    return FetchAllowList.parse(os.environ.get(FETCH_ALLOW_ENV, "").split(","))
 
 
 def _poll_interval(args: argparse.Namespace, store: StoreConfig) -> timedelta:
@@ -81,6 +101,15 @@ def parser() -> argparse.ArgumentParser:
         "--name",
         default=DEFAULTS.name,
         help="name shown in ListWorkers (default: HOST:PID)",
+    )
+    p.add_argument(
+        "--fetch-allow",
+        action="append",
+        type=fetch_allow_entry,
+        metavar="HOST_OR_CIDR",
+        help="a host name, address or CIDR network that URLs in jobs (media.fetch) may reach"
+        " although it is loopback, private, link-local or cloud metadata; repeatable"
+        f" (env {FETCH_ALLOW_ENV}, comma-separated; default: none)",
     )
     timing = p.add_argument_group("timing")
     timing.add_argument(
@@ -142,7 +171,10 @@ async def run(args: argparse.Namespace) -> None:
             REMOTE_CANCEL_POLL_INTERVAL if store_config.remote else LOCAL_CANCEL_POLL_INTERVAL
         ),
         drain_grace=args.drain_grace,
+        fetch_allow=args.fetch_allow_list,
     )
+    if config.fetch_allow != FetchAllowList():
+        log.info("URLs in jobs may also reach %s (--fetch-allow)", config.fetch_allow)
     # A store the worker cannot write to stops it here, with one line, rather than in
     # its claim loop, which would keep retrying.
     store = await open_writable_store(store_config)
@@ -171,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if value not in choices:
             p.error(f"env {env} must be one of {', '.join(choices)}, got {value!r}")
+    try:
+        args.fetch_allow_list = _fetch_allow(args)
+    except ValueError as error:
+        p.error(f"env {FETCH_ALLOW_ENV}: {error}")
     configure_logging(args.log_level, args.log_format)
     try:
         load_handler_modules(args.handlers)

@@ -23,6 +23,7 @@ from jobcontrol.errors import InvalidArgument, LeaseLost
 from jobcontrol.jobs import Job, Progress
 from jobcontrol.store import JobStore
 from jobcontrol.validation import MAX_PROGRESS_MESSAGE_LENGTH, MAX_STAGE_LENGTH
+from jobcontrol.worker.fetch_guard import FetchAllowList
 from jobcontrol.worker.handlers import JobCancelled
 from jobcontrol.worker.resilience import Backoff, Episode
 
@@ -79,6 +80,11 @@ class JobContext:
     one job never share one) and `logger` (a logger whose records carry job_id, job_type
     and attempt).
 
+    `fetch_allow`: the hosts and networks the worker's operator allows a user-given URL
+    to reach although they are private (`jobcontrol-worker --fetch-allow`); a handler
+    that fetches URLs from payloads connects through `jobcontrol.worker.fetch_guard`
+    with it, as `media.fetch` does.
+
     Progress: `report_progress(percent, stage=None, message=None)`, cheap and safe from
     any thread; a stage left out keeps the last one.
 
@@ -99,11 +105,13 @@ class JobContext:
         stop: StopSignal,
         on_progress: Callable[[Progress], None],
         max_attempts: int | None = None,
+        fetch_allow: FetchAllowList | None = None,
     ) -> None:
         self._job = job
         self._stop = stop
         self._on_progress = on_progress
         self._max_attempts = max_attempts or job.max_attempts
+        self._fetch_allow = fetch_allow or FetchAllowList()
         self._last_stage = job.progress.stage
         self._logger = _JobLogger(
             logging.getLogger(f"jobcontrol.handler.{job.type}"),
@@ -135,6 +143,10 @@ class JobContext:
     @property
     def max_attempts(self) -> int:
         return self._max_attempts
+
+    @property
+    def fetch_allow(self) -> FetchAllowList:
+        return self._fetch_allow
 
     @property
     def lease_id(self) -> str:
@@ -206,6 +218,7 @@ class JobRun:
         *,
         max_attempts: int | None = None,
         progress_episode: Episode | None = None,
+        fetch_allow: FetchAllowList | None = None,
     ) -> None:
         assert job.lease_id is not None
         self.job = job
@@ -215,7 +228,11 @@ class JobRun:
         self._loop = loop
         self._stop = StopSignal(loop)
         self.context = JobContext(
-            job, stop=self._stop, on_progress=self._offer, max_attempts=max_attempts
+            job,
+            stop=self._stop,
+            on_progress=self._offer,
+            max_attempts=max_attempts,
+            fetch_allow=fetch_allow,
         )
         self._pending: Progress | None = None
         self._progress_wakeup = asyncio.Event()

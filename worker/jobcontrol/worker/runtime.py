@@ -43,6 +43,7 @@ from jobcontrol.store import JobStore
 from jobcontrol.store.protocol import MAX_BATCH_SIZE
 from jobcontrol.worker.completions import CompletionWriter
 from jobcontrol.worker.context import JobRun, StopReason
+from jobcontrol.worker.fetch_guard import FetchAllowList
 from jobcontrol.worker.handlers import (
     Handler,
     JobCancelled,
@@ -84,6 +85,8 @@ class WorkerConfig:
     poll_interval: timedelta = LOCAL_POLL_INTERVAL
     cancel_poll_interval: timedelta = LOCAL_CANCEL_POLL_INTERVAL
     drain_grace: timedelta = timedelta(seconds=30)
+    # Private hosts and networks handlers may fetch from (`--fetch-allow`).
+    fetch_allow: FetchAllowList = field(default_factory=FetchAllowList)
 
     @property
     def heartbeat_every(self) -> float:
@@ -260,6 +263,7 @@ class Worker:
             asyncio.get_running_loop(),
             max_attempts=handler.attempts_for(job),
             progress_episode=self._progress_episode,
+            fetch_allow=self._config.fetch_allow,
         )
         running = _Running(
             job,

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from . import audio_transcode, demo_sleep
+from . import audio_transcode, demo_sleep, media_fetch
 
-__all__ = ["audio_transcode", "demo_sleep"]
+__all__ = ["audio_transcode", "demo_sleep", "media_fetch"]
