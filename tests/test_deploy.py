@@ -4,9 +4,11 @@ the health-check command they use is run for real against a server."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,19 @@ def test_dockerfiles_copy_what_exists_and_install_the_package(compose: dict[str,
     assert "USER jobcontrol" in text
     if part == "worker":
         assert "ffmpeg" in text  # audio.transcode needs it
+
+
+def test_the_worker_image_has_ffmpeg_and_yt_dlp():
+    """ffmpeg from the distribution (audio.transcode, media.fetch's audio_only), yt-dlp
+    as a dependency of the package the image installs (media.fetch imports it)."""
+    text = (ROOT / "worker" / "Dockerfile").read_text()
+    installs = re.search(r"apt-get install -y --no-install-recommends ([^\n&]+)", text)
+    assert installs is not None, "the worker image installs nothing with apt-get"
+    assert "ffmpeg" in installs.group(1).split()  # the Debian package brings ffprobe too
+    assert "RUN pip install --no-cache-dir . " in text
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(re.match(r"yt-dlp\s*>=", d) for d in dependencies), dependencies
+    assert importlib.util.find_spec("yt_dlp") is not None, "pip install -e . brings yt-dlp"
 
 
 def test_the_health_check_command_reports_serving(server: ServerProcess):

@@ -29,6 +29,7 @@ def test_a_handler_sees_its_job_and_none_of_the_runtime():
     assert public == {
         "attempt",
         "cancelled",
+        "fetch_allow",
         "job_id",
         "job_type",
         "labels",

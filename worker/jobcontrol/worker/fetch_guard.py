@@ -104,8 +104,8 @@ def refusal(address: IPAddress) -> str | None:
         (address.is_unspecified, "the unspecified address"),
         (address.is_link_local, "a link-local address"),
         (address.is_multicast, "a multicast address"),
-        (address.is_private, "a private address"),
         (address.is_reserved, "a reserved address"),
+        (address.is_private, "a private address"),
         (not address.is_global, "not a public address"),
     ):
         if refused:

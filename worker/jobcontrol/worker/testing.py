@@ -36,6 +36,7 @@ from jobcontrol.ids import new_id
 from jobcontrol.jobs import DEFAULT_MAX_ATTEMPTS, Job, JobState, Progress
 from jobcontrol.validation import DEFAULT_MAX_PAYLOAD_BYTES, encode_json
 from jobcontrol.worker.context import JobContext, StopReason, StopSignal
+from jobcontrol.worker.fetch_guard import FetchAllowList
 from jobcontrol.worker.handlers import (
     Handler,
     HandlerFunction,
@@ -62,8 +63,10 @@ class HandlerTestEnvironment:
 
     The job the handler sees has `attempt` and `max_attempts` as given (the handler's
     `max_attempts` setting applies to the default as in a worker), `labels`, and fresh
-    ids. Types are looked up in `registry`; in the default one the built-in types
-    (demo.sleep, audio.transcode) are there as in every worker.
+    ids; its `fetch_allow` is the `FetchAllowList` given, as `--fetch-allow` sets it in a
+    worker (`FetchAllowList.parse(["127.0.0.1"])` lets `media.fetch` reach a test
+    server). Types are looked up in `registry`; in the default one the built-in types
+    (demo.sleep, audio.transcode, media.fetch) are there as in every worker.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class HandlerTestEnvironment:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         labels: Mapping[str, str] | None = None,
         registry: Registry = default_registry,
+        fetch_allow: FetchAllowList | None = None,
     ) -> None:
         if attempt < 1 or max_attempts < 1:
             raise ValueError(
@@ -82,6 +86,7 @@ class HandlerTestEnvironment:
         self.max_attempts = max_attempts
         self.labels = dict(labels or {})
         self.registry = registry
+        self.fetch_allow = fetch_allow or FetchAllowList()
         self.progress: list[Progress] = []
         self.on_progress: Callable[[Progress], None] | None = None
         self._stop: StopSignal | None = None
@@ -111,7 +116,11 @@ class HandlerTestEnvironment:
         job = self._job(entry.job_type, payload or {})
         stop = StopSignal(asyncio.get_running_loop())
         context = JobContext(
-            job, stop=stop, on_progress=self._report, max_attempts=entry.attempts_for(job)
+            job,
+            stop=stop,
+            on_progress=self._report,
+            max_attempts=entry.attempts_for(job),
+            fetch_allow=self.fetch_allow,
         )
         self.progress = []
         self._stop = stop

@@ -98,12 +98,20 @@ async def media_fetch(ctx: JobContext) -> dict[str, Any]:
         raise PermanentError(
             f"the output's folder {request.target.parent} does not exist", code="bad_output"
         )
+    if request.target.is_dir():
+        raise PermanentError(f"the output {request.target} is a folder", code="bad_output")
     # Unique per attempt, and beside the output so the final rename stays on one disk.
     scratch = request.target.with_name(f".{request.target.name}.fetch-{ctx.lease_id[:12]}")
     fetch = _Fetch(ctx, request, ConnectionGuard(ctx.fetch_allow), scratch)
     ctx.report_progress(0, stage="resolving", message=request.url)
     try:
-        scratch.mkdir()
+        try:
+            scratch.mkdir()
+        except OSError as error:
+            raise PermanentError(
+                f"cannot write beside the output {request.target}: {error.strerror}",
+                code="bad_output",
+            ) from None
         downloading = asyncio.ensure_future(asyncio.to_thread(fetch.run))
         # After a stop nobody awaits it: its error (the stop itself) is not news.
         downloading.add_done_callback(lambda done: done.cancelled() or done.exception())
@@ -116,8 +124,7 @@ async def media_fetch(ctx: JobContext) -> dict[str, Any]:
         except (PermanentError, RetryableError):
             raise
         except Exception as error:
-            if fetch.guard.aborted:
-                ctx.raise_if_cancelled()
+            ctx.raise_if_cancelled()  # the stop is the story, not what it broke
             raise _failure(error, fetch) from error
         ctx.report_progress(99.5, stage="finalizing", message=str(request.target))
         size = downloaded.stat().st_size
