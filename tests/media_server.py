@@ -9,6 +9,7 @@ Paths (NAME is a file given to `MediaServer`, e.g. "tone.mp3"):
 - `/status/CODE/NAME`: answers CODE (404, 500, ...) with a short body.
 - `/redirect?to=URL`: a 302 to URL.
 - `/page.html`: a web page with no media in it.
+- `/hls.m3u8`: an HLS playlist of one segment, tone.mp3 (a format that is not plain http).
 
 `requests` lists the paths asked for, in order, for tests that count attempts.
 """
@@ -82,6 +83,8 @@ def _handler_class(server: MediaServer) -> type[BaseHTTPRequestHandler]:
             with contextlib.suppress(ConnectionError):
                 if parts == ["page.html"]:
                     self._page()
+                elif parts == ["hls.m3u8"]:
+                    self._playlist()
                 elif parts == ["redirect"]:
                     target = urllib.parse.parse_qs(url.query).get("to", [""])[0]
                     self._status(302, {"Location": target})
@@ -100,6 +103,17 @@ def _handler_class(server: MediaServer) -> type[BaseHTTPRequestHandler]:
             text = b"<!doctype html><title>No media here</title><p>Nothing to fetch.</p>"
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+
+        def _playlist(self) -> None:
+            text = (
+                b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:6\n"
+                b"#EXTINF:5.0,\ntone.mp3\n#EXT-X-ENDLIST\n"
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "application/vnd.apple.mpegurl")
             self.send_header("Content-Length", str(len(text)))
             self.end_headers()
             self.wfile.write(text)

@@ -214,20 +214,29 @@ def test_over_max_bytes_fails_permanently_and_leaves_no_file(
 
 
 @pytest.mark.parametrize(
-    ("path", "code"),
-    [("status/404/tone.mp3", "not_found"), ("page.html", "unsupported_url")],
+    ("path", "extra", "code"),
+    [
+        ("status/404/tone.mp3", {}, "not_found"),
+        ("page.html", {}, "unsupported_url"),
+        # HLS could be handed to ffmpeg, which would connect past the guard.
+        ("hls.m3u8", {}, "unsupported_protocol"),
+        ("hls.m3u8", {"format": "best"}, "unsupported_protocol"),
+    ],
 )
 def test_missing_or_unsupported_media_fails_at_once(
     server: ServerProcess, stub: Stub, store: SyncStore, start_worker: StartWorker,
-    media: MediaServer, out: Path, path: str, code: str,
+    media: MediaServer, out: Path, path: str, extra: dict[str, str], code: str,
 ):  # fmt: skip
     start_worker(server.store_path, *ALLOW_LOOPBACK)
-    job_id = fetch(stub, media.url(path), out / "tone.mp3", max_attempts=3)
+    job_id = fetch(stub, media.url(path), out / "tone.mp3", max_attempts=3, **extra)
     job = failed(store, job_id)
 
     assert job.error is not None
     assert (job.error.code, job.error.retryable, job.attempt) == (code, False, 1)
     assert leftovers(out) == []
+    assert not any(r.endswith("/tone.mp3") for r in media.requests if r != f"/{path}"), (
+        "nothing was downloaded"
+    )
 
 
 @pytest.mark.parametrize(

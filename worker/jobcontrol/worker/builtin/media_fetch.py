@@ -82,8 +82,16 @@ class FetchRequest:
     url: str
     target: Path
     audio_codec: str | None
-    format: str
+    format: str | None  # as given; None: the best served over http(s)
     max_bytes: int | None
+
+    @property
+    def selector(self) -> str:
+        if self.format is not None:
+            return self.format
+        if self.audio_codec is not None:
+            return f"bestaudio{DIRECT}/best{DIRECT}"
+        return f"bestvideo*{DIRECT}+bestaudio{DIRECT}/best{DIRECT}"
 
 
 @handler("media.fetch")
@@ -179,12 +187,6 @@ def _request(payload: Mapping[str, Any]) -> FetchRequest:
             "payload.format must be a yt-dlp format selector such as 'bestaudio'",
             code="bad_payload",
         )
-    if chosen is None:
-        chosen = (
-            f"bestaudio{DIRECT}/best{DIRECT}"
-            if audio_only
-            else f"bestvideo*{DIRECT}+bestaudio{DIRECT}/best{DIRECT}"
-        )
     max_bytes = payload.get("max_bytes")
     if max_bytes is not None and (
         isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1
@@ -238,7 +240,7 @@ class _Fetch:
     def _params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
             "outtmpl": {"default": str(self.scratch / "media.%(ext)s")},
-            "format": self.request.format,
+            "format": self.request.selector,
             "noplaylist": True,
             "extract_flat": "in_playlist",
             "quiet": True,
@@ -448,6 +450,18 @@ def _failure(error: Exception, fetch: _Fetch) -> Exception:
             return PermanentError(said, code="unsupported_url")
         if isinstance(cause, PostProcessingError):
             return PermanentError(said, code="postprocessing_failed")
+        if isinstance(cause, ExtractorError) and "Requested format is not available" in said:
+            if fetch.request.format is None:
+                return PermanentError(
+                    "no format of this media is served over plain http(s), the only kind "
+                    "media.fetch downloads",
+                    code="unsupported_protocol",
+                )
+            return PermanentError(
+                f"no format matches payload.format {fetch.request.format!r} among those "
+                "served over plain http(s)",
+                code="format_unavailable",
+            )
     for cause in causes:
         if isinstance(cause, TransportError | ContentTooShortError | OSError):
             return RetryableError(said, code="connection_error")
