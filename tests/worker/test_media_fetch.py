@@ -316,7 +316,9 @@ def test_fetch_allow_from_the_environment_allows_a_host_by_name_not_its_address(
     server: ServerProcess, stub: Stub, store: SyncStore, start_worker: StartWorker,
     media: MediaServer, out: Path,
 ):  # fmt: skip
-    start_worker(server.store_path, env={"JOBCONTROL_FETCH_ALLOW": "192.0.2.0/24, localhost"})
+    worker = start_worker(
+        server.store_path, env={"JOBCONTROL_FETCH_ALLOW": "192.0.2.0/24, localhost"}
+    )
     by_name = fetch(stub, media.url("tone.mp3", host="localhost"), out / "a.mp3")
     by_address = fetch(stub, media.url("tone.mp3"), out / "b.mp3")
 
@@ -325,6 +327,7 @@ def test_fetch_allow_from_the_environment_allows_a_host_by_name_not_its_address(
     assert job.error is not None
     assert job.error.code == "url_refused"
     assert leftovers(out) == ["a.mp3"]
+    assert "URLs in jobs may also reach localhost, 192.0.2.0/24" in worker.log
 
 
 def test_fetch_allow_takes_a_cidr_network(

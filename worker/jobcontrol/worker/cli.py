@@ -158,7 +158,7 @@ def load_handler_modules(names: str) -> None:
         importlib.import_module(name)
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace, fetch_allow: FetchAllowList) -> None:
     store_config = StoreConfig.from_args(args)
     config = WorkerConfig(
         name=args.name,
@@ -171,10 +171,10 @@ async def run(args: argparse.Namespace) -> None:
             REMOTE_CANCEL_POLL_INTERVAL if store_config.remote else LOCAL_CANCEL_POLL_INTERVAL
         ),
         drain_grace=args.drain_grace,
-        fetch_allow=args.fetch_allow_list,
+        fetch_allow=fetch_allow,
     )
-    if config.fetch_allow != FetchAllowList():
-        log.info("URLs in jobs may also reach %s (--fetch-allow)", config.fetch_allow)
+    if fetch_allow != FetchAllowList():
+        log.info("URLs in jobs may also reach %s (--fetch-allow)", fetch_allow)
     # A store the worker cannot write to stops it here, with one line, rather than in
     # its claim loop, which would keep retrying.
     store = await open_writable_store(store_config)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         if value not in choices:
             p.error(f"env {env} must be one of {', '.join(choices)}, got {value!r}")
     try:
-        args.fetch_allow_list = _fetch_allow(args)
+        fetch_allow = _fetch_allow(args)
     except ValueError as error:
         p.error(f"env {FETCH_ALLOW_ENV}: {error}")
     configure_logging(args.log_level, args.log_format)
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jobcontrol-worker: cannot load handlers: {error}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(run(args))
+        asyncio.run(run(args, fetch_allow))
     except StartupError as error:
         print(f"jobcontrol-worker: {error}", file=sys.stderr)
         return 1
