@@ -6,6 +6,8 @@ Paths (NAME is a file given to `MediaServer`, e.g. "tone.mp3"):
 - `/NAME`: the file, with its Content-Type and Content-Length.
 - `/slow/BYTES_PER_SECOND/NAME`: the same, sent in small pieces at that rate.
 - `/drop/NAME`: announces the whole file, sends half and closes the connection.
+- `/unsized/NAME`: the file with no Content-Length; its end is the connection's.
+- `/slow/BYTES_PER_SECOND/unsized/NAME`: throttled and with no Content-Length.
 - `/status/CODE/NAME`: answers CODE (404, 500, ...) with a short body.
 - `/redirect?to=URL`: a 302 to URL.
 - `/page.html`: a web page with no media in it.
@@ -90,10 +92,12 @@ def _handler_class(server: MediaServer) -> type[BaseHTTPRequestHandler]:
                     self._status(302, {"Location": target})
                 elif len(parts) == 3 and parts[0] == "status":
                     self._status(int(parts[1]))
-                elif len(parts) == 3 and parts[0] == "slow":
-                    self._file(parts[2], body=body, rate=float(parts[1]))
+                elif len(parts) >= 3 and parts[0] == "slow":
+                    self._file(parts[-1], body=body, rate=float(parts[1]), sized=parts[2:-1] == [])
                 elif len(parts) == 2 and parts[0] == "drop":
                     self._file(parts[1], body=body, drop=True)
+                elif len(parts) == 2 and parts[0] == "unsized":
+                    self._file(parts[1], body=body, sized=False)
                 elif len(parts) == 1:
                     self._file(parts[0], body=body)
                 else:
@@ -129,7 +133,13 @@ def _handler_class(server: MediaServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(text)
 
         def _file(
-            self, name: str, *, body: bool, rate: float | None = None, drop: bool = False
+            self,
+            name: str,
+            *,
+            body: bool,
+            rate: float | None = None,
+            drop: bool = False,
+            sized: bool = True,
         ) -> None:
             path = server.files.get(name)
             if path is None:
@@ -139,7 +149,11 @@ def _handler_class(server: MediaServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(200)
             kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
             self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
+            if sized:
+                self.send_header("Content-Length", str(len(data)))
+            else:
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             if not body:
                 return

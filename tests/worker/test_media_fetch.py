@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -94,6 +95,11 @@ def fetch(stub: Stub, url: str, output: Path, max_attempts: int = 1, **payload: 
     )
 
 
+def watch(stub: Stub, job_id: str) -> list[pb.JobEvent]:
+    stream = stub.WatchJob(api.WatchJobRequest(job_id=job_id), timeout=60)
+    return [message.event for message in stream]
+
+
 def failed(store: SyncStore, job_id: str, timeout: float = 30) -> Job:
     job = wait_state(store, job_id, *TERMINAL, timeout=timeout)
     assert job.state is JobState.FAILED, job
@@ -117,7 +123,7 @@ def test_fetch_shows_rising_progress_and_writes_the_file_with_its_details(
     out: Path,
 ):
     source = media_files["tone.mp3"]
-    rate = source.stat().st_size // 3  # about three seconds
+    rate = source.stat().st_size // 5  # about five seconds: yt-dlp reads about a second a time
     job_id = fetch(stub, media.url(f"slow/{rate}/tone.mp3"), out / "tone.mp3")
     stream = stub.WatchJob(api.WatchJobRequest(job_id=job_id), timeout=60)
     first = next(stream).event
@@ -194,18 +200,47 @@ def test_cancel_mid_download_stops_it_and_leaves_no_file(
     assert worker.process.poll() is None
 
 
+def test_progress_without_a_known_size_counts_bytes(
+    server: ServerProcess, stub: Stub, start_worker: StartWorker, media: MediaServer,
+    media_files: dict[str, Path], out: Path,
+):  # fmt: skip
+    rate = media_files["tone.mp3"].stat().st_size // 5
+    start_worker(server.store_path, *ALLOW_LOOPBACK)
+    job_id = fetch(stub, media.url(f"slow/{rate}/unsized/tone.mp3"), out / "tone.mp3")
+    events = watch(stub, job_id)
+
+    assert events[-1].job.state == pb.JOB_STATE_SUCCEEDED, events[-1].job
+    counting = [
+        e.job.progress
+        for e in events
+        if e.job.progress.stage == "downloading" and " of " not in e.job.progress.message
+    ]
+    assert len(counting) >= 2, [e.job.progress for e in events]
+    assert all(p.percent == 0 for p in counting), counting
+    assert all(re.fullmatch(r"[0-9.]+ KiB at [0-9.]+ KiB/s", p.message) for p in counting[1:]), (
+        counting
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("tone.mp3", "the server announced 39.6 KiB, over max_bytes (4096 bytes)"),
+        ("unsized/tone.mp3", "the download went past max_bytes (4096 bytes)"),
+    ],
+)
 def test_over_max_bytes_fails_permanently_and_leaves_no_file(
     server: ServerProcess, stub: Stub, store: SyncStore, start_worker: StartWorker,
-    media: MediaServer, out: Path,
+    media: MediaServer, out: Path, path: str, said: str,
 ):  # fmt: skip
     start_worker(server.store_path, *ALLOW_LOOPBACK)
-    job_id = fetch(stub, media.url("tone.mp3"), out / "tone.mp3", max_attempts=3, max_bytes=4096)
+    job_id = fetch(stub, media.url(path), out / "tone.mp3", max_attempts=3, max_bytes=4096)
     job = failed(store, job_id)
 
     assert job.error is not None
     assert job.error.code == "too_large"
     assert job.error.retryable is False
-    assert "max_bytes (4096 bytes)" in job.error.message
+    assert job.error.message == said
     assert job.attempt == 1
     assert leftovers(out) == []
 

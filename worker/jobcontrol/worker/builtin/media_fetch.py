@@ -281,12 +281,11 @@ class _Fetch:
         sizes = [fmt.get("filesize") or fmt.get("filesize_approx") for fmt in chosen]
         known = [s for s in sizes if isinstance(s, int | float)]
         if limit is not None and known and sum(known) > limit:
-            self._refuse_size(f"the media is {_size(sum(known))}")
+            self._refuse_size(f"the media is {_size(sum(known))}, over max_bytes ({limit} bytes)")
 
     def _refuse_size(self, said: str) -> None:
-        assert self.request.max_bytes is not None
-        self.too_large = f"{said}, over max_bytes ({self.request.max_bytes} bytes)"
-        raise _Stopped(self.too_large)
+        self.too_large = said
+        raise _Stopped(said)
 
     def _on_download(self, status: dict[str, Any]) -> None:
         if self.ctx.cancelled or self.guard.aborted:
@@ -295,9 +294,11 @@ class _Fetch:
         total = status.get("total_bytes") or status.get("total_bytes_estimate")
         limit = self.request.max_bytes
         if limit is not None and isinstance(total, int | float) and total > limit:
-            self._refuse_size(f"the server announced {_size(total)}")
+            self._refuse_size(
+                f"the server announced {_size(total)}, over max_bytes ({limit} bytes)"
+            )
         if limit is not None and done > limit:
-            self._refuse_size(f"more than {_size(limit)} arrived")
+            self._refuse_size(f"the download went past max_bytes ({limit} bytes)")
         now = time.monotonic()
         finished = status.get("status") == "finished"
         if not finished and now - self._last_report < PROGRESS_INTERVAL_SECONDS:
@@ -523,15 +524,17 @@ async def _probe_duration(path: Path, ctx: JobContext) -> float | None:
 
 
 def _download_message(status: Mapping[str, Any], total: Any) -> str:
+    """`7.0 KiB of 39.6 KiB at 22.8 KiB/s, ETA 2s`, or `7.0 KiB at 22.8 KiB/s` when the
+    size is unknown."""
     done = int(status.get("downloaded_bytes") or 0)
-    parts = [f"{_size(done)} of {_size(total)}" if isinstance(total, int | float) else _size(done)]
+    said = f"{_size(done)} of {_size(total)}" if isinstance(total, int | float) else _size(done)
     speed = status.get("speed")
     if isinstance(speed, int | float) and speed > 0:
-        parts.append(f"at {_size(speed)}/s")
+        said += f" at {_size(speed)}/s"
     eta = status.get("eta")
     if isinstance(eta, int | float) and status.get("status") != "finished":
-        parts.append(f"ETA {_duration(eta)}")
-    return ", ".join(parts)
+        said += f", ETA {_duration(eta)}"
+    return said
 
 
 def _size(count: float) -> str:
