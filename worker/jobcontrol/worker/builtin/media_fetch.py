@@ -281,9 +281,14 @@ class _Fetch:
         sizes = [fmt.get("filesize") or fmt.get("filesize_approx") for fmt in chosen]
         known = [s for s in sizes if isinstance(s, int | float)]
         if limit is not None and known and sum(known) > limit:
-            self._refuse_size(f"the media is {_size(sum(known))}, over max_bytes ({limit} bytes)")
+            raise PermanentError(
+                f"the media is {_size(sum(known))}, over max_bytes ({limit} bytes)",
+                code="too_large",
+            )
 
     def _refuse_size(self, said: str) -> None:
+        """From the progress hook: yt-dlp passes `_Stopped` through, and `_failure` turns
+        it into the job's error."""
         self.too_large = said
         raise _Stopped(said)
 
