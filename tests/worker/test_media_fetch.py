@@ -22,7 +22,7 @@ from jobcontrol.v1 import job_pb2 as pb
 from jobcontrol.worker import PermanentError
 from jobcontrol.worker.fetch_guard import FetchAllowList
 from jobcontrol.worker.testing import HandlerTestEnvironment
-from tests.conftest import BIN, ServerProcess, wait_until
+from tests.conftest import BIN, ServerProcess, start_server, wait_until
 from tests.media_server import MediaServer
 from tests.worker.conftest import StartWorker, SyncStore, WorkerProcess
 from tests.worker.test_worker_processes import (
@@ -434,3 +434,29 @@ def test_jobctl_submit_watch_shows_the_fetch_to_succeeded(
     assert leftovers(out) == ["a.mp3"]
     print(f"\njobctl submit media.fetch --watch: {time.monotonic() - started:.1f}s")
     print(result.stdout)
+
+
+def test_the_servers_in_process_worker_takes_a_fetch_allow_list_too(
+    tmp_path: Path, media: MediaServer, media_files: dict[str, Path], out: Path
+):
+    """`make run` (`--with-worker`) serves media.fetch as a standalone worker does:
+    loopback is refused until `--worker-fetch-allow` allows it."""
+    outcomes = {}
+    for name, allow in (("refused", []), ("allowed", ["--worker-fetch-allow", "127.0.0.1"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        server = start_server(folder, args=["--with-worker", *allow])
+        try:
+            with server.channel() as channel:
+                stub = Stub(channel)
+                job_id = fetch(stub, media.url("tone.mp3"), out / f"{name}.mp3")
+                outcomes[name] = watch(stub, job_id)[-1].job
+        finally:
+            server.stop()
+        if name == "refused":
+            assert media.count("/tone.mp3") == 0, "a refused URL was connected to"
+
+    assert outcomes["refused"].state == pb.JOB_STATE_FAILED, outcomes["refused"]
+    assert outcomes["refused"].error.code == "url_refused"
+    assert outcomes["allowed"].state == pb.JOB_STATE_SUCCEEDED, outcomes["allowed"]
+    assert (out / "allowed.mp3").read_bytes() == media_files["tone.mp3"].read_bytes()

@@ -32,6 +32,7 @@ from jobcontrol.server.service import JobControlService
 from jobcontrol.startup import open_writable_store
 from jobcontrol.store import JobStore, StoreConfig
 from jobcontrol.v1 import job_control_pb2
+from jobcontrol.worker.fetch_guard import FetchAllowList
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class ServerConfig:
     # How long the in-process worker's running jobs may take to finish at shutdown; the
     # CLI defaults it to the standalone worker's --drain-grace.
     worker_drain_grace: timedelta = timedelta(seconds=30)
+    # Hosts and networks the in-process worker's media.fetch jobs may reach.
+    worker_fetch_allow: FetchAllowList = field(default_factory=FetchAllowList)
 
 
 GRPC_OPTIONS = [
@@ -163,7 +166,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     lag_sampler = asyncio.create_task(metrics.sample_loop_lag(), name="loop-lag")
     worker_stop, worker_stop_now = asyncio.Event(), asyncio.Event()
     worker_task = (
-        _start_worker(store, hub, config.worker_drain_grace, worker_stop, worker_stop_now)
+        _start_worker(store, hub, config, worker_stop, worker_stop_now)
         if config.with_worker
         else None
     )
@@ -218,7 +221,7 @@ def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
 def _start_worker(
     store: JobStore,
     hub: EventHub,
-    drain_grace: timedelta,
+    config: ServerConfig,
     stop: asyncio.Event,
     stop_now: asyncio.Event,
 ) -> asyncio.Task[None]:
@@ -231,7 +234,7 @@ def _start_worker(
     worker = Worker(
         store,
         default_registry,
-        WorkerConfig(drain_grace=drain_grace),
+        WorkerConfig(drain_grace=config.worker_drain_grace, fetch_allow=config.worker_fetch_allow),
         on_write=hub.wake,
     )
     return asyncio.create_task(worker.run(stop, stop_now), name="in-process-worker")

@@ -27,6 +27,8 @@ from jobcontrol.server.housekeeping import HousekeepingConfig
 from jobcontrol.server.listen import ListenAddress, ListenError
 from jobcontrol.startup import StartupError
 from jobcontrol.store import StoreConfig
+from jobcontrol.worker.cli import FETCH_ALLOW_ENV, fetch_allow_entry
+from jobcontrol.worker.fetch_guard import FetchAllowList
 from jobcontrol.worker.runtime import WorkerConfig
 
 LOCAL_TAIL_INTERVAL = 0.05
@@ -150,6 +152,16 @@ def parser() -> argparse.ArgumentParser:
         help="on SIGTERM/SIGINT, how long its running jobs may take to finish before being "
         "handed back; a second signal hands them back at once",
     )
+    worker.add_argument(
+        "--worker-fetch-allow",
+        action="append",
+        type=fetch_allow_entry,
+        metavar="HOST_OR_CIDR",
+        help="as jobcontrol-worker --fetch-allow: a host, address or CIDR network that URLs "
+        "in its jobs (media.fetch) may reach although it is loopback, private, link-local "
+        f"or cloud metadata; repeatable (env {FETCH_ALLOW_ENV}, comma-separated; "
+        "default: none)",
+    )
     limits = p.add_argument_group("load limits (past one, calls get RESOURCE_EXHAUSTED)")
     limits.add_argument(
         "--max-concurrent-rpcs",
@@ -179,6 +191,16 @@ def parser() -> argparse.ArgumentParser:
     )
     add_logging_arguments(p, env)
     return p
+
+
+def _worker_fetch_allow(args: argparse.Namespace) -> FetchAllowList:
+    """The flags, else the environment, as jobcontrol-worker reads them."""
+    if args.worker_fetch_allow:
+        return FetchAllowList.parse(args.worker_fetch_allow)
+    try:
+        return FetchAllowList.parse(os.environ.get(FETCH_ALLOW_ENV, "").split(","))
+    except ValueError as error:
+        raise SystemExit(f"jobcontrol-server: env {FETCH_ALLOW_ENV}: {error}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -229,6 +251,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         reject_unserved_types=args.reject_unserved_types,
         with_worker=args.with_worker,
         worker_drain_grace=args.worker_drain_grace,
+        worker_fetch_allow=_worker_fetch_allow(args),
     )
 
 
