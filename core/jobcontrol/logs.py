@@ -54,6 +54,19 @@ def add_logging_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str
     )
 
 
+def configure_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Set up logging from the flags of `add_logging_arguments`. argparse checks choices
+    on the command line only, not defaults taken from the environment: a bad
+    JOBCONTROL_LOG_LEVEL is a one-line usage error here rather than a traceback."""
+    for value, choices, env in (
+        (args.log_level, LEVELS, "JOBCONTROL_LOG_LEVEL"),
+        (args.log_format, FORMATS, "JOBCONTROL_LOG_FORMAT"),
+    ):
+        if value not in choices:
+            parser.error(f"env {env} must be one of {', '.join(choices)}, got {value!r}")
+    configure_logging(args.log_level, args.log_format)
+
+
 def configure_logging(level: str, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(

@@ -14,7 +14,7 @@ from pathlib import Path
 from jobcontrol.cli_args import ArgumentParser, HelpFormatter, positive_int
 from jobcontrol.durations import SYNTAX, duration_arg, format_duration
 from jobcontrol.errors import JobControlError
-from jobcontrol.logs import FORMATS, LEVELS, add_logging_arguments, configure_logging
+from jobcontrol.logs import add_logging_arguments, configure_from_args
 from jobcontrol.server.admission import (
     DEFAULT_MAX_CONCURRENT_RPCS,
     DEFAULT_MAX_REQUEST_BYTES_IN_FLIGHT,
@@ -258,14 +258,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    # argparse checks choices on the command line only, not defaults from the environment.
-    for value, choices, env in (
-        (args.log_level, LEVELS, "JOBCONTROL_LOG_LEVEL"),
-        (args.log_format, FORMATS, "JOBCONTROL_LOG_FORMAT"),
-    ):
-        if value not in choices:
-            p.error(f"env {env} must be one of {', '.join(choices)}, got {value!r}")
-    configure_logging(args.log_level, args.log_format)
+    configure_from_args(p, args)
     config = config_from_args(args)
     try:
         asyncio.run(serve(config))

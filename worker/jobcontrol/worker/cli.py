@@ -19,7 +19,7 @@ from datetime import timedelta
 from jobcontrol.cli_args import ArgumentParser, HelpFormatter, positive_int
 from jobcontrol.durations import SYNTAX, duration_arg, format_duration, parse_duration
 from jobcontrol.errors import InvalidArgument, JobControlError
-from jobcontrol.logs import FORMATS, LEVELS, add_logging_arguments, configure_logging
+from jobcontrol.logs import add_logging_arguments, configure_from_args
 from jobcontrol.startup import StartupError, open_writable_store
 from jobcontrol.store import StoreConfig
 from jobcontrol.worker.fetch_guard import FetchAllowList
@@ -196,18 +196,11 @@ async def run(args: argparse.Namespace, fetch_allow: FetchAllowList) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    # argparse checks choices on the command line only, not defaults from the environment.
-    for value, choices, env in (
-        (args.log_level, LEVELS, "JOBCONTROL_LOG_LEVEL"),
-        (args.log_format, FORMATS, "JOBCONTROL_LOG_FORMAT"),
-    ):
-        if value not in choices:
-            p.error(f"env {env} must be one of {', '.join(choices)}, got {value!r}")
     try:
         fetch_allow = _fetch_allow(args)
     except ValueError as error:
         p.error(f"env {FETCH_ALLOW_ENV}: {error}")
-    configure_logging(args.log_level, args.log_format)
+    configure_from_args(p, args)
     try:
         load_handler_modules(args.handlers)
     except ImportError as error:
