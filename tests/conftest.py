@@ -280,3 +280,17 @@ def delay_proxy() -> Iterator[StartDelayProxy]:
     finally:
         for proxy in started:
             proxy.stop()
+
+
+def run_cli(
+    program: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """One of the package's commands, as a user runs it, with what it printed."""
+    return subprocess.run(
+        [str(BIN / program), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )

@@ -4,10 +4,8 @@ syntax, one-line errors, `--log-format json`, and the in-process worker's drain 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
 from jobcontrol.worker.runtime import WorkerConfig
-from tests.conftest import BIN, ServerProcess, start_server, wait_until
+from tests.conftest import ServerProcess, run_cli, start_server, wait_until
 
 DURATION_FLAGS = (
     "--tail-interval",
@@ -31,21 +29,8 @@ DURATION_FLAGS = (
 )
 
 
-def run_server_cli(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "jobcontrol-server"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def test_help_states_durations_once_and_every_default_in_their_syntax():
-    result = run_server_cli("--help")
+    result = run_cli("jobcontrol-server", "--help")
     assert result.returncode == 0, result.stderr
     text = result.stdout
     flat = " ".join(text.split())
@@ -91,7 +76,7 @@ def test_duration_flags_take_units_and_the_drain_grace_defaults_to_the_workers()
 def test_a_bad_flag_is_one_clear_line_and_exit_2(
     tmp_path: Path, args: list[str], env: dict[str, str], named: str
 ):
-    result = run_server_cli("--store-path", str(tmp_path / "jobs.db"), *args, env=env)
+    result = run_cli("jobcontrol-server", "--store-path", str(tmp_path / "jobs.db"), *args, env=env)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("jobcontrol-server: ")
@@ -100,7 +85,9 @@ def test_a_bad_flag_is_one_clear_line_and_exit_2(
 
 
 def test_a_bad_duration_states_the_syntax(tmp_path: Path):
-    result = run_server_cli("--store-path", str(tmp_path / "jobs.db"), "--retention", "soon")
+    result = run_cli(
+        "jobcontrol-server", "--store-path", str(tmp_path / "jobs.db"), "--retention", "soon"
+    )
     assert result.returncode == 2
     assert result.stderr == (
         "jobcontrol-server: argument --retention: not a duration: 'soon' (a duration is a "

@@ -11,7 +11,7 @@ import pytest
 
 from jobcontrol.store import StoreConfig
 from jobcontrol.worker import cli
-from tests.conftest import BIN
+from tests.conftest import BIN, run_cli
 
 
 def poll_interval(argv: list[str]) -> timedelta:
@@ -46,21 +46,8 @@ def test_a_bad_poll_interval_in_the_environment_is_a_clear_error(tmp_path: Path,
     assert "Traceback" not in result.stderr
 
 
-def run_worker_cli(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "jobcontrol-worker"), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def test_help_states_durations_once_and_every_default_in_their_syntax():
-    result = run_worker_cli("--help")
+    result = run_cli("jobcontrol-worker", "--help")
     assert result.returncode == 0, result.stderr
     text = result.stdout
     flat = " ".join(text.split())
@@ -99,7 +86,7 @@ def test_durations_take_units_and_bare_numbers_stay_seconds():
 def test_a_bad_flag_is_one_clear_line_and_exit_2(
     tmp_path: Path, args: list[str], env: dict[str, str], named: str
 ):
-    result = run_worker_cli("--store-path", str(tmp_path / "jobs.db"), *args, env=env)
+    result = run_cli("jobcontrol-worker", "--store-path", str(tmp_path / "jobs.db"), *args, env=env)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("jobcontrol-worker: ")
