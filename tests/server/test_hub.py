@@ -1,5 +1,6 @@
-"""EventHub subscriptions: bounded buffers that coalesce progress and never drop
-state changes; one shared snapshot read for many watchers."""
+"""EventHub subscriptions: bounded buffers that coalesce a slow reader's events (a job
+watcher keeps every state change, a jobs watcher each job's newest and every terminal
+event); one shared snapshot read for many watchers."""
 
 from __future__ import annotations
 
@@ -31,8 +32,14 @@ JOB = Job(
 )
 
 
-def event(sequence: int, kind: EventKind, job_id: str = "j1", percent: float = 0) -> Delivery:
-    job = dataclasses.replace(JOB, id=job_id, progress=Progress(percent))
+def event(
+    sequence: int,
+    kind: EventKind,
+    job_id: str = "j1",
+    percent: float = 0,
+    state: JobState = JobState.RUNNING,
+) -> Delivery:
+    job = dataclasses.replace(JOB, id=job_id, progress=Progress(percent), state=state)
     return Delivery(JobEvent(sequence=sequence, kind=kind, time=NOW, job=job))
 
 
@@ -90,16 +97,53 @@ def test_a_reader_behind_gets_only_the_newest_update_of_a_fan_out():
     assert metrics.coalesced._value.get() == 3
 
 
-def test_a_reader_behind_keeps_state_changes_and_each_jobs_newest_update():
+def test_a_job_watcher_behind_keeps_every_state_change_and_the_newest_update():
+    sub = Subscription(job_id="j1", job_filter=None, capacity=100, metrics=Metrics())
+    sub.push(event(1, EventKind.PROGRESS, percent=1), batch=1)
+    sub.push(event(2, EventKind.PROGRESS, percent=2), batch=1)
+    sub.push(event(3, EventKind.CANCEL_REQUESTED), batch=2)
+    sub.push(event(4, EventKind.PROGRESS, percent=4), batch=2)
+    sub.push(event(5, EventKind.RETRY_SCHEDULED, state=JobState.PENDING), batch=2)
+    sub.push(event(6, EventKind.PROGRESS, percent=6), batch=2)
+    assert [e.sequence for e in drain(sub)] == [3, 5, 6]
+
+
+def test_a_jobs_watcher_behind_gets_each_jobs_newest_event_in_sequence_order():
+    metrics = Metrics()
+    sub = Subscription(job_id=None, job_filter=None, capacity=100, metrics=metrics)
+    sub.push(event(1, EventKind.SUBMITTED, job_id="j1", state=JobState.PENDING), batch=1)
+    sub.push(event(2, EventKind.SUBMITTED, job_id="j2", state=JobState.PENDING), batch=1)
+    sub.push(event(3, EventKind.STARTED, job_id="j1"), batch=2)  # behind from here on
+    sub.push(event(4, EventKind.STARTED, job_id="j2"), batch=2)
+    sub.push(event(5, EventKind.PROGRESS, job_id="j1", percent=50), batch=2)
+    sub.push(event(6, EventKind.SUBMITTED, job_id="j3", state=JobState.PENDING), batch=3)
+    assert [(e.job.id, e.sequence) for e in drain(sub)] == [("j2", 4), ("j1", 5), ("j3", 6)]
+    assert metrics.coalesced._value.get() == 3
+
+
+def test_a_jobs_watcher_behind_never_loses_a_terminal_event():
     sub = Subscription(job_id=None, job_filter=None, capacity=100, metrics=Metrics())
-    sub.push(event(1, EventKind.PROGRESS, job_id="j1", percent=1), batch=1)
-    sub.push(event(2, EventKind.PROGRESS, job_id="j1", percent=2), batch=1)
-    sub.push(event(3, EventKind.PROGRESS, job_id="j2", percent=3), batch=2)
-    sub.push(event(4, EventKind.CANCEL_REQUESTED, job_id="j1"), batch=2)
-    sub.push(event(5, EventKind.PROGRESS, job_id="j1", percent=5), batch=2)
-    sub.push(event(6, EventKind.PROGRESS, job_id="j2", percent=6), batch=2)
-    sub.push(event(7, EventKind.PROGRESS, job_id="j1", percent=7), batch=2)
-    assert [e.sequence for e in drain(sub)] == [4, 6, 7]
+    sub.push(event(1, EventKind.STARTED, job_id="j1"), batch=1)
+    sub.push(event(2, EventKind.FAILED, job_id="j1", state=JobState.FAILED), batch=2)
+    sub.push(event(3, EventKind.RETRIED, job_id="j1", state=JobState.PENDING), batch=2)
+    sub.push(event(4, EventKind.STARTED, job_id="j1"), batch=2)
+    sub.push(event(5, EventKind.SUCCEEDED, job_id="j1", state=JobState.SUCCEEDED), batch=3)
+    assert [e.sequence for e in drain(sub)] == [2, 5]
+
+
+def test_a_jobs_watcher_ends_only_when_one_message_per_job_is_over_capacity():
+    sub = Subscription(job_id=None, job_filter=None, capacity=3, metrics=Metrics())
+    for n in range(1, 4):  # one fan-out the reader was keeping up with: nothing coalesced
+        sub.push(event(n, EventKind.SUBMITTED, job_id=f"j{n}", state=JobState.PENDING), batch=1)
+    sub.push(event(4, EventKind.STARTED, job_id="j1"), batch=1)  # over: coalesced, not ended
+    for n in range(5, 50):
+        sub.push(event(n, EventKind.PROGRESS, job_id=f"j{n % 3 + 1}", percent=n), batch=n)
+    assert [e.sequence for e in drain(sub)] == [47, 48, 49]
+    for n in range(50, 54):
+        sub.push(event(n, EventKind.SUBMITTED, job_id=f"k{n}", state=JobState.PENDING), batch=50)
+    with pytest.raises(WatchEnded) as ended:
+        drain(sub)
+    assert ended.value.reason == OVERFLOW
 
 
 def test_state_changes_are_never_dropped_and_overflow_ends_the_subscription():

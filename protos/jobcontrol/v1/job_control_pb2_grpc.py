@@ -148,8 +148,17 @@ class JobControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchJobs(self, request, context):
-        """Streams every change to jobs matching a filter, for dashboards. Never
-        ends on its own. Returns the errors of WatchJob.
+        """Streams the changes to jobs matching a filter, for dashboards. Never ends
+        on its own. Messages come in sequence order. A reader that keeps up gets
+        every change. A reader that falls behind is kept current instead of cut
+        off: while it is not reading, a job's newer change replaces the job's
+        older ones still waiting for it. So it may skip a job's intermediate
+        progress and intermediate states, but it never misses a job's newest
+        state nor any terminal state (SUCCEEDED, FAILED, CANCELLED), and never
+        gets a job's changes out of order. Only when changes to more than 10,000
+        distinct jobs are waiting even so does the stream end, with
+        RESOURCE_EXHAUSTED and the after_sequence to resume from. Otherwise
+        returns the errors of WatchJob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

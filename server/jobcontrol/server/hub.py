@@ -8,12 +8,14 @@ refreshed for all of them in one query per tick. Jobs go out PENDING with `unser
 set as the served types say (`served.ServedTypes`); the same tick tells a watcher of a
 PENDING job when that flips.
 
-Each subscription has a bounded buffer. A watcher that falls behind has its progress
-updates coalesced: if it had not read everything before the tailer's batch arrived, a
-newer update replaces every older one of the same job still waiting, from that batch or
-an earlier one (a reader keeping up gets every update); state changes are never dropped.
-When state changes alone overflow the buffer, the subscription ends and the watcher is
-told to resume from its last sequence.
+Each subscription has a bounded buffer. A watcher that falls behind has its events
+coalesced: if it had not read everything before the tailer's batch arrived, a newer
+event of a job replaces the job's older ones still waiting, from that batch or an
+earlier one (a reader keeping up gets every event). A WatchJob watcher loses only
+progress and queue-position updates that way, never a state change; a WatchJobs watcher
+gets each job's newest state and every terminal one, so its backlog is about one
+message per job. When even that overflows the buffer, the subscription ends and the
+watcher is told to resume from its last sequence.
 
 Every subscription gets the same `Delivery` for an event, so the stream that sends it
 first encodes it once for all of them.
@@ -51,6 +53,11 @@ class WatchEnded(Exception):
 
 
 OVERFLOW = "overflow"
+# How many jobs' messages a WatchJobs reader may have waiting once coalesced (about one
+# per job): a dashboard that stops reading for a second or so while a busy server
+# finishes thousands of jobs a second stays connected, while a reader that has stopped
+# for good holds a bounded share of memory (each waiting message keeps its job alive).
+BACKLOG_JOBS = 10_000
 SHUTDOWN = "shutdown"
 
 
@@ -81,13 +88,20 @@ class _Entry:
 class Subscription:
     """What one watcher is owed: a bounded, coalescing buffer of events.
 
-    A reader that had read everything when a fan-out began gets every update of that
+    A reader that had read everything when a fan-out began gets every event of that
     fan-out. One that had not is behind: it had a whole tail interval and did not keep
-    up, so each progress (or queue-position) update of that fan-out replaces the job's
-    waiting ones, earlier fan-outs' and its own, and only the newest goes out (when the
-    tailer lags, one fan-out can carry many updates of a job). Dropped entries stay in
-    the deque, marked dead, until popped or compacted; dropping costs O(1) per update,
-    so a fan-out of n updates to a stalled reader costs O(n), not O(n^2).
+    up, so a new event of a job replaces that job's waiting events that it may replace
+    (`_replaceable`), earlier fan-outs' and its own, and goes to the back of the buffer.
+    The buffer thus stays in sequence order, which is what makes resuming from the last
+    sequence read safe: whatever was replaced has a newer event after it.
+
+    A WatchJob subscription (`job_id`) replaces only progress and queue positions, so
+    its watcher sees every state change. A WatchJobs subscription (`job_filter`)
+    replaces every event but a terminal one: its watcher gets each job's newest state
+    and every terminal state, so what it waits for is about one message per job.
+
+    Dropped entries stay in the deque, marked dead, until popped or compacted; dropping
+    costs O(1) per event, so a fan-out of n events to a stalled reader costs O(n).
     """
 
     def __init__(
@@ -104,13 +118,17 @@ class Subscription:
         self._metrics = metrics
         self._buffer: deque[_Entry] = deque()
         self._live = 0
-        self._waiting_updates: dict[str, deque[_Entry]] = {}
+        self._waiting: dict[str, deque[_Entry]] = {}  # per job, the live entries tracked
         self._batch = 0  # the fan-out the last push belonged to
         self._behind = False  # whether the reader had unread events when it began
         self._ready = asyncio.Event()
         self._ended: str | None = None
         self.last_job: Job | None = None
         self.last_sequence = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
 
     def wants(self, event: JobEvent) -> bool:
         if self.job_id is not None:
@@ -122,6 +140,11 @@ class Subscription:
         if snapshot.sequence >= self.last_sequence:
             self.last_job = snapshot.job
             self.last_sequence = snapshot.sequence
+
+    def _replaceable(self, event: JobEvent) -> bool:
+        if event.kind in COALESCIBLE:
+            return True
+        return self.job_id is None and not event.job.is_terminal
 
     def push(self, delivery: Delivery, batch: int) -> None:
         """Add an event of fan-out number `batch`."""
@@ -135,28 +158,53 @@ class Subscription:
             self.last_job = event.job
             self.last_sequence = event.sequence
         entry = _Entry(delivery)
-        if event.kind in COALESCIBLE:
-            waiting = self._waiting_updates.setdefault(event.job.id, deque())
+        tracked = self._replaceable(event) or self.job_id is None
+        if tracked:
+            waiting = self._waiting.setdefault(event.job.id, deque())
             if self._behind and waiting:
-                for stale in waiting:
-                    stale.live = False
-                self._live -= len(waiting)
-                self._metrics.coalesced.inc(len(waiting))  # once: each inc takes a lock
-                waiting.clear()
+                self._drop_replaceable(waiting)
             waiting.append(entry)
         self._buffer.append(entry)
         self._live += 1
         if self._live > self._capacity:
-            self.end(OVERFLOW)  # state changes alone fill the buffer: the reader is stuck
-        elif len(self._buffer) > 2 * self._capacity:
+            self._coalesce_all()
+            if self._live > self._capacity:
+                self.end(OVERFLOW)  # even one message per job is too many: it is stuck
+                return
+        if len(self._buffer) > 2 * self._capacity:
             self._buffer = deque(e for e in self._buffer if e.live)
         self._ready.set()
+
+    def _drop_replaceable(self, waiting: deque[_Entry], keep_last: bool = False) -> None:
+        """Drop the job's waiting entries that a newer one replaces (all of them, or all
+        but the newest)."""
+        newest = waiting[-1] if keep_last else None
+        kept: deque[_Entry] = deque()
+        dropped = 0
+        for entry in waiting:
+            if entry is newest or not self._replaceable(entry.delivery.event):
+                kept.append(entry)
+            else:
+                entry.live = False
+                dropped += 1
+        if dropped:
+            self._live -= dropped
+            self._metrics.coalesced.inc(dropped)  # once: each inc takes a lock
+            waiting.clear()
+            waiting.extend(kept)
+
+    def _coalesce_all(self) -> None:
+        """Over capacity: whatever fan-outs left uncoalesced (the reader was keeping up
+        when they began) is coalesced now, as if the reader had been behind."""
+        for waiting in self._waiting.values():
+            if len(waiting) > 1:
+                self._drop_replaceable(waiting, keep_last=True)
 
     def end(self, reason: str) -> None:
         if self._ended is None:
             self._ended = reason
             self._buffer.clear()
-            self._waiting_updates.clear()
+            self._waiting.clear()
             self._ready.set()
 
     async def next(self) -> Delivery:
@@ -168,19 +216,19 @@ class Subscription:
                 if not entry.live:
                     continue
                 self._live -= 1
-                if entry.delivery.event.kind in COALESCIBLE:
-                    self._forget_update(entry)
+                self._forget(entry)
                 return entry.delivery
             self._ready.clear()
             await self._ready.wait()
 
-    def _forget_update(self, entry: _Entry) -> None:
+    def _forget(self, entry: _Entry) -> None:
+        """The entry is read: it is the oldest live one of its job, if tracked."""
         job_id = entry.delivery.event.job.id
-        waiting = self._waiting_updates.get(job_id)
-        if waiting is not None:
-            waiting.remove(entry)
+        waiting = self._waiting.get(job_id)
+        if waiting and waiting[0] is entry:
+            waiting.popleft()
             if not waiting:
-                del self._waiting_updates[job_id]
+                del self._waiting[job_id]
 
 
 class EventHub:
@@ -193,6 +241,7 @@ class EventHub:
         idle_interval: float = 1.0,
         position_interval: float = 1.0,
         capacity: int = 1024,
+        backlog_jobs: int = BACKLOG_JOBS,
         read_limit: int = 1000,
         served: ServedTypes | None = None,
     ) -> None:
@@ -203,6 +252,7 @@ class EventHub:
         self._idle_interval = idle_interval
         self._position_interval = position_interval
         self._capacity = capacity
+        self._backlog_jobs = backlog_jobs
         self._read_limit = read_limit
         self._by_job: dict[str, set[Subscription]] = {}
         self._filtered: set[Subscription] = set()
@@ -247,7 +297,10 @@ class EventHub:
         self, *, job_id: str | None = None, job_filter: JobFilter | None = None
     ) -> Subscription:
         sub = Subscription(
-            job_id=job_id, job_filter=job_filter, capacity=self._capacity, metrics=self._metrics
+            job_id=job_id,
+            job_filter=job_filter,
+            capacity=self._capacity if job_id is not None else self._backlog_jobs,
+            metrics=self._metrics,
         )
         if self._closed:
             sub.end(SHUTDOWN)

@@ -80,7 +80,7 @@ class Metrics:
         )
         self.coalesced = Counter(
             "jobcontrol_events_coalesced",
-            "Progress events replaced by a newer one because a watcher was behind",
+            "Events replaced by a newer one of the same job because a watcher was behind",
             registry=self.registry,
         )
 

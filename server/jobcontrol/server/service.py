@@ -217,7 +217,7 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
                 yield _encoded(delivery)
                 last = max(last, event.sequence)
         except WatchEnded as ended:
-            raise _stream_ended(ended, last) from None
+            raise _stream_ended(ended, last, backlog_jobs=sub.capacity) from None
         finally:
             self.hub.unsubscribe(sub)
 
@@ -273,8 +273,15 @@ def _ends_watch(event: JobEvent) -> bool:
     return event.job.is_terminal and event.kind is not EventKind.QUEUE_POSITION
 
 
-def _stream_ended(ended: WatchEnded, last: int) -> StreamEnded:
+def _stream_ended(ended: WatchEnded, last: int, *, backlog_jobs: int = 0) -> StreamEnded:
+    """`backlog_jobs`: the WatchJobs bound, to name in its overflow message."""
     resume = f"resume with after_sequence={last}"
+    if ended.reason == OVERFLOW and backlog_jobs:
+        return StreamEnded(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the watcher fell too far behind: changes to more than {backlog_jobs:,} jobs "
+            f"were waiting for it; {resume}",
+        )
     if ended.reason == OVERFLOW:
         return StreamEnded(
             grpc.StatusCode.RESOURCE_EXHAUSTED,

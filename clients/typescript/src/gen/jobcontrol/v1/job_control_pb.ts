@@ -405,7 +405,11 @@ export type WatchJobsRequest = Message<"jobcontrol.v1.WatchJobsRequest"> & {
   filter?: JobFilter | undefined;
 
   /**
-   * When set, replay every matching event after this sequence first.
+   * When set, first replay every matching event after this sequence, then
+   * follow live. Resuming from the sequence of the last message received
+   * misses no job's newest state and no terminal state: a change skipped at
+   * or before that sequence was replaced by a newer change of the same job,
+   * which came before it or comes in the replay.
    *
    * @generated from field: optional int64 after_sequence = 2;
    */
@@ -426,7 +430,9 @@ export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*
  */
 export type WatchJobsResponse = Message<"jobcontrol.v1.WatchJobsResponse"> & {
   /**
-   * The event.
+   * A change, with the job as it is after it. For a reader that fell behind,
+   * a job's newest change stands for the ones it replaced; its sequence is
+   * that of the newest change.
    *
    * @generated from field: jobcontrol.v1.JobEvent event = 1;
    */
@@ -651,8 +657,17 @@ export const JobControl: GenService<{
     output: typeof WatchJobResponseSchema;
   },
   /**
-   * Streams every change to jobs matching a filter, for dashboards. Never
-   * ends on its own. Returns the errors of WatchJob.
+   * Streams the changes to jobs matching a filter, for dashboards. Never ends
+   * on its own. Messages come in sequence order. A reader that keeps up gets
+   * every change. A reader that falls behind is kept current instead of cut
+   * off: while it is not reading, a job's newer change replaces the job's
+   * older ones still waiting for it. So it may skip a job's intermediate
+   * progress and intermediate states, but it never misses a job's newest
+   * state nor any terminal state (SUCCEEDED, FAILED, CANCELLED), and never
+   * gets a job's changes out of order. Only when changes to more than 10,000
+   * distinct jobs are waiting even so does the stream end, with
+   * RESOURCE_EXHAUSTED and the after_sequence to resume from. Otherwise
+   * returns the errors of WatchJob.
    *
    * @generated from rpc jobcontrol.v1.JobControl.WatchJobs
    */

@@ -286,8 +286,10 @@ export const JobSchema: GenMessage<Job> = /*@__PURE__*/
 export type JobEvent = Message<"jobcontrol.v1.JobEvent"> & {
   /**
    * Global, strictly increasing position in the event log; pass it back as
-   * after_sequence to resume a stream without missing anything. Snapshot and
-   * queue-position messages carry the sequence of the job's latest change.
+   * after_sequence to resume a stream without missing anything the stream
+   * promises (WatchJobs may skip a slow reader's intermediate changes).
+   * Snapshot and queue-position messages carry the sequence of the job's
+   * latest change.
    *
    * @generated from field: int64 sequence = 1;
    */
