@@ -216,6 +216,35 @@ async def test_with_nobody_watching_the_tailer_follows_the_sequence_without_read
         got = await asyncio.wait_for(sub.next(), 10)
         assert got.event.kind is EventKind.CANCELLED
         assert got.event.sequence == newest + 1
+        assert calls(metrics, "list_events_of_jobs") >= 1
+    finally:
+        await hub.close()
+        await store.close()
+
+
+async def test_job_watchers_alone_have_only_their_jobs_events_read(tmp_path: Path):
+    metrics = Metrics()
+    store = metered(await SqliteJobStore.open(tmp_path / "jobs.db"), metrics)
+    hub = EventHub(store, metrics=metrics, tail_interval=0.01)
+    try:
+        watched, other = [s.job for s in await store.create_jobs([JobSpec(type="t")] * 2)]
+        await hub.start()
+        job_sub = hub.subscribe(job_id=watched.id)
+        for job in (other, watched):
+            await store.cancel_job(job.id)
+        got = await asyncio.wait_for(job_sub.next(), 10)
+        assert (got.event.job.id, got.event.kind) == (watched.id, EventKind.CANCELLED)
+        assert calls(metrics, "list_events") == 0
+
+        every_job = hub.subscribe(job_filter=None)
+        retried = [await store.retry_job(job.id) for job in (other, watched)]
+        seen = [(await asyncio.wait_for(every_job.next(), 10)).event for _ in retried]
+        assert [(e.job.id, e.kind) for e in seen] == [
+            (other.id, EventKind.RETRIED),
+            (watched.id, EventKind.RETRIED),
+        ]
+        got = await asyncio.wait_for(job_sub.next(), 10)
+        assert (got.event.job.id, got.event.kind) == (watched.id, EventKind.RETRIED)
         assert calls(metrics, "list_events") >= 1
     finally:
         await hub.close()

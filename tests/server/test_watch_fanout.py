@@ -207,7 +207,7 @@ class Run:
 
     watchers: int
     seconds: float
-    list_events: float
+    list_events: float  # the tailer's reads, of every job's events or of watched jobs'
     latest_events: float
 
     @property
@@ -234,7 +234,10 @@ async def watched_job_life(server: ServerProcess, store: SqliteJobStore, watcher
     return Run(
         watchers=watchers,
         seconds=seconds,
-        list_events=store_calls(after, "list_events") - store_calls(before, "list_events"),
+        list_events=sum(
+            store_calls(after, name) - store_calls(before, name)
+            for name in ("list_events", "list_events_of_jobs")
+        ),
         latest_events=store_calls(after, "latest_events") - store_calls(before, "latest_events"),
     )
 

@@ -152,3 +152,29 @@ async def test_an_event_carries_every_job_column(store: SqlJobStore):
 
     columns, carried = await store._db.read(columns_and_event)
     assert carried == columns - NOT_IN_EVENTS
+
+
+async def test_events_of_some_jobs_come_in_order_within_the_range_asked(store: SqlJobStore):
+    first = (await store.create_job(JobSpec(type="t"))).job
+    other = (await store.create_job(JobSpec(type="t"))).job
+    second = (await store.create_job(JobSpec(type="t"))).job
+    for job in (first, other, second):
+        await store.cancel_job(job.id)
+    everything = await store.list_events(after_sequence=0)
+    last = everything[-1].sequence
+    watched = [second.id, first.id]
+
+    events = await store.list_events_of_jobs(watched, after_sequence=0, through_sequence=last)
+    expected = [e for e in everything if e.job.id in watched]
+    assert [(e.sequence, e.job.id, e.kind) for e in events] == [
+        (e.sequence, e.job.id, e.kind) for e in expected
+    ]
+    middle = await store.list_events_of_jobs(
+        watched, after_sequence=expected[0].sequence, through_sequence=expected[-2].sequence
+    )
+    assert [e.sequence for e in middle] == [e.sequence for e in expected[1:-1]]
+    limited = await store.list_events_of_jobs(
+        watched, after_sequence=0, through_sequence=last, limit=2
+    )
+    assert [e.sequence for e in limited] == [e.sequence for e in expected[:2]]
+    assert await store.list_events_of_jobs([], after_sequence=0, through_sequence=last) == []

@@ -600,6 +600,31 @@ class SqlJobStore:
             lambda tx: [event_from_row(row) for row in tx.execute(statement, params)]
         )
 
+    async def list_events_of_jobs(
+        self,
+        job_ids: Sequence[str],
+        *,
+        after_sequence: int,
+        through_sequence: int,
+        limit: int = 1000,
+    ) -> list[JobEvent]:
+        if after_sequence < 0:
+            raise InvalidArgument("after_sequence", f"must not be negative, got {after_sequence}")
+        ids = sorted({parse_id(job_id) for job_id in job_ids})
+        if not ids or through_sequence <= after_sequence:
+            return []
+        params: dict[str, Any] = {
+            "ids": dump_json(ids),
+            "after_seq": after_sequence,
+            "through_seq": through_sequence,
+            "limit": max(1, min(limit, MAX_EVENTS_PER_READ)),
+        }
+        return await self._db.read(
+            lambda tx: [
+                event_from_row(row) for row in tx.execute(sql.SELECT_EVENTS_OF_JOBS, params)
+            ]
+        )
+
     async def last_sequence(self, *, job_id: str | None = None) -> int:
         if job_id is None:
             return await self._db.read(

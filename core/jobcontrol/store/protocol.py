@@ -194,6 +194,19 @@ class JobStore(Protocol):
         self, *, after_sequence: int, limit: int = 1000, job_id: str | None = None
     ) -> list[JobEvent]: ...
 
+    async def list_events_of_jobs(
+        self,
+        job_ids: Sequence[str],
+        *,
+        after_sequence: int,
+        through_sequence: int,
+        limit: int = 1000,
+    ) -> list[JobEvent]:
+        """The events of these jobs with sequence in (after_sequence, through_sequence],
+        oldest first: for a reader that follows a few jobs, without reading every
+        other job's events."""
+        ...
+
     async def last_sequence(self, *, job_id: str | None = None) -> int:
         """The highest sequence issued (for one job: of its events)."""
         ...

@@ -186,6 +186,14 @@ SELECT seq, job_id, kind, time_us, job FROM job_events
 WHERE job_id = :job_id AND seq > :after_seq ORDER BY seq LIMIT :limit
 """
 
+# The events of some jobs in a range of sequences, through the (job_id, seq) index.
+SELECT_EVENTS_OF_JOBS = """
+SELECT seq, job_id, kind, time_us, job FROM job_events
+WHERE job_id IN (SELECT value FROM json_each(:ids))
+    AND seq > :after_seq AND seq <= :through_seq
+ORDER BY seq LIMIT :limit
+"""
+
 # The highest sequence ever issued, even if retention pruned that event since.
 # The newest event of each given job: a job's snapshot together with its sequence.
 LATEST_JOB_EVENTS = """

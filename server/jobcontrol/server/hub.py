@@ -2,7 +2,8 @@
 
 The tailer reads `job_events` after the last sequence it saw and hands each event to
 the subscriptions that want it, so the store sees the same queries for one watcher or
-ten thousand; with nobody subscribed it only follows the newest sequence. Snapshots
+ten thousand; with nobody subscribed it only follows the newest sequence, and with only
+WatchJob watchers of a few jobs it reads just those jobs' events. Snapshots
 for new watchers are loaded in batches, and queue positions of watched PENDING jobs are
 refreshed for all of them in one query per tick. Jobs go out PENDING with `unserved`
 set as the served types say (`served.ServedTypes`); the same tick tells a watcher of a
@@ -58,6 +59,10 @@ OVERFLOW = "overflow"
 # finishes thousands of jobs a second stays connected, while a reader that has stopped
 # for good holds a bounded share of memory (each waiting message keeps its job alive).
 BACKLOG_JOBS = 10_000
+# With only WatchJob watchers of at most this many jobs, the tailer reads just their
+# events (one index range per job); with more it reads every event, which then costs
+# less than probing each job.
+WATCHED_JOBS_READ_MAX = 1_000
 SHUTDOWN = "shutdown"
 
 
@@ -382,16 +387,10 @@ class EventHub:
             # just after a read began waits one interval, not an interval plus a round trip.
             read_at = time.monotonic()
             try:
-                if self.watching:
-                    events = await self._store.list_events(
-                        after_sequence=self._last, limit=self._read_limit
-                    )
-                    if any(event.job.state is JobState.PENDING for event in events):
-                        served = await self._served.get()
-                        events = [mark_event(event, served) for event in events]
-                else:
-                    await self._skip_unwatched()
-                    events = []
+                events, position = await self._read()
+                if any(event.job.state is JobState.PENDING for event in events):
+                    served = await self._served.get()
+                    events = [mark_event(event, served) for event in events]
             except StoreUnavailable as error:
                 failures += 1
                 log.warning("event tail: %s", error.message)
@@ -405,8 +404,7 @@ class EventHub:
             for event in events:
                 self._dispatch(event)
                 self._metrics.tail_lag.observe(max(0.0, now - event.time.timestamp()))
-            if events:
-                self._last = events[-1].sequence
+            self._last = max(self._last, position)
             if len(events) >= self._read_limit:
                 await asyncio.sleep(0)
                 continue
@@ -416,6 +414,35 @@ class EventHub:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), wait)
+
+    async def _read(self) -> tuple[list[JobEvent], int]:
+        """The next events to fan out, and the position after them."""
+        if not self.watching:
+            await self._skip_unwatched()
+            return [], self._last
+        if self._filtered or len(self._by_job) > WATCHED_JOBS_READ_MAX:
+            events = await self._store.list_events(
+                after_sequence=self._last, limit=self._read_limit
+            )
+            return events, events[-1].sequence if events else self._last
+        return await self._read_watched_jobs()
+
+    async def _read_watched_jobs(self) -> tuple[list[JobEvent], int]:
+        """Only WatchJob watchers, of a few jobs: read just those jobs' events, up to the
+        newest sequence, instead of decoding every job's for nobody (most of a busy
+        server's CPU once anyone watches). The newest sequence is read before the jobs
+        are listed: a watcher of a job left out subscribed after that read, so the
+        snapshot or replay it reads next covers everything up to it."""
+        through = await self._store.last_sequence()
+        events = await self._store.list_events_of_jobs(
+            sorted(self._by_job),
+            after_sequence=self._last,
+            through_sequence=through,
+            limit=self._read_limit,
+        )
+        if len(events) >= self._read_limit:
+            return events, events[-1].sequence
+        return events, through
 
     async def _skip_unwatched(self) -> None:
         """Nobody is watching: move past the new events without reading them. Reading
