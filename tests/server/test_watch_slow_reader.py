@@ -155,8 +155,13 @@ async def test_a_jobs_reader_behind_on_too_many_jobs_is_ended_with_a_resume_poin
 
             request.after_sequence = int(resume_at.group(1))
             resumed = stub.WatchJobs(request, timeout=120)
-            seen = {e.job.id for e in received}
-            rest = read_until(resumed, lambda events: ids <= seen.union(e.job.id for e in events))
+            missing = ids - {e.job.id for e in received}
+
+            def none_missing(events: Sequence[pb.JobEvent]) -> bool:
+                missing.discard(events[-1].job.id)
+                return not missing
+
+            rest = read_until(resumed, none_missing)
             resumed.cancel()
     finally:
         server.stop()

@@ -55,10 +55,10 @@ class WatchEnded(Exception):
 
 OVERFLOW = "overflow"
 # How many jobs' messages a WatchJobs reader may have waiting once coalesced (about one
-# per job): a dashboard that stops reading for a second or so while a busy server
-# finishes thousands of jobs a second stays connected, while a reader that has stopped
-# for good holds a bounded share of memory (each waiting message keeps its job alive).
-BACKLOG_JOBS = 10_000
+# per job): a dashboard some seconds behind a burst of SubmitJobs batches stays
+# connected, while one that has stopped for good holds a bounded share of memory (each
+# waiting message costs a few hundred bytes and keeps its job's event alive).
+BACKLOG_JOBS = 50_000
 # With only WatchJob watchers of at most this many jobs, the tailer reads just their
 # events (one index range per job); with more it reads every event, which then costs
 # less than probing each job.
@@ -123,7 +123,9 @@ class Subscription:
         self._metrics = metrics
         self._buffer: deque[_Entry] = deque()
         self._live = 0
-        self._waiting: dict[str, deque[_Entry]] = {}  # per job, the live entries tracked
+        # Per job, the live entries tracked, oldest first: a list, as most hold one entry
+        # and an empty deque alone costs several times a one-entry list.
+        self._waiting: dict[str, list[_Entry]] = {}
         self._batch = 0  # the fan-out the last push belonged to
         self._behind = False  # whether the reader had unread events when it began
         self._ready = asyncio.Event()
@@ -165,7 +167,7 @@ class Subscription:
         entry = _Entry(delivery)
         tracked = self._replaceable(event) or self.job_id is None
         if tracked:
-            waiting = self._waiting.setdefault(event.job.id, deque())
+            waiting = self._waiting.setdefault(event.job.id, [])
             if self._behind and waiting:
                 self._drop_replaceable(waiting)
             waiting.append(entry)
@@ -180,11 +182,11 @@ class Subscription:
             self._buffer = deque(e for e in self._buffer if e.live)
         self._ready.set()
 
-    def _drop_replaceable(self, waiting: deque[_Entry], keep_last: bool = False) -> None:
+    def _drop_replaceable(self, waiting: list[_Entry], keep_last: bool = False) -> None:
         """Drop the job's waiting entries that a newer one replaces (all of them, or all
         but the newest)."""
         newest = waiting[-1] if keep_last else None
-        kept: deque[_Entry] = deque()
+        kept: list[_Entry] = []
         dropped = 0
         for entry in waiting:
             if entry is newest or not self._replaceable(entry.delivery.event):
@@ -195,8 +197,7 @@ class Subscription:
         if dropped:
             self._live -= dropped
             self._metrics.coalesced.inc(dropped)  # once: each inc takes a lock
-            waiting.clear()
-            waiting.extend(kept)
+            waiting[:] = kept
 
     def _coalesce_all(self) -> None:
         """Over capacity: whatever fan-outs left uncoalesced (the reader was keeping up
@@ -231,7 +232,7 @@ class Subscription:
         job_id = entry.delivery.event.job.id
         waiting = self._waiting.get(job_id)
         if waiting and waiting[0] is entry:
-            waiting.popleft()
+            del waiting[0]
             if not waiting:
                 del self._waiting[job_id]
 

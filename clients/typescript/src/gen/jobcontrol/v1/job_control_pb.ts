@@ -664,7 +664,7 @@ export const JobControl: GenService<{
    * older ones still waiting for it. So it may skip a job's intermediate
    * progress and intermediate states, but it never misses a job's newest
    * state nor any terminal state (SUCCEEDED, FAILED, CANCELLED), and never
-   * gets a job's changes out of order. Only when changes to more than 10,000
+   * gets a job's changes out of order. Only when changes to more than 50,000
    * distinct jobs are waiting even so does the stream end, with
    * RESOURCE_EXHAUSTED and the after_sequence to resume from. Otherwise
    * returns the errors of WatchJob.
