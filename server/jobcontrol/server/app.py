@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -55,6 +57,20 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Replica:
+    """This process is one of `--processes N` sharing one port (processes.py). The
+    primary (index 0) alone runs the reaper, retention, metrics and the in-process
+    worker: they are safe in many replicas, but N copies on one machine only add work."""
+
+    index: int
+    count: int
+
+    @property
+    def primary(self) -> bool:
+        return self.index == 0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: ListenAddress = DEFAULT_LISTEN
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -71,6 +87,9 @@ class ServerConfig:
     worker_drain_grace: timedelta = timedelta(seconds=30)
     # Hosts and networks the in-process worker's media.fetch jobs may reach.
     worker_fetch_allow: FetchAllowList = field(default_factory=FetchAllowList)
+    # Set in each process of `--processes N`: binds with SO_REUSEPORT to the port its
+    # supervisor has checked and holds.
+    replica: Replica | None = None
 
 
 GRPC_OPTIONS = [
@@ -90,6 +109,9 @@ GRPC_OPTIONS = [
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
     ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD_LIMIT),
 ]
+# For the processes of `--processes N`: the kernel spreads connections over them. Their
+# supervisor has made sure that the port was free, and keeps it until they listen.
+SHARED_PORT_GRPC_OPTIONS = [("grpc.so_reuseport", 1), *GRPC_OPTIONS[1:]]
 
 
 def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
@@ -101,9 +123,25 @@ def _credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     )
 
 
-async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (or SIGTERM/SIGINT arrives). Raises ListenError or
-    StartupError, with a one-line message, if the server cannot start."""
+def describe(config: ServerConfig) -> str:
+    """What a server serves, for its "listening on" line."""
+    return ", ".join(
+        (
+            ("mTLS" if config.tls.client_ca else "TLS") if config.tls else "plaintext",
+            f"{len(config.tokens)} auth token(s)" if config.tokens else "no auth",
+            f"store {config.store.backend} {config.store.where}",
+        )
+    )
+
+
+async def serve(
+    config: ServerConfig,
+    stop: asyncio.Event | None = None,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT arrives); `on_listening` gets the port
+    once calls are served. Raises ListenError or StartupError, with a one-line message,
+    if the server cannot start."""
     stop = stop or asyncio.Event()
     metrics = Metrics()
     interceptors = []
@@ -116,7 +154,10 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
                 ),
             )
         )
-    server = grpc.aio.server(interceptors=interceptors, options=GRPC_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=GRPC_OPTIONS if config.replica is None else SHARED_PORT_GRPC_OPTIONS,
+    )
     if config.metrics_listen:
         config.metrics_listen.check_free()
     port = _bind(server, config)
@@ -148,17 +189,28 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         ],
         server,
     )
-    housekeeper = Housekeeper(store, hub, health_servicer, metrics, config.housekeeping)
+    housekeeper = Housekeeper(
+        store,
+        hub,
+        health_servicer,
+        metrics,
+        config.housekeeping,
+        reaps=config.replica is None or config.replica.primary,
+    )
     await housekeeper.check_health()  # health answers SERVING from the first call
     await server.start()
-    log.info(
-        "listening on %s (%s, %s, store %s %s)",
-        config.listen.with_port(port),
-        ("mTLS" if config.tls.client_ca else "TLS") if config.tls else "plaintext",
-        f"{len(config.tokens)} auth token(s)" if config.tokens else "no auth",
-        config.store.backend,
-        config.store.where,
-    )
+    if config.replica is None:
+        log.info("listening on %s (%s)", config.listen.with_port(port), describe(config))
+    else:  # the supervisor says "listening on" once every process serves
+        log.info(
+            "process %d of %d (pid %d) serving on %s",
+            config.replica.index + 1,
+            config.replica.count,
+            os.getpid(),
+            config.listen.with_port(port),
+        )
+    if on_listening is not None:
+        on_listening(port)
     if config.metrics_listen:
         metrics.serve(str(config.metrics_listen))
         log.info("metrics on http://%s/metrics", config.metrics_listen)
@@ -205,7 +257,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
 def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
     """Bind the listen address (before the store is touched); returns the port, the one
     chosen when the address asked for port 0."""
-    config.listen.check_free()
+    if config.replica is None:
+        config.listen.check_free()
     address = str(config.listen)
     try:
         if config.tls:

@@ -25,6 +25,7 @@ from jobcontrol.server.app import ServerConfig, TlsConfig, serve
 from jobcontrol.server.auth import load_tokens
 from jobcontrol.server.housekeeping import HousekeepingConfig
 from jobcontrol.server.listen import ListenAddress, ListenError
+from jobcontrol.server.processes import LogSettings, Supervisor, SupervisorError
 from jobcontrol.startup import StartupError
 from jobcontrol.store import StoreConfig
 from jobcontrol.worker.cli import FETCH_ALLOW_ENV, fetch_allow_entry
@@ -69,6 +70,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         default=env.get("JOBCONTROL_LISTEN", "127.0.0.1:50051"),
         help="address to serve on; port 0 picks a free one (env JOBCONTROL_LISTEN)",
+    )
+    p.add_argument(
+        "--processes",
+        type=positive_int,
+        metavar="N",
+        default=env.get("JOBCONTROL_PROCESSES", "1"),
+        help="server processes sharing the port, to use N cores; the first alone runs the "
+        "reaper, retention, metrics and --with-worker; one that dies is restarted "
+        "(env JOBCONTROL_PROCESSES)",
     )
     StoreConfig.add_arguments(p)
     p.add_argument(
@@ -261,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_from_args(p, args)
     config = config_from_args(args)
     try:
+        if args.processes > 1:
+            logs = LogSettings(args.log_level, args.log_format)
+            return Supervisor(config, args.processes, logs).run()
         asyncio.run(serve(config))
-    except (ListenError, StartupError) as error:
+    except (ListenError, StartupError, SupervisorError) as error:
         print(f"jobcontrol-server: {error}", file=sys.stderr)
         return 1
     except JobControlError as error:

@@ -45,8 +45,13 @@ class Housekeeper:
         health_servicer: health.aio.HealthServicer,
         metrics: Metrics,
         config: HousekeepingConfig,
+        *,
+        reaps: bool = True,
     ) -> None:
+        """`reaps`: run the reaper and retention here; of the processes of one
+        `--processes N` server only the first does, the others would repeat its work."""
         self._store = store
+        self._reaps = reaps
         self._hub = hub
         self._health = health_servicer
         self._metrics = metrics
@@ -58,10 +63,13 @@ class Housekeeper:
         c = self._config
         self._tasks = [
             asyncio.create_task(self._every(c.health_interval, self.check_health), name="health"),
-            asyncio.create_task(self._every(c.reap_interval, self.reap), name="reaper"),
-            asyncio.create_task(self._every(c.prune_interval, self.prune), name="retention"),
             asyncio.create_task(self._every(c.job_count_interval, self.count_jobs), name="counts"),
         ]
+        if self._reaps:
+            self._tasks += [
+                asyncio.create_task(self._every(c.reap_interval, self.reap), name="reaper"),
+                asyncio.create_task(self._every(c.prune_interval, self.prune), name="retention"),
+            ]
 
     async def stop(self) -> None:
         for task in self._tasks:
