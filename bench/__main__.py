@@ -17,6 +17,7 @@ from bench import (
     claim_latency,
     cluster,
     fanout,
+    processes,
     progress_latency,
     report,
     sdk_choice,
@@ -37,6 +38,7 @@ BENCHMARKS: dict[str, tuple[Main, bool]] = {
     "progress_latency": (progress_latency.main, True),
     "store_load": (store_load.main, False),
     "fanout": (fanout.main, False),
+    "processes": (processes.main, False),
     "sdk_choice": (sdk_choice.main, False),
     "cluster": (cluster.main, False),
 }
