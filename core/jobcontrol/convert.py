@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from jobcontrol.errors import InvalidArgument
 from jobcontrol.jobs import EventKind, Job, JobError, JobEvent, JobSpec, JobState, Progress
@@ -96,11 +97,9 @@ def struct_to_dict(message: struct_pb2.Struct, *, field: str) -> dict[str, Any]:
     if _depth(message) > _MAX_STRUCT_DEPTH:
         raise InvalidArgument(field, f"is nested deeper than {_MAX_STRUCT_DEPTH} levels")
     try:
-        value = json_format.MessageToDict(message)
+        return _to_json(message)
     except ValueError:  # a NaN or infinite number_value: JSON has no way to write it
         raise InvalidArgument(field, "must not contain NaN or Infinity") from None
-    _make_numbers_whole(value)
-    return value
 
 
 def _make_numbers_whole(value: dict[str, Any] | list[Any]) -> None:
@@ -298,7 +297,7 @@ def job_from_proto(message: pb.Job) -> Job:
     return Job(
         id=message.id,
         type=message.type,
-        payload=_struct_to_json(message.payload),
+        payload=_to_json(message.payload),
         state=_decode(_STATE_FROM_PB, message.state, "job state"),
         priority=message.priority,
         labels=dict(message.labels),
@@ -312,7 +311,7 @@ def job_from_proto(message: pb.Job) -> Job:
             stage=message.progress.stage,
             message=message.progress.message,
         ),
-        result=_struct_to_json(message.result) if message.HasField("result") else None,
+        result=_to_json(message.result) if message.HasField("result") else None,
         error=JobError(
             code=message.error.code,
             message=message.error.message,
@@ -371,12 +370,12 @@ def job_to_json(job: Job) -> dict[str, Any]:
     """The proto3 JSON form (lowerCamelCase names, enum value names, RFC 3339 times):
     what grpcurl and the other-language clients print, so scripts can share parsers.
     Whole numbers print as integers (`4`, not `4.0`), as grpcurl prints them."""
-    return _with_whole_numbers(json_format.MessageToDict(job_to_proto(job)))
+    return _to_json(job_to_proto(job))
 
 
 def event_to_json(event: JobEvent) -> dict[str, Any]:
     """The proto3 JSON form of the event, like `job_to_json`."""
-    return _with_whole_numbers(json_format.MessageToDict(event_to_proto(event)))
+    return _to_json(event_to_proto(event))
 
 
 def worker_to_json(worker: Worker) -> dict[str, Any]:
@@ -384,27 +383,12 @@ def worker_to_json(worker: Worker) -> dict[str, Any]:
     return json_format.MessageToDict(worker_to_proto(worker))
 
 
-def _struct_to_json(message: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as the JSON it was made from: every Struct number is a double, so the
-    integers a client sent or a handler returned come back whole (`4`, not `4.0`)."""
-    return _with_whole_numbers(json_format.MessageToDict(message))
-
-
-def _with_whole_numbers(value: dict[str, Any]) -> dict[str, Any]:
-    return {key: _whole_numbers(item) for key, item in value.items()}
-
-
-def _whole_numbers(value: Any) -> Any:
-    """`value` with every integral float within the exactly representable range
-    turned into an int, in nested dicts and lists too."""
-    if isinstance(value, float):
-        if value.is_integer() and abs(value) <= _EXACT_INTEGERS:
-            return int(value)
-        return value
-    if isinstance(value, dict):
-        return {key: _whole_numbers(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(item) for item in value]
+def _to_json(message: Message) -> dict[str, Any]:
+    """The message's proto3 JSON form with its Struct numbers as they were sent: every
+    Struct number is a double, so the integers a client sent or a handler returned come
+    back whole (`4`, not `4.0`). The dict is fresh, so it is made whole in place."""
+    value = json_format.MessageToDict(message)
+    _make_numbers_whole(value)
     return value
 
 
