@@ -15,7 +15,15 @@ import pytest
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import ROOT, ServerProcess, run_cli, start_server, wait_until, wait_until_async
+from tests.conftest import (
+    ROOT,
+    ServerProcess,
+    read_metrics,
+    run_cli,
+    start_server,
+    wait_until,
+    wait_until_async,
+)
 
 K = pb.EventKind
 _SERVING = re.compile(r"process (\d+) of (\d+) \(pid (\d+)\) serving on")
@@ -209,3 +217,17 @@ def test_a_bad_process_count_is_one_line_and_exit_2(
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("jobcontrol-server: argument --processes: ")
     assert not (tmp_path / "jobs.db").exists()
+
+
+def test_metrics_and_the_in_process_worker_run_in_the_first_process_only(tmp_path: Path):
+    server = start_server(tmp_path, args=["--processes", "2", "--with-worker"], metrics=True)
+    try:
+        first = serving_pids(server)[1]
+        assert server.metrics_address is not None
+        samples = read_metrics(server.metrics_address)
+        assert ("jobcontrol_event_loop_lag_seconds_count", ()) in samples
+        assert "(process 1 of 2: its own calls and streams only)" in server.log
+        workers = re.findall(r"worker \S+:(\d+) \(", server.log)
+        assert workers == [str(first)], server.log
+    finally:
+        assert server.stop() == 0

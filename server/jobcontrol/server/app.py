@@ -209,11 +209,17 @@ async def serve(
             os.getpid(),
             config.listen.with_port(port),
         )
-    if on_listening is not None:
-        on_listening(port)
     if config.metrics_listen:
         metrics.serve(str(config.metrics_listen))
-        log.info("metrics on http://%s/metrics", config.metrics_listen)
+        log.info(
+            "metrics on http://%s/metrics%s",
+            config.metrics_listen,
+            ""
+            if config.replica is None
+            else f" (process 1 of {config.replica.count}: its own calls and streams only)",
+        )
+    if on_listening is not None:
+        on_listening(port)
     housekeeper.start()
     lag_sampler = asyncio.create_task(metrics.sample_loop_lag(), name="loop-lag")
     worker_stop, worker_stop_now = asyncio.Event(), asyncio.Event()
