@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.jobs import EventKind, Job, JobEvent, JobState
 from jobcontrol.server.metrics import Metrics
-from jobcontrol.server.served import ServedTypes, mark_event
+from jobcontrol.server.served import ServedTypes, is_unserved, mark_event
 from jobcontrol.store import JobFilter, JobStore
 
 log = logging.getLogger(__name__)
@@ -481,7 +481,7 @@ class EventHub:
                     job = sub.last_job
                     if job is None or job.state is not JobState.PENDING:
                         continue
-                    unserved = job.type not in served
+                    unserved = is_unserved(job, served)
                     if job.queue_position == position and job.unserved == unserved:
                         continue
                     event = JobEvent(

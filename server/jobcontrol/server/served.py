@@ -49,9 +49,14 @@ class ServedTypes:
         return types
 
 
+def is_unserved(job: Job, served: frozenset[str]) -> bool:
+    """Only a PENDING job can be unserved: one that has run or ended needs no worker."""
+    return job.state is JobState.PENDING and job.type not in served
+
+
 def mark(job: Job, served: frozenset[str]) -> Job:
-    """The job with `unserved` set as `served` says: only a PENDING job can be unserved."""
-    unserved = job.state is JobState.PENDING and job.type not in served
+    """The job with `unserved` set as `served` says."""
+    unserved = is_unserved(job, served)
     return job if job.unserved == unserved else dataclasses.replace(job, unserved=unserved)
 
 
