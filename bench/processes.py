@@ -12,8 +12,9 @@ waves over many connections, which the kernel spreads over the N processes). The
   the last update took to reach every stream;
 - connections: how many of the streams' connections each server process holds.
 
-All streams are read by this one Python process; on a 2-core machine it competes with
-the server processes for the cores, which caps what a second server process can show.
+The streams are read by CLIENTS client processes (`--clients`), each on connections
+of its own; on a 2-core machine they compete with the server processes for the cores,
+which caps what a second server process can show.
 
 Run: `.venv/bin/python -m bench.processes [--runs N] [--streams 10000]`.
 """
@@ -21,11 +22,14 @@ Run: `.venv/bin/python -m bench.processes [--runs N] [--streams 10000]`.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from bench import backends, procs, report, rpc, streams
 from bench.progress_latency import percent_of, write_updates
@@ -35,6 +39,7 @@ from jobcontrol.store import open_store
 from jobcontrol.v1 import job_pb2 as pb
 
 STREAMS = 10_000
+CLIENTS = 2
 PROCESSES = (1, 2)
 SETTLE = 1.0
 UPDATES = 3
@@ -97,7 +102,29 @@ class LastSeen:
         return len(self.seen) >= len(self.watching)
 
 
-async def one_server(directory: Path, processes: int, total: int) -> dict[str, float]:
+def _client(address: str, job_id: str, count: int, pipe: Connection) -> None:
+    """A client process: `count` streams on the job; says ("opened",), then, once every
+    stream has seen the burst's last update, ("done", time.time(), messages); then
+    closes its streams when told to."""
+    rpc.run(_read_streams(address, job_id, count, pipe))
+
+
+async def _read_streams(address: str, job_id: str, count: int, pipe: Connection) -> None:
+    async with rpc.stubs(address, streams.connections_for(count)) as stubs:
+        watching = streams.Streams(stubs, [job_id])
+        try:
+            await watching.open(count)
+            last = LastSeen(watching)
+            received = watching.received
+            pipe.send(("opened",))
+            await rpc.until(last.all_saw_last, "every stream to see the last update", wait=300)
+            pipe.send(("done", time.time(), watching.received - received))
+            await asyncio.get_running_loop().run_in_executor(None, pipe.recv)
+        finally:
+            await watching.close()
+
+
+async def one_server(directory: Path, processes: int, total: int, clients: int) -> dict[str, float]:
     with backends.serve("sqlite", directory / "jobs.db") as db, procs.fleet() as fleet:
         server = procs.Server.start(
             directory / f"server-{processes}.log", db.config, args=["--processes", str(processes)]
@@ -105,32 +132,46 @@ async def one_server(directory: Path, processes: int, total: int) -> dict[str, f
         fleet.add(server)
         store = await open_store(db.config)
         try:
-            async with rpc.stubs(server.address, streams.connections_for(total)) as stubs:
+            async with rpc.stubs(server.address) as stubs:
                 (job_id,) = await rpc.submit(stubs[0], [rpc.request("bench.processes")])
-                (job,) = await store.claim_jobs(
-                    worker_id="bench-processes",
-                    types=["bench.processes"],
-                    limit=1,
-                    lease_timeout=timedelta(minutes=10),
+            (job,) = await store.claim_jobs(
+                worker_id="bench-processes",
+                types=["bench.processes"],
+                limit=1,
+                lease_timeout=timedelta(minutes=10),
+            )
+            assert job.lease_id is not None
+            readers = []
+            context = multiprocessing.get_context("spawn")
+            for index in range(clients):
+                pipe, child_end = context.Pipe()
+                share = total // clients + (1 if index < total % clients else 0)
+                reader = context.Process(
+                    target=_client, args=(server.address, job_id, share, child_end)
                 )
-                assert job.lease_id is not None
-                watching = streams.Streams(stubs, [job_id])
-                try:
-                    opening = await watching.open(total)
-                    await asyncio.sleep(SETTLE)
-                    rss = tree_rss_bytes(server.pid)
-                    held = connections_by_pid(
-                        int(server.address.rsplit(":", 1)[1]), process_tree(server.pid)
-                    )
-                    last = LastSeen(watching)
-                    received, cpu = watching.received, tree_cpu_seconds(server.pid)
-                    sent = await write_updates(store, job_id, job.lease_id, UPDATES, SPACING)
-                    await rpc.until(last.all_saw_last, "every stream to see the last update")
-                    reached_all = time.time() - sent[-1]
-                    cpu_used = tree_cpu_seconds(server.pid) - cpu
-                    messages = watching.received - received
-                finally:
-                    await watching.close()
+                reader.start()
+                readers.append((reader, pipe))
+            try:
+                began = time.perf_counter()
+                for _, pipe in readers:
+                    assert (await _receive(pipe))[0] == "opened"
+                opening = time.perf_counter() - began
+                await asyncio.sleep(SETTLE)
+                rss = tree_rss_bytes(server.pid)
+                held = connections_by_pid(
+                    int(server.address.rsplit(":", 1)[1]), process_tree(server.pid)
+                )
+                cpu = tree_cpu_seconds(server.pid)
+                sent = await write_updates(store, job_id, job.lease_id, UPDATES, SPACING)
+                done = [await _receive(pipe) for _, pipe in readers]
+                cpu_used = tree_cpu_seconds(server.pid) - cpu
+                reached_all = max(when for _, when, _ in done) - sent[-1]
+                messages = sum(count for _, _, count in done)
+            finally:
+                for reader, pipe in readers:
+                    if reader.is_alive():
+                        pipe.send("close")
+                    reader.join(60)
         finally:
             await store.close()
     shares = sorted(held.values(), reverse=True)
@@ -151,10 +192,23 @@ async def one_server(directory: Path, processes: int, total: int) -> dict[str, f
     }
 
 
+async def _receive(pipe: Connection) -> Any:
+    """A client's next message; a client that died is an error, not a hang."""
+    if not await asyncio.get_running_loop().run_in_executor(None, pipe.poll, 600):
+        raise RuntimeError("a client process did not report within 600 s")
+    return pipe.recv()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = report.parser("processes", __doc__)
     parser.add_argument(
         "--streams", type=int, default=STREAMS, help=f"streams (default {STREAMS:,})"
+    )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=CLIENTS,
+        help=f"client processes reading the streams (default {CLIENTS})",
     )
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -163,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for processes in PROCESSES:
             run_dir = directory / f"p{processes}"
             run_dir.mkdir()
-            found = rpc.run(one_server(run_dir, processes, args.streams))
+            found = rpc.run(one_server(run_dir, processes, args.streams, args.clients))
             figures.add_all(found, prefix=f"{processes}.")
     elapsed = time.perf_counter() - began
 
@@ -201,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "streams open and idle;",
                 f"burst: {UPDATES} progress writes {SPACING * 1000:.0f} ms apart; CPU of "
                 "every server process per 1,000 messages delivered;",
-                "all streams read by this one client process, which shares the cores.",
+                f"streams read by {args.clients} client processes, which share the "
+                f"machine's {os.cpu_count()} cores with the server.",
             ],
         )
     )
