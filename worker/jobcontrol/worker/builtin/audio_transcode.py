@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from jobcontrol.worker.builtin.ffprobe import probe_duration
 from jobcontrol.worker.child_process import run_child
 from jobcontrol.worker.context import JobContext
 from jobcontrol.worker.handlers import PermanentError, handler
@@ -101,24 +102,12 @@ def _codec_args(payload: Any) -> list[str]:
 
 
 async def _probe_duration(ffprobe: str, source: Path, ctx: JobContext) -> float:
-    lines: list[str] = []
-    probe = await run_child(
-        [
-            ffprobe, "-v", "error", "-show_entries", "format=duration",
-            "-of", "default=noprint_wrappers=1:nokey=1", f"file:{source}",
-        ],
-        ctx,
-        on_stdout_line=lines.append,
-    )  # fmt: skip
+    probe, duration = await probe_duration(ffprobe, source, ctx)
     if probe.returncode != 0:
         said = _as_given(probe.stderr_tail, {source: source})
         raise PermanentError(f"cannot read input {source}: {said[-500:]}", code="bad_input")
-    try:
-        duration = float(lines[0])
-    except (IndexError, ValueError):
-        raise PermanentError(
-            f"input {source} has no duration ffprobe can read", code="bad_input"
-        ) from None
+    if duration is None:
+        raise PermanentError(f"input {source} has no duration ffprobe can read", code="bad_input")
     if duration <= 0:
         raise PermanentError(f"input {source} is empty", code="bad_input")
     return duration

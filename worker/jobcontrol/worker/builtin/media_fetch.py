@@ -44,7 +44,7 @@ from yt_dlp.utils import (
     UnsupportedError,
 )
 
-from jobcontrol.worker.child_process import run_child
+from jobcontrol.worker.builtin.ffprobe import probe_duration
 from jobcontrol.worker.context import JobContext
 from jobcontrol.worker.fetch_guard import ConnectionGuard, check_url
 from jobcontrol.worker.handlers import PermanentError, RetryableError, handler
@@ -511,20 +511,10 @@ async def _probe_duration(path: Path, ctx: JobContext) -> float | None:
     ffprobe = shutil.which("ffprobe")
     if ffprobe is None:
         return None
-    lines: list[str] = []
     with contextlib.suppress(OSError):
-        probe = await run_child(
-            [
-                ffprobe, "-v", "error", "-show_entries", "format=duration",
-                "-of", "default=noprint_wrappers=1:nokey=1", f"file:{path}",
-            ],
-            ctx,
-            on_stdout_line=lines.append,
-        )  # fmt: skip
-        if probe.returncode == 0 and lines:
-            with contextlib.suppress(ValueError):
-                seconds = float(lines[0])
-                return seconds if seconds > 0 else None
+        probe, seconds = await probe_duration(ffprobe, path, ctx)
+        if probe.returncode == 0 and seconds is not None and seconds > 0:
+            return seconds
     return None
 
 
