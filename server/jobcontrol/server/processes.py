@@ -100,14 +100,13 @@ async def _serve_child(config: ServerConfig, pipe: Connection) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def on_supervisor_message() -> None:
-        try:
-            pipe.recv()
-        except (EOFError, OSError):  # the supervisor is gone
-            loop.remove_reader(pipe.fileno())
-            stop.set()
+    def on_supervisor_gone() -> None:
+        """The supervisor never writes: the pipe turns readable when it closes."""
+        loop.remove_reader(pipe.fileno())
+        log.warning("the supervisor is gone; stopping")
+        stop.set()
 
-    loop.add_reader(pipe.fileno(), on_supervisor_message)
+    loop.add_reader(pipe.fileno(), on_supervisor_gone)
     await serve(config, stop, on_listening=lambda port: pipe.send(("ready", port)))
 
 
