@@ -62,8 +62,7 @@ class BaseClient(Generic[ChannelT]):
         )
 
     def _open_watch(self, state: WatchResumption) -> Any:
-        method = self._stub.WatchJobs if isinstance(state, FeedResumption) else self._stub.WatchJob
-        return method(state.request(), metadata=self.options.metadata)
+        return getattr(self._stub, state.method)(state.request(), metadata=self.options.metadata)
 
     def _resumption(self, job_id: str, after_sequence: int | None) -> WatchResumption:
         return WatchResumption(

@@ -35,6 +35,8 @@ class WatchResumption:
     """Where a watch stands: the last sequence delivered, whether it is over, and how
     long it has been trying to reconnect."""
 
+    method = "WatchJob"  # the RPC that `request()` is for
+
     def __init__(
         self,
         job_id: str,
@@ -121,6 +123,8 @@ class WatchResumption:
 class FeedResumption(WatchResumption):
     """Where a WatchJobs feed stands: like a watch of one job, but it never finishes,
     and a resumed feed asks for the matching events after the last one delivered."""
+
+    method = "WatchJobs"
 
     def __init__(
         self,
