@@ -165,8 +165,7 @@ class Subscription:
             self.last_job = event.job
             self.last_sequence = event.sequence
         entry = _Entry(delivery)
-        tracked = self._replaceable(event) or self.job_id is None
-        if tracked:
+        if self.job_id is None or event.kind in COALESCIBLE:
             waiting = self._waiting.setdefault(event.job.id, [])
             if self._behind and waiting:
                 self._drop_replaceable(waiting)
