@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -62,7 +63,7 @@ def connections_by_pid(port: int, pids: list[int]) -> dict[int, int]:
 
 
 @pytest.fixture
-def two_processes(tmp_path: Path):
+def two_processes(tmp_path: Path) -> Iterator[ServerProcess]:
     server = start_server(tmp_path, args=["--processes", "2"])
     try:
         yield server

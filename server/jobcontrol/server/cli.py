@@ -76,9 +76,9 @@ def parser() -> argparse.ArgumentParser:
         type=positive_int,
         metavar="N",
         default=env.get("JOBCONTROL_PROCESSES", "1"),
-        help="server processes sharing the port, to use N cores; the first alone runs the "
-        "reaper, retention, metrics and --with-worker; one that dies is restarted "
-        "(env JOBCONTROL_PROCESSES)",
+        help="server processes sharing the port, to use N cores; each has the load limits "
+        "below; the first alone runs the reaper, retention, metrics and --with-worker; one "
+        "that dies is restarted (env JOBCONTROL_PROCESSES)",
     )
     StoreConfig.add_arguments(p)
     p.add_argument(
