@@ -59,8 +59,9 @@ class TlsConfig:
 @dataclass(frozen=True, slots=True)
 class Replica:
     """This process is one of `--processes N` sharing one port (processes.py). The
-    primary (index 0) alone runs the reaper, retention, metrics and the in-process
-    worker: they are safe in many replicas, but N copies on one machine only add work."""
+    primary (index 0) alone runs the reaper, retention, job counts, metrics and the
+    in-process worker: they are safe in many replicas, but N copies on one machine only
+    add work (and N /metrics endpoints would each need a port)."""
 
     index: int
     count: int
@@ -195,7 +196,7 @@ async def serve(
         health_servicer,
         metrics,
         config.housekeeping,
-        reaps=config.replica is None or config.replica.primary,
+        primary=config.replica is None or config.replica.primary,
     )
     await housekeeper.check_health()  # health answers SERVING from the first call
     await server.start()

@@ -46,12 +46,13 @@ class Housekeeper:
         metrics: Metrics,
         config: HousekeepingConfig,
         *,
-        reaps: bool = True,
+        primary: bool = True,
     ) -> None:
-        """`reaps`: run the reaper and retention here; of the processes of one
-        `--processes N` server only the first does, the others would repeat its work."""
+        """`primary`: run the reaper, retention and the job counts of /metrics here. Of
+        the processes of one `--processes N` server only the first does: the others
+        would repeat its work, and serve no /metrics."""
         self._store = store
-        self._reaps = reaps
+        self._primary = primary
         self._hub = hub
         self._health = health_servicer
         self._metrics = metrics
@@ -63,10 +64,12 @@ class Housekeeper:
         c = self._config
         self._tasks = [
             asyncio.create_task(self._every(c.health_interval, self.check_health), name="health"),
-            asyncio.create_task(self._every(c.job_count_interval, self.count_jobs), name="counts"),
         ]
-        if self._reaps:
+        if self._primary:
             self._tasks += [
+                asyncio.create_task(
+                    self._every(c.job_count_interval, self.count_jobs), name="counts"
+                ),
                 asyncio.create_task(self._every(c.reap_interval, self.reap), name="reaper"),
                 asyncio.create_task(self._every(c.prune_interval, self.prune), name="retention"),
             ]
