@@ -133,11 +133,18 @@ async def test_streams_spread_over_both_processes_and_each_sees_its_job_to_the_e
         assert events[-1].job.state == pb.JOB_STATE_SUCCEEDED
 
 
-def test_sigterm_stops_every_process_and_the_supervisor_exits_0(two_processes: ServerProcess):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_every_process_and_the_supervisor_exits_0(
+    two_processes: ServerProcess, signum: signal.Signals
+):
     pids = list(serving_pids(two_processes).values())
-    assert two_processes.stop() == 0
+    two_processes.process.send_signal(signum)
+    assert two_processes.process.wait(30) == 0
     assert not any(alive(pid) for pid in pids)
-    assert "stopped" in two_processes.log.splitlines()[-1]
+    log = two_processes.log
+    assert f"{signum.name}: stopping 2 processes" in log
+    assert log.count("shutting down: ending streams") == 2, log
+    assert "stopped" in log.splitlines()[-1]
 
 
 def test_a_process_killed_with_9_is_restarted_and_the_port_keeps_serving(
