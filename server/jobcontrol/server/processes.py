@@ -26,6 +26,7 @@ Choices, as gunicorn and uvicorn users expect them:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import multiprocessing
@@ -175,9 +176,7 @@ class Supervisor:
         self._signals += 1
         if self._signals == 1:
             log.info("%s: stopping %d processes", signal.Signals(signum).name, self._count)
-        for child in self._children.values():
-            if child.process.is_alive():
-                os.kill(child.pid, signum)
+        self._signal_children(signum)
 
     def _child_config(self, index: int) -> ServerConfig:
         config = replace(self._config, replica=Replica(index, self._count))
@@ -262,9 +261,13 @@ class Supervisor:
         log.info("stopped")
         return 1 if failed else 0
 
-    def _stop_all(self) -> None:
+    def _signal_children(self, signum: int) -> None:
         for child in self._children.values():
             if child.process.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):  # it exited just now
+                    os.kill(child.pid, signum)
+
+    def _stop_all(self) -> None:
+        self._signal_children(signal.SIGTERM)
         for child in self._children.values():
             child.process.join()
