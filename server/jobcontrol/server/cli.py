@@ -28,8 +28,8 @@ from jobcontrol.server.listen import ListenAddress, ListenError
 from jobcontrol.server.processes import LogSettings, Supervisor, SupervisorError
 from jobcontrol.startup import StartupError
 from jobcontrol.store import StoreConfig
-from jobcontrol.worker.cli import FETCH_ALLOW_ENV, fetch_allow_entry
-from jobcontrol.worker.fetch_guard import FetchAllowList
+from jobcontrol.worker.cli import fetch_allow_entry
+from jobcontrol.worker.fetch_guard import FETCH_ALLOW_ENV, FetchAllowList
 from jobcontrol.worker.runtime import WorkerConfig
 
 LOCAL_TAIL_INTERVAL = 0.05
@@ -204,11 +204,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _worker_fetch_allow(args: argparse.Namespace) -> FetchAllowList:
-    """The flags, else the environment, as jobcontrol-worker reads them."""
-    if args.worker_fetch_allow:
-        return FetchAllowList.parse(args.worker_fetch_allow)
     try:
-        return FetchAllowList.parse(os.environ.get(FETCH_ALLOW_ENV, "").split(","))
+        return FetchAllowList.from_flags_or_env(args.worker_fetch_allow, os.environ)
     except ValueError as error:
         raise SystemExit(f"jobcontrol-server: env {FETCH_ALLOW_ENV}: {error}") from None
 

@@ -22,7 +22,7 @@ from jobcontrol.errors import InvalidArgument, JobControlError
 from jobcontrol.logs import add_logging_arguments, configure_from_args
 from jobcontrol.startup import StartupError, open_writable_store
 from jobcontrol.store import StoreConfig
-from jobcontrol.worker.fetch_guard import FetchAllowList
+from jobcontrol.worker.fetch_guard import FETCH_ALLOW_ENV, FetchAllowList
 from jobcontrol.worker.handlers import default_registry
 from jobcontrol.worker.runtime import (
     LOCAL_CANCEL_POLL_INTERVAL,
@@ -34,7 +34,6 @@ from jobcontrol.worker.runtime import (
 )
 
 DEFAULTS = WorkerConfig()
-FETCH_ALLOW_ENV = "JOBCONTROL_FETCH_ALLOW"
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +44,6 @@ def fetch_allow_entry(text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text.strip()
-
-
-def _fetch_allow(args: argparse.Namespace) -> FetchAllowList:
-    """The flags, else the environment (comma-separated); ValueError names the bad one."""
-    if args.fetch_allow:
-        return FetchAllowList.parse(args.fetch_allow)
-    return FetchAllowList.parse(os.environ.get(FETCH_ALLOW_ENV, "").split(","))
 
 
 def _poll_interval(args: argparse.Namespace, store: StoreConfig) -> timedelta:
@@ -197,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     try:
-        fetch_allow = _fetch_allow(args)
+        fetch_allow = FetchAllowList.from_flags_or_env(args.fetch_allow, os.environ)
     except ValueError as error:
         p.error(f"env {FETCH_ALLOW_ENV}: {error}")
     configure_from_args(p, args)

@@ -17,9 +17,11 @@ import socket
 import threading
 import urllib.parse
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+FETCH_ALLOW_ENV = "JOBCONTROL_FETCH_ALLOW"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -75,6 +77,17 @@ class FetchAllowList:
                 raise ValueError(f"{entry!r} is neither a host name nor an address or CIDR network")
             hosts.add(name)
         return cls(frozenset(hosts), tuple(networks))
+
+    @classmethod
+    def from_flags_or_env(
+        cls, flags: Iterable[str] | None, env: Mapping[str, str]
+    ) -> FetchAllowList:
+        """What `--fetch-allow` gave, else `JOBCONTROL_FETCH_ALLOW` (comma-separated): the
+        one reading for the worker and the server's in-process worker. Raises ValueError
+        naming the bad entry."""
+        if flags:
+            return cls.parse(flags)
+        return cls.parse(env.get(FETCH_ALLOW_ENV, "").split(","))
 
     def allows_host(self, host: str) -> bool:
         return _normalized(host) in self.hosts
