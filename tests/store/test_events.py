@@ -6,7 +6,7 @@ import dataclasses
 import json
 from datetime import timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -14,6 +14,7 @@ from jobcontrol.jobs import EventKind, JobError, JobSpec, JobState, Progress
 from jobcontrol.store import JobFilter
 from jobcontrol.store.core import SqlJobStore
 from jobcontrol.store.database import Tx
+from jobcontrol.store.schema import EVENT_LAYOUTS
 from tests.conftest import ManualClock
 
 T = TypeVar("T")
@@ -141,17 +142,19 @@ NOT_IN_EVENTS = {"version", "event_kind", "request_hash"}
 
 
 async def test_an_event_carries_every_job_column(store: SqlJobStore):
-    """The triggers spell out the job's columns by hand (`schema._JOB_JSON`): a column
+    """The triggers list the job's columns by hand (`schema.EVENT_LAYOUTS`): a column
     added to `jobs` but not there would silently be missing from every event."""
     await store.create_job(JobSpec(type="t"))
 
-    def columns_and_event(tx: Tx) -> tuple[set[str], set[str]]:
+    def columns_and_event(tx: Tx) -> tuple[set[str], list[Any]]:
         columns = {row["name"] for row in tx.execute("SELECT name FROM pragma_table_info('jobs')")}
         (row,) = tx.execute("SELECT job FROM job_events")
-        return columns, set(json.loads(row["job"]))
+        return columns, json.loads(row["job"])
 
-    columns, carried = await store._db.read(columns_and_event)
-    assert carried == columns - NOT_IN_EVENTS
+    columns, (layout, *values) = await store._db.read(columns_and_event)
+    assert layout == max(EVENT_LAYOUTS)
+    assert len(values) == len(EVENT_LAYOUTS[layout])
+    assert set(EVENT_LAYOUTS[layout]) == columns - NOT_IN_EVENTS
 
 
 async def test_events_of_some_jobs_come_in_order_within_the_range_asked(store: SqlJobStore):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobcontrol.errors import StoreUnavailable
-from jobcontrol.jobs import JobError, JobSpec
+from jobcontrol.jobs import EventKind, JobError, JobSpec, JobState
 from jobcontrol.store.schema import _CREATE_MIGRATIONS_TABLE, MIGRATIONS
 from jobcontrol.store.sqlite import SqliteDatabase, SqliteJobStore
 
@@ -67,6 +67,53 @@ async def test_a_database_from_before_error_details_is_upgraded_with_its_events(
         assert (await store.get_job(old.job.id)).error == old.job.error
     finally:
         await store.close()
+
+
+async def test_events_written_as_objects_still_decode_beside_arrays(tmp_path: Path):
+    """Migration 6 makes the triggers write the job as an array of its values: an event
+    written before it (an object) decodes as before, in one listing with new ones."""
+    path = tmp_path / "jobs.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(_CREATE_MIGRATIONS_TABLE)
+        for migration in MIGRATIONS[:5]:
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, 0)",
+                (migration.version, migration.name),
+            )
+        conn.execute(
+            "INSERT INTO jobs (id, type, payload, state, priority, labels, attempt,"
+            " max_attempts, create_us, update_us, run_after_us, progress_percent,"
+            " progress_stage, progress_message, cancel_requested, cancel_reason, version,"
+            " event_kind) VALUES ('01a22f78-0000-7000-8000-000000000002', 't', '{\"n\":1}',"
+            " 'PENDING', 3, '{\"team\":\"a\"}', 0, 2, 1, 1, 1, 0, '', '', 0, '', 1,"
+            " 'SUBMITTED')"
+        )
+    store = await SqliteJobStore.open(path)
+    try:
+        (claimed,) = await store.claim_jobs(
+            worker_id="w", types=["t"], limit=1, lease_timeout=timedelta(seconds=30)
+        )
+        assert claimed.lease_id is not None
+        done = await store.complete_job(
+            job_id=claimed.id, lease_id=claimed.lease_id, result={"ok": True}
+        )
+        old, started, succeeded = await store.list_events(after_sequence=0)
+    finally:
+        await store.close()
+    assert old.kind == EventKind.SUBMITTED
+    assert (old.job.id, old.job.payload, old.job.labels, old.job.priority) == (
+        claimed.id,
+        {"n": 1},
+        {"team": "a"},
+        3,
+    )
+    assert old.job.state == JobState.PENDING
+    assert old.job.error is None
+    assert (started.kind, started.job) == (EventKind.STARTED, claimed)
+    assert (succeeded.kind, succeeded.job) == (EventKind.SUCCEEDED, done)
+    assert [old.sequence, started.sequence, succeeded.sequence] == [1, 2, 3]
 
 
 async def test_missing_directory_is_store_unavailable(tmp_path: Path):

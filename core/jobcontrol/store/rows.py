@@ -1,6 +1,7 @@
 """Conversion between database rows and domain values: the one place that knows both.
 
-An event stores the job row as JSON, so an event decodes through the same code as a job.
+An event stores the job row as JSON (an object, or since migration 6 an array of its
+values), so an event decodes through the same code as a job.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from jobcontrol.jobs import EventKind, Job, JobError, JobEvent, JobState, Progress
 from jobcontrol.store.database import Row
+from jobcontrol.store.schema import EVENT_LAYOUTS
 from jobcontrol.workers import Worker, WorkerState
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -169,8 +171,12 @@ def job_from_row(row: Row) -> Job:
 
 
 def event_from_row(row: Row) -> JobEvent:
-    job = json.loads(row["job"])
-    job.setdefault("error_details", None)  # stored before migration 5
+    stored = json.loads(row["job"])
+    if isinstance(stored, list):  # since migration 6: [layout, values...]
+        job = dict(zip(EVENT_LAYOUTS[stored[0]], stored[1:], strict=True))
+    else:
+        job = stored
+        job.setdefault("error_details", None)  # stored before migration 5
     return JobEvent(
         sequence=row["seq"],
         kind=EventKind(row["kind"]),

@@ -8,6 +8,11 @@ UPDATE that bumps its `version` appends one `job_events` row in the same stateme
 a change and its event cannot be separated, and a change costs one statement (which
 matters over the network). `event_kind` carries the kind of the change to the trigger.
 A migration adding a column the events must carry replaces both triggers (migration 5).
+
+Since migration 6 an event stores the job as a JSON array, not an object: the values in
+the order of a column layout named by the array's first element (`EVENT_LAYOUTS`), so
+the trigger writes and the tailer parses no column names. Events written before keep
+their objects and still decode.
 """
 
 from __future__ import annotations
@@ -89,6 +94,48 @@ _JOB_JSON_WITH_ERROR_DETAILS = """json_object(
         'start_us', NEW.start_us,
         'end_us', NEW.end_us
     )"""
+
+# The columns of each event layout, in the order the trigger writes them after the
+# layout's number. A migration adding a column the events carry adds a layout; the old
+# ones stay, for the events already written.
+EVENT_LAYOUTS: dict[int, tuple[str, ...]] = {
+    1: (
+        "id",
+        "type",
+        "payload",
+        "state",
+        "priority",
+        "labels",
+        "attempt",
+        "max_attempts",
+        "create_us",
+        "update_us",
+        "run_after_us",
+        "progress_percent",
+        "progress_stage",
+        "progress_message",
+        "result",
+        "error_code",
+        "error_message",
+        "error_retryable",
+        "error_details",
+        "cancel_requested",
+        "cancel_reason",
+        "worker_id",
+        "lease_id",
+        "lease_expire_us",
+        "timeout_us",
+        "deadline_us",
+        "idempotency_key",
+        "start_us",
+        "end_us",
+    ),
+}
+
+
+def _job_json_array(layout: int) -> str:
+    return f"json_array({layout}, " + ", ".join(f"NEW.{c}" for c in EVENT_LAYOUTS[layout]) + ")"
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -221,6 +268,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             BEGIN
                 INSERT INTO job_events (job_id, kind, time_us, job)
                 VALUES (NEW.id, NEW.event_kind, NEW.update_us, {_JOB_JSON_WITH_ERROR_DETAILS});
+            END
+            """,
+        ),
+    ),
+    Migration(
+        6,
+        "events carry the job as a JSON array of its values",
+        (
+            "DROP TRIGGER job_events_on_insert",
+            "DROP TRIGGER job_events_on_update",
+            f"""
+            CREATE TRIGGER job_events_on_insert AFTER INSERT ON jobs
+            BEGIN
+                INSERT INTO job_events (job_id, kind, time_us, job)
+                VALUES (NEW.id, NEW.event_kind, NEW.update_us, {_job_json_array(1)});
+            END
+            """,
+            f"""
+            CREATE TRIGGER job_events_on_update AFTER UPDATE OF version ON jobs
+            WHEN NEW.version != OLD.version
+            BEGIN
+                INSERT INTO job_events (job_id, kind, time_us, job)
+                VALUES (NEW.id, NEW.event_kind, NEW.update_us, {_job_json_array(1)});
             END
             """,
         ),
