@@ -44,7 +44,8 @@ proxy in front of it) while the writes were being delivered, per write: every cl
 proxy cannot tell them apart.
 
 Run: `.venv/bin/python -m bench.progress_latency [--runs N] [--backend sqlite|remote|both]
-[--no-polling]`.
+[--no-polling] [--processes N]`; `--processes N` runs the server as `jobcontrol-server
+--processes N` (the streams spread over N processes on one port).
 Figures depend on the machine and its load; compare runs on the same machine only. No
 figure is asserted.
 """
@@ -370,12 +371,14 @@ async def one_run(
     counts: Sequence[int],
     pollers: Sequence[int],
     profile: int | None = None,
+    processes: int = 1,
 ) -> dict[tuple[str, int], Samples]:
     with backends.serve(backend, directory / f"{backend}-run-{run}.db") as db:
         store = await open_store(db.config)  # create and migrate the database first
         await store.close()
         log_path = directory / f"{backend}-server-{run}.log"
-        server = await asyncio.to_thread(procs.Server.start, log_path, db.config)
+        server_args = ["--processes", str(processes)] if processes > 1 else []
+        server = await asyncio.to_thread(procs.Server.start, log_path, db.config, args=server_args)
         http = None
         if pollers:
             http_log = directory / f"{backend}-http-{run}.log"
@@ -600,10 +603,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"watchers per job, on every backend (default {','.join(map(str, WATCHERS))}); "
         f"HTTP polling runs at the counts up to {MAX_POLLING_CLIENTS:,}",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="server processes on one port (jobcontrol-server --processes; default 1)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="JSON results file")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.processes < 1:
+        parser.error("--processes must be at least 1")
     chosen = backends.chosen(args.backend)
     counts = args.watchers
     pollers = {
@@ -628,7 +639,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{backend} run {run}/{args.runs}", end="", flush=True)
                 started = time.perf_counter()
                 profile = args.profile if run == args.runs else None
-                found = rpc.run(one_run(backend, Path(tmp), run, counts, pollers[backend], profile))
+                found = rpc.run(
+                    one_run(
+                        backend, Path(tmp), run, counts, pollers[backend], profile, args.processes
+                    )
+                )
                 run_seconds[backend].append(time.perf_counter() - started)
                 print(f" ({run_seconds[backend][-1]:.0f} s)", flush=True)
                 for (write, watchers), samples in found.items():
@@ -676,6 +691,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "progress_updates": PROGRESS_UPDATES,
             "spacing_ms": SPACING * 1000,
             "watchers": counts,
+            "server_processes": args.processes,
             "polling_clients": pollers,
             "polling_period_s": http_polling.PERIOD,
             "tail_interval_ms": {backend: TAIL_INTERVALS[backend] * 1000 for backend in chosen},

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -246,6 +246,33 @@ async def test_job_watchers_alone_have_only_their_jobs_events_read(tmp_path: Pat
         got = await asyncio.wait_for(job_sub.next(), 10)
         assert (got.event.job.id, got.event.kind) == (watched.id, EventKind.RETRIED)
         assert calls(metrics, "list_events") >= 1
+    finally:
+        await hub.close()
+        await store.close()
+
+
+async def test_a_running_watched_job_is_read_at_the_hot_interval(tmp_path: Path):
+    """A worker elsewhere writes the progress of a running job, and only tailing sees it:
+    with a tail interval far longer than the wait below, the update still arrives."""
+    metrics = Metrics()
+    store = metered(await SqliteJobStore.open(tmp_path / "jobs.db"), metrics)
+    hub = EventHub(store, metrics=metrics, tail_interval=3600, hot_interval=0.01)
+    try:
+        await store.create_job(JobSpec(type="t"))
+        (job,) = await store.claim_jobs(
+            worker_id="w", types=["t"], limit=1, lease_timeout=timedelta(hours=1)
+        )
+        assert job.lease_id is not None
+        await hub.start()
+        sub = hub.subscribe(job_id=job.id)
+        snapshot = await hub.snapshot(job.id)
+        assert snapshot is not None
+        sub.prime(snapshot)
+        hub.wake()  # the tailer, having read once, now knows the job is running
+        await until(lambda: calls(metrics, "list_events_of_jobs") >= 2)
+        await store.report_progress(job_id=job.id, lease_id=job.lease_id, progress=Progress(50))
+        got = await asyncio.wait_for(sub.next(), 10)
+        assert (got.event.kind, got.event.job.progress.percent) == (EventKind.PROGRESS, 50)
     finally:
         await hub.close()
         await store.close()

@@ -3,7 +3,9 @@
 The tailer reads `job_events` after the last sequence it saw and hands each event to
 the subscriptions that want it, so the store sees the same queries for one watcher or
 ten thousand; with nobody subscribed it only follows the newest sequence, and with only
-WatchJob watchers of a few jobs it reads just those jobs' events. Snapshots
+WatchJob watchers of a few jobs it reads just those jobs' events, more often
+(`hot_interval`) while one of them runs: its worker, in another process, writes its
+progress, and the server sees that only by tailing. Snapshots
 for new watchers are loaded in batches, and queue positions of watched PENDING jobs are
 refreshed for all of them in one query per tick. Jobs go out PENDING with `unserved`
 set as the served types say (`served.ServedTypes`); the same tick tells a watcher of a
@@ -63,6 +65,11 @@ BACKLOG_JOBS = 50_000
 # events (one index range per job); with more it reads every event, which then costs
 # less than probing each job.
 WATCHED_JOBS_READ_MAX = 1_000
+# Reading only the watched jobs' events costs one indexed range per job, so while one of
+# them is RUNNING the tailer reads HOT_SPEEDUP times as often: a watcher then waits a
+# fraction of the tail interval for its worker's progress, and watchers of pending or
+# finished jobs cost the store what they did.
+HOT_SPEEDUP = 4
 SHUTDOWN = "shutdown"
 
 
@@ -249,11 +256,14 @@ class EventHub:
         backlog_jobs: int = BACKLOG_JOBS,
         read_limit: int = 1000,
         served: ServedTypes | None = None,
+        hot_interval: float | None = None,
     ) -> None:
+        """`hot_interval` defaults to the tail interval / HOT_SPEEDUP."""
         self._store = store
         self._served = served or ServedTypes(store)
         self._metrics = metrics
         self._tail_interval = tail_interval
+        self._hot_interval = tail_interval / HOT_SPEEDUP if hot_interval is None else hot_interval
         self._idle_interval = idle_interval
         self._position_interval = position_interval
         self._capacity = capacity
@@ -408,19 +418,41 @@ class EventHub:
             if len(events) >= self._read_limit:
                 await asyncio.sleep(0)
                 continue
-            interval = self._tail_interval if self.watching else self._idle_interval
-            wait = read_at + interval - time.monotonic()
+            wait = read_at + self._next_interval() - time.monotonic()
             if wait <= 0:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), wait)
+
+    def _next_interval(self) -> float:
+        """How long after this read the next one starts: the hot interval while a
+        watched job runs, if only the watched jobs' events are read."""
+        if not self.watching:
+            return self._idle_interval
+        if self._reads_watched_jobs and self._watches_running_job():
+            return self._hot_interval
+        return self._tail_interval
+
+    def _watches_running_job(self) -> bool:
+        """Whether a watched job was RUNNING when its watchers last heard of it (one
+        subscription per job is asked: they all get the same events)."""
+        for subs in self._by_job.values():
+            for sub in subs:
+                if sub.last_job is not None and sub.last_job.state is JobState.RUNNING:
+                    return True
+                break
+        return False
+
+    @property
+    def _reads_watched_jobs(self) -> bool:
+        return not self._filtered and len(self._by_job) <= WATCHED_JOBS_READ_MAX
 
     async def _read(self) -> tuple[list[JobEvent], int]:
         """The next events to fan out, and the position after them."""
         if not self.watching:
             await self._skip_unwatched()
             return [], self._last
-        if self._filtered or len(self._by_job) > WATCHED_JOBS_READ_MAX:
+        if not self._reads_watched_jobs:
             events = await self._store.list_events(
                 after_sequence=self._last, limit=self._read_limit
             )
