@@ -164,6 +164,17 @@ async def test_complete_jobs_fences_each_completion_on_its_own(store: SqlJobStor
     assert [(e.job.id, e.kind) for e in events] == [(first.id, EventKind.SUCCEEDED)]
 
 
+async def test_complete_jobs_of_one_is_fenced_like_a_batch(store: SqlJobStore):
+    """A batch of one has a statement of its own (`sql.COMPLETE_JOB`)."""
+    job = await running(store)
+    assert await store.complete_jobs([Completion(job.id, "f" * 32, {"n": 1})]) == [False]
+    assert (await store.get_job(job.id)) == job
+    assert await store.complete_jobs([Completion(job.id, job.lease_id or "", {"n": 1})]) == [True]
+    assert (await store.get_job(job.id)).result == {"n": 1}
+    assert await store.complete_jobs([Completion(job.id, job.lease_id or "", {"n": 2})]) == [False]
+    assert (await store.get_job(job.id)).result == {"n": 1}
+
+
 async def test_complete_jobs_with_one_bad_result_writes_nothing(store: SqlJobStore):
     good, bad = await running(store), await running(store)
     before = await store.last_sequence()

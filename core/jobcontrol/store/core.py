@@ -415,11 +415,26 @@ class SqlJobStore:
             raise InvalidArgument(
                 "completions", f"at most {MAX_BATCH_SIZE} per call, got {len(completions)}"
             )
+        if len(completions) == 1:
+            (completion,) = completions
+            params = {
+                "job_id": completion.job_id,
+                "lease_id": completion.lease_id,
+                "result": encode_json(
+                    completion.result, field="result", max_bytes=self._limits.max_payload_bytes
+                ),
+            }
+
+            def complete_one(tx: Tx) -> list[Row]:
+                return tx.execute(sql.COMPLETE_JOB, {**params, "now_us": to_us(self._clock())})
+
+            return await self._db.write(complete_one, small=True)
         batch = []
         for index, completion in enumerate(completions):
-            field = "result" if len(completions) == 1 else f"completions[{index}].result"
             encoded = encode_json(
-                completion.result, field=field, max_bytes=self._limits.max_payload_bytes
+                completion.result,
+                field=f"completions[{index}].result",
+                max_bytes=self._limits.max_payload_bytes,
             )
             batch.append(dump_json([completion.job_id, completion.lease_id, encoded]))
         rows: list[Row] = []

@@ -77,11 +77,10 @@ SELECT EXISTS (
 
 # Successes in one statement, each fenced by its own lease: no read, no decode, no
 # full-row write. Mirrors `jobcontrol.jobs.succeed`, progress included (a stage and
-# message reported short of 100% are cleared). `:completions` is a JSON array of
-# [id, lease_id, result as JSON text]. The unary + keeps the planner from walking every
-# RUNNING job by state and scanning the batch for each: it looks each completion up by
-# primary key instead (100x faster with thousands running).
-COMPLETE_JOBS = """
+# message reported short of 100% are cleared). The unary + keeps the planner from
+# walking every RUNNING job by state and scanning the batch for each: it looks each
+# completion up by primary key instead (100x faster with thousands running).
+_COMPLETE = """
 UPDATE jobs SET
     state = 'SUCCEEDED',
     result = done.result,
@@ -95,15 +94,27 @@ UPDATE jobs SET
     cancel_requested = 0,
     version = version + 1,
     event_kind = 'SUCCEEDED'
-FROM (
+FROM ({completions}) AS done
+WHERE jobs.id = done.id AND jobs.lease_id = done.lease_id AND +jobs.state = 'RUNNING'
+RETURNING *
+"""
+
+# `:completions` is a JSON array of [id, lease_id, result as JSON text].
+COMPLETE_JOBS = _COMPLETE.format(
+    completions="""
     SELECT json_extract(value, '$[0]') AS id,
            json_extract(value, '$[1]') AS lease_id,
            json_extract(value, '$[2]') AS result
     FROM json_each(:completions)
-) AS done
-WHERE jobs.id = done.id AND jobs.lease_id = done.lease_id AND +jobs.state = 'RUNNING'
-RETURNING *
 """
+)
+
+# One completion, by parameters: the batch's JSON costs more than the rest of the
+# statement when the batch is one job (a worker keeping up completes one at a time).
+COMPLETE_JOB = _COMPLETE.format(
+    completions="SELECT :job_id AS id, :lease_id AS lease_id, :result AS result"
+)
+
 
 # Progress of the attempt the lease names, in one fenced statement. Mirrors
 # `jobcontrol.jobs.report_progress`.

@@ -55,7 +55,14 @@ class _SqliteTx:
         self._conn = conn
 
     def execute(self, sql: str, params: Params = ()) -> list[Row]:
-        return self._conn.execute(sql, params).fetchall()
+        """Rows as dicts, as the libSQL drivers return them: a decode reads a job's
+        columns by name, and sqlite3.Row finds a name by comparing it with each column's."""
+        cursor = self._conn.execute(sql, params)
+        rows = cursor.fetchall()
+        if not rows:
+            return []
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 class SqliteDatabase:
@@ -84,7 +91,6 @@ class SqliteDatabase:
                 isolation_level=None,
                 check_same_thread=False,
             )
-            conn.row_factory = sqlite3.Row
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
