@@ -255,10 +255,17 @@ class Samples:
     delivered: float = 1.0  # the average watcher's share of the updates written
     requests: int = 0  # HTTP requests served while the writes were delivered (remote)
     writes: int = 0
+    server_cpu: float = 0.0  # CPU seconds of the server's processes while delivering them
 
     @property
     def requests_per_write(self) -> float:
         return self.requests / self.writes if self.writes else 0.0
+
+
+def server_cpu_seconds(pid: int) -> float:
+    """CPU time so far of the server and its child processes (`--processes`)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return procs.cpu_seconds(pid) + sum(server_cpu_seconds(int(child)) for child in children)
 
 
 def covered(sent: Sequence[float], arrivals: Sequence[tuple[float, float, float]]) -> list[float]:
@@ -303,6 +310,7 @@ async def measure_watchers(
                 await watching.all_opened()
                 if number == 0:  # the progress updates, on the first job only
                     before = db.requests_so_far()
+                    cpu_before = server_cpu_seconds(server.pid)
                     with profiling.profile(
                         server.pid if profile else None,
                         f"progress-server-{db.backend}-{watchers}",
@@ -312,6 +320,7 @@ async def measure_watchers(
                         )
                         await watching.all_saw_percent(100.0)
                     received.requests = db.requests_so_far() - before
+                    received.server_cpu = server_cpu_seconds(server.pid) - cpu_before
                     received.writes = PROGRESS_UPDATES
                     for arrivals in watching.progress:
                         received.latencies.extend(at - sent_at for _, sent_at, at in arrivals)
@@ -319,6 +328,7 @@ async def measure_watchers(
                     received.delivered = len(received.latencies) / (watchers * PROGRESS_UPDATES)
                     every.delivered = received.delivered
                     every.requests, every.writes = received.requests, received.writes
+                    every.server_cpu = received.server_cpu
                 before = db.requests_so_far()
                 sent_at = time.time()
                 await stubs[0].CancelJob(api.CancelJobRequest(job_id=job_id), timeout=WAIT)
@@ -432,6 +442,7 @@ def stats_ms(samples: Samples, remote: bool) -> dict[str, float]:
            for s in STATS},
         "samples": len(values),
         "delivered_percent": 100 * samples.delivered,
+        "server_cpu_us_per_message": 1e6 * samples.server_cpu / len(values) if values else 0.0,
     }  # fmt: skip
     if remote:
         stats["http_requests_per_write"] = samples.requests_per_write
@@ -465,6 +476,7 @@ class Metric:
             "unit": "ms",
             **{key: round(self.median(key), 2) for key in (*STATS, "samples", *requests)},
             "delivered_percent": round(self.median("delivered_percent"), 1),
+            "server_cpu_us_per_message": round(self.median("server_cpu_us_per_message"), 1),
             "runs": [{k: round(v, 2) for k, v in run.items()} for run in self.runs],
         }
 
@@ -477,6 +489,7 @@ def render(metrics: Sequence[Metric], runs: int) -> str:
         "samples",
         "delivered",
         *(f"{s} ms" for s in STATS),
+        "CPU us/msg",
         "req/write",
     )
     rows = [
@@ -487,6 +500,7 @@ def render(metrics: Sequence[Metric], runs: int) -> str:
             f"{m.median('samples'):,.0f}",
             f"{m.median('delivered_percent'):.0f}%",
             *(f"{m.median(s):,.1f}" for s in STATS),
+            f"{m.median('server_cpu_us_per_message'):.0f}" if m.write == "worker" else "-",
             f"{m.median('http_requests_per_write'):.1f}" if m.remote else "-",
         )
         for m in metrics
@@ -508,6 +522,8 @@ def render(metrics: Sequence[Metric], runs: int) -> str:
         "  updates received: each PROGRESS event that arrived, arrival - send time;",
         "  every update: each write, until it or a newer update (which replaced it) arrived;",
         "delivered: share of the updates the average watcher (or poller) received;",
+        "CPU us/msg: the server's CPU time (all its processes) while the worker's updates",
+        "  were delivered, per message received;",
         f"HTTP polling: as many clients, GET /jobs/ID every {http_polling.PERIOD:.0f} s "
         "(random phase), same updates;",
         "  age at poll: arrival - send time of the progress each poll returned;",
@@ -523,7 +539,7 @@ def render(metrics: Sequence[Metric], runs: int) -> str:
             "  req/write: HTTP requests served from each write until every watcher had it,",
             "  per write (all clients: the server's tail and snapshot reads are included).",
         ]
-    return report.table(title, header, rows, align="<><>>>>>>>", notes=notes)
+    return report.table(title, header, rows, align="<><>>>>>>>>", notes=notes)
 
 
 def fresher(
