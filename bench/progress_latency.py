@@ -11,7 +11,8 @@ TURSO_DATABASE_URL):
   times, SPACING apart (or back to back if a write takes longer, as remote ones do); each
   update's message is the time.time() taken just before the write. The server sees
   these writes only by tailing `job_events` while someone watches: every 50 ms on
-  SQLite, every 200 ms on a remote store (the server's defaults). A watcher subtracts
+  SQLite, every 200 ms on a remote store (the server's defaults), a quarter of that
+  while a watched job runs (`hub.HOT_SPEEDUP`). A watcher subtracts
   the message from time.time() when the event arrives ("updates received"). Progress
   the watcher never received because a newer update replaced it is measured as well,
   until the update that replaced it arrived ("every update"): the delay before the
@@ -43,6 +44,10 @@ proxy in front of it) while the writes were being delivered, per write: every cl
 (the server's tail and snapshot reads as well as the writes themselves), since the
 proxy cannot tell them apart.
 
+- bare grpc.aio (the anchor, SQLite runs up to 1,000 watchers): the same updates from
+  `bench.grpc_anchor`, a grpc.aio server with nothing behind it, read by the same
+  client: what grpc.aio's fan-out alone takes on this machine at this load.
+
 Run: `.venv/bin/python -m bench.progress_latency [--runs N] [--backend sqlite|remote|both]
 [--no-polling] [--processes N]`; `--processes N` runs the server as `jobcontrol-server
 --processes N` (the streams spread over N processes on one port).
@@ -60,6 +65,8 @@ import multiprocessing
 import os
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -70,13 +77,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench import backends, http_polling, procs, profiling, report, rpc, streams
+from bench import backends, grpc_anchor, http_polling, procs, profiling, report, rpc, streams
 from bench.backends import Database
 from bench.http_polling import HttpServer
 from bench.report import Headline
 from bench.stats import Figure, percentile
 from jobcontrol.jobs import Progress
 from jobcontrol.server.cli import LOCAL_TAIL_INTERVAL, REMOTE_TAIL_INTERVAL
+from jobcontrol.server.hub import HOT_SPEEDUP
 from jobcontrol.store import JobStore, StoreConfig, open_store
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_pb2 as pb
@@ -97,6 +105,8 @@ CANCELS = {1: 20, 100: 5, 1_000: 3, 10_000: 1}
 LEASE_TIMEOUT = timedelta(minutes=10)  # never expires during a run
 WAIT = 120.0  # seconds any one wait may take before the run is declared broken
 GOAL_P99_MS = 100.0  # at 1,000 watchers
+ANCHOR_MAX_WATCHERS = 1_000
+CPU_ROWS = ("worker", "anchor")
 GOAL_FRESHER = 10.0
 
 SNAPSHOT = pb.EVENT_KIND_SNAPSHOT
@@ -341,6 +351,39 @@ async def measure_watchers(
         return received, every, local
 
 
+async def measure_anchor(watchers: int) -> Samples:
+    """The same updates from a bare grpc.aio server (`grpc_anchor`) to as many watchers,
+    read by the same client: what grpc.aio's fan-out alone takes here and now."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.grpc_anchor",
+        str(watchers),
+        str(PROGRESS_UPDATES),
+        str(SPACING),
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        port = int(await asyncio.wait_for(process.stdout.readline(), WAIT))
+        async with rpc.stubs(f"127.0.0.1:{port}", streams.connections_for(watchers)) as stubs:
+            watching = Watchers(stubs, grpc_anchor.JOB_ID, watchers)
+            try:
+                await watching.all_opened()
+                cpu_before = procs.cpu_seconds(process.pid)
+                await watching.all_saw_percent(100.0)
+                samples = Samples(server_cpu=procs.cpu_seconds(process.pid) - cpu_before)
+            finally:
+                await watching.close()
+    finally:
+        process.kill()
+        await process.wait()
+    for arrivals in watching.progress:
+        samples.latencies.extend(at - sent_at for _, sent_at, at in arrivals)
+    samples.delivered = len(samples.latencies) / (watchers * PROGRESS_UPDATES)
+    return samples
+
+
 async def measure_polling(
     server: procs.Server, http: HttpServer, worker: Worker, clients: int, run: int
 ) -> tuple[Samples, Samples]:
@@ -411,6 +454,9 @@ async def one_run(
                 found["worker", watchers] = received
                 found["worker_every", watchers] = every
                 found["local", watchers] = local
+                if backend == "sqlite" and watchers <= ANCHOR_MAX_WATCHERS:
+                    print(" (and the anchor)", end="", flush=True)
+                    found["anchor", watchers] = await measure_anchor(watchers)
                 if http is not None and watchers in pollers:
                     print(" (and polling)", end="", flush=True)
                     polled = await measure_polling(server, http, worker, watchers, run)
@@ -432,6 +478,7 @@ WRITES = {
     "poll_every": "HTTP polling every 2 s, every update",
     "poll_age": "HTTP polling every 2 s, age at poll",
     "local": "local write (wakes the tailer)",
+    "anchor": "bare grpc.aio server, same client",
 }
 
 
@@ -500,7 +547,7 @@ def render(metrics: Sequence[Metric], runs: int) -> str:
             f"{m.median('samples'):,.0f}",
             f"{m.median('delivered_percent'):.0f}%",
             *(f"{m.median(s):,.1f}" for s in STATS),
-            f"{m.median('server_cpu_us_per_message'):.0f}" if m.write == "worker" else "-",
+            f"{m.median('server_cpu_us_per_message'):.0f}" if m.write in CPU_ROWS else "-",
             f"{m.median('http_requests_per_write'):.1f}" if m.remote else "-",
         )
         for m in metrics
@@ -518,7 +565,8 @@ def render(metrics: Sequence[Metric], runs: int) -> str:
     notes = [
         f"worker write: {PROGRESS_UPDATES} report_progress calls {SPACING * 1000:.0f} ms apart "
         "(back to back if slower) from another",
-        f"  process, seen by the server's tailer (every {tails});",
+        f"  process, seen by the server's tailer (every {tails};",
+        f"  {HOT_SPEEDUP} times as often while a watched job runs);",
         "  updates received: each PROGRESS event that arrived, arrival - send time;",
         "  every update: each write, until it or a newer update (which replaced it) arrived;",
         "delivered: share of the updates the average watcher (or poller) received;",
@@ -529,6 +577,9 @@ def render(metrics: Sequence[Metric], runs: int) -> str:
         "  age at poll: arrival - send time of the progress each poll returned;",
         f"local write: CancelJob -> CANCEL_REQUESTED, {cancels} jobs per run with {watchers} "
         "watchers;",
+        "bare grpc.aio server, same client (the anchor, python -m bench.grpc_anchor): the same",
+        "  updates, stamped just before they are handed to the streams, with no store, tailer",
+        f"  or conversion behind them (sqlite runs, up to {ANCHOR_MAX_WATCHERS:,} watchers);",
         "samples: all watchers' samples of one run, pooled.",
     ]
     if "sqlite" in backends_shown:
@@ -683,6 +734,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "ms",
                     goal=f"<= {GOAL_P99_MS:.0f} ms",
                     met=at.median("p99") <= GOAL_P99_MS,
+                ),
+            )
+        anchor = metrics.get((backend, "anchor", 1_000))
+        if anchor is not None and anchor.runs:
+            headlines.insert(
+                1,
+                Headline.of(
+                    "progress latency",
+                    "bare grpc.aio fan-out p99, same client, 1,000 watchers (anchor)",
+                    backend,
+                    anchor.figure("p99"),
+                    "ms",
                 ),
             )
         top = max(counts)
