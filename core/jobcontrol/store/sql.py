@@ -96,23 +96,25 @@ UPDATE jobs SET
     event_kind = 'SUCCEEDED'
 FROM ({completions}) AS done
 WHERE jobs.id = done.id AND jobs.lease_id = done.lease_id AND +jobs.state = 'RUNNING'
-RETURNING *
+RETURNING {returning}
 """
 
-# `:completions` is a JSON array of [id, lease_id, result as JSON text].
+# `:completions` is a JSON array of [id, lease_id, result as JSON text]. Returns which
+# completions were recorded, not the jobs: a batch's caller needs no more.
 COMPLETE_JOBS = _COMPLETE.format(
+    returning="id, lease_id",
     completions="""
     SELECT json_extract(value, '$[0]') AS id,
            json_extract(value, '$[1]') AS lease_id,
            json_extract(value, '$[2]') AS result
     FROM json_each(:completions)
-"""
+""",
 )
 
 # One completion, by parameters: the batch's JSON costs more than the rest of the
 # statement when the batch is one job (a worker keeping up completes one at a time).
 COMPLETE_JOB = _COMPLETE.format(
-    completions="SELECT :job_id AS id, :lease_id AS lease_id, :result AS result"
+    returning="*", completions="SELECT :job_id AS id, :lease_id AS lease_id, :result AS result"
 )
 
 
