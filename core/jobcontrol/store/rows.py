@@ -52,6 +52,9 @@ JOB_COLUMNS = (
 )
 
 
+_STATES = {state.value: state for state in JobState}
+
+
 def to_us(value: datetime) -> int:
     return (value - EPOCH) // _MICROSECOND
 
@@ -131,6 +134,8 @@ def job_to_row(job: Job) -> dict[str, Any]:
 
 
 def job_from_row(row: Row) -> Job:
+    """Runs for every job claimed or completed and every event tailed, so the time
+    conversions are written out here rather than called."""
     error = None
     if row["error_code"] is not None:
         error = JobError(
@@ -139,34 +144,39 @@ def job_from_row(row: Row) -> Job:
             retryable=bool(row["error_retryable"]),
             details=row["error_details"] or "",
         )
+    result = row["result"]
+    lease_expire_us = row["lease_expire_us"]
+    timeout_us = row["timeout_us"]
+    start_us = row["start_us"]
+    end_us = row["end_us"]
     return Job(
         id=row["id"],
         type=row["type"],
         payload=_load_object(row["payload"]),
-        state=JobState(row["state"]),
+        state=_STATES[row["state"]],
         priority=row["priority"],
         labels=_load_object(row["labels"]),
         attempt=row["attempt"],
         max_attempts=row["max_attempts"],
-        create_time=from_us(row["create_us"]),
-        update_time=from_us(row["update_us"]),
-        run_after=from_us(row["run_after_us"]),
+        create_time=EPOCH + timedelta(0, 0, row["create_us"]),
+        update_time=EPOCH + timedelta(0, 0, row["update_us"]),
+        run_after=EPOCH + timedelta(0, 0, row["run_after_us"]),
         progress=Progress(
-            percent=float(row["progress_percent"]),
-            stage=row["progress_stage"],
-            message=row["progress_message"],
+            float(row["progress_percent"]), row["progress_stage"], row["progress_message"]
         ),
-        result=None if row["result"] is None else _load_object(row["result"]),
+        result=None if result is None else _load_object(result),
         error=error,
         cancel_requested=bool(row["cancel_requested"]),
         cancel_reason=row["cancel_reason"],
         worker_id=row["worker_id"],
         lease_id=row["lease_id"],
-        lease_expire_time=_opt_from_us(row["lease_expire_us"]),
-        timeout=None if row["timeout_us"] is None else timedelta(microseconds=row["timeout_us"]),
+        lease_expire_time=None
+        if lease_expire_us is None
+        else EPOCH + timedelta(0, 0, lease_expire_us),
+        timeout=None if timeout_us is None else timedelta(0, 0, timeout_us),
         idempotency_key=row["idempotency_key"],
-        start_time=_opt_from_us(row["start_us"]),
-        end_time=_opt_from_us(row["end_us"]),
+        start_time=None if start_us is None else EPOCH + timedelta(0, 0, start_us),
+        end_time=None if end_us is None else EPOCH + timedelta(0, 0, end_us),
     )
 
 
