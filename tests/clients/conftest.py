@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from jobcontrol.client import JobControlClient
 from tests.clients.flavours import FLAVOURS, make_client
-from tests.conftest import BIN, ROOT, ServerProcess, start_server
+from tests.conftest import BIN, ROOT, ServerProcess, start_server, wait_until
 
 MakeClient = Callable[..., Any]
 
@@ -58,6 +59,13 @@ def start_number_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
         started.append(process)
+        # Registered before the tests submit: a job must not wait on the worker's start-up.
+        with JobControlClient(server.address) as client:
+            wait_until(
+                lambda: any("numbers.sizes" in w.job_types for w in client.workers()),
+                timeout=60,
+                what="the numbers worker to register",
+            )
         return process
 
     try:
