@@ -10,6 +10,7 @@ so the calls counted are exactly those the worker makes; nothing else changes.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from jobcontrol.server.metrics import Metrics, metered
 from jobcontrol.store import JobStore, StoreConfig
@@ -19,12 +20,12 @@ from jobcontrol.worker import cli
 def main() -> int:
     metrics = Metrics()
     metrics.serve(os.environ["BENCH_METRICS_LISTEN"])
-    open_store = cli.open_store  # type: ignore[attr-defined]
+    open_store = cli.open_writable_store  # type: ignore[attr-defined]
 
-    async def open_counted(config: StoreConfig) -> JobStore:
-        return metered(await open_store(config), metrics)
+    async def open_counted(config: StoreConfig, **options: Any) -> JobStore:
+        return metered(await open_store(config, **options), metrics)
 
-    cli.open_store = open_counted  # type: ignore[attr-defined,assignment]
+    cli.open_writable_store = open_counted  # type: ignore[attr-defined]
     return cli.main()
 
 
