@@ -27,7 +27,6 @@ from jobcontrol.errors import (
 from jobcontrol.ids import new_id, parse_id
 from jobcontrol.jobs import Job, JobError, JobEvent, JobSpec, JobState, Progress
 from jobcontrol.retry import DEFAULT_RETRY_POLICY, RetryPolicy
-from jobcontrol.store import sql
 from jobcontrol.store.database import Conflict, Database, Row, Tx
 from jobcontrol.store.paging import (
     PageCursor,
@@ -199,7 +198,7 @@ class SqlJobStore:
             now = self._clock()
             known: dict[str, Row] = {}
             if keys:
-                rows = tx.execute(sql.SELECT_JOBS_BY_IDEMPOTENCY_KEYS, {"keys": dump_json(keys)})
+                rows = tx.execute(tx.sql.SELECT_JOBS_BY_IDEMPOTENCY_KEYS, {"keys": dump_json(keys)})
                 known = {row["idempotency_key"]: row for row in rows}
             out: list[Submitted] = []
 
@@ -220,10 +219,10 @@ class SqlJobStore:
                     if key is not None:
                         known[key] = row  # a repeat of the key later in this batch finds it
                     out.append(Submitted(job, created=True))
-                    yield dump_json([row[column] for column in sql.INSERT_JOBS_COLUMNS])
+                    yield dump_json([row[column] for column in tx.sql.INSERT_JOBS_COLUMNS])
 
             for chunk in json_arrays(new_rows(), max_bytes=MAX_ARGUMENT_BYTES):
-                tx.execute(sql.INSERT_JOBS, {"jobs": chunk})
+                tx.execute(tx.sql.INSERT_JOBS, {"jobs": chunk})
             return out
 
         if keys or (len(prepared) > 1 and size > MAX_ARGUMENT_BYTES):
@@ -259,7 +258,7 @@ class SqlJobStore:
         }
 
         def list_page(tx: Tx) -> JobPage:
-            rows = tx.execute(sql.LIST_JOBS, params)
+            rows = tx.execute(tx.sql.LIST_JOBS, params)
             # Capped by count and by bytes; the token continues after the last job sent.
             taken = rows_on_page(rows, limit)
             page = [job_from_row(row) for row in rows[:taken]]
@@ -318,7 +317,7 @@ class SqlJobStore:
         def claim(tx: Tx) -> list[Job]:
             now_us = to_us(self._clock())
             rows = tx.execute(
-                sql.CLAIM_JOBS,
+                tx.sql.CLAIM_JOBS,
                 {
                     "worker_id": worker_id,
                     "types": types_json,
@@ -342,7 +341,7 @@ class SqlJobStore:
         params = {"types": dump_json(sorted(set(types)))}
 
         def probe(tx: Tx) -> bool:
-            rows = tx.execute(sql.HAS_CLAIMABLE_JOBS, {**params, "now_us": to_us(self._clock())})
+            rows = tx.execute(tx.sql.HAS_CLAIMABLE_JOBS, {**params, "now_us": to_us(self._clock())})
             return bool(rows[0]["claimable"])
 
         return await self._db.read(probe, small=True)
@@ -368,7 +367,7 @@ class SqlJobStore:
 
         def heartbeat(tx: Tx) -> dict[str, HeartbeatAck]:
             expire_us = to_us(self._clock()) + lease_timeout // timedelta(microseconds=1)
-            rows = tx.execute(sql.HEARTBEAT_JOBS, {"leases": held, "lease_expire_us": expire_us})
+            rows = tx.execute(tx.sql.HEARTBEAT_JOBS, {"leases": held, "lease_expire_us": expire_us})
             return {
                 row["id"]: HeartbeatAck(
                     cancel_requested=bool(row["cancel_requested"]),
@@ -392,7 +391,7 @@ class SqlJobStore:
         }
 
         def report(tx: Tx) -> Job:
-            rows = tx.execute(sql.REPORT_PROGRESS, {**params, "now_us": to_us(self._clock())})
+            rows = tx.execute(tx.sql.REPORT_PROGRESS, {**params, "now_us": to_us(self._clock())})
             if not rows:
                 raise LeaseLost(job_id, lease_id)
             return job_from_row(rows[0])
@@ -426,7 +425,7 @@ class SqlJobStore:
             }
 
             def complete_one(tx: Tx) -> list[Row]:
-                return tx.execute(sql.COMPLETE_JOB, {**params, "now_us": to_us(self._clock())})
+                return tx.execute(tx.sql.COMPLETE_JOB, {**params, "now_us": to_us(self._clock())})
 
             return await self._db.write(complete_one, small=True)
         batch = []
@@ -443,7 +442,7 @@ class SqlJobStore:
 
             def complete(tx: Tx, chunk: str = chunk) -> list[Row]:
                 return tx.execute(
-                    sql.COMPLETE_JOBS, {"completions": chunk, "now_us": to_us(self._clock())}
+                    tx.sql.COMPLETE_JOBS, {"completions": chunk, "now_us": to_us(self._clock())}
                 )
 
             rows += await self._db.write(complete, small=len(batch) <= SMALL_BATCH)
@@ -508,7 +507,7 @@ class SqlJobStore:
     async def list_cancel_requests(self, *, worker_id: str) -> list[str]:
         return await self._db.read(
             lambda tx: [
-                row["id"] for row in tx.execute(sql.CANCEL_REQUESTS, {"worker_id": worker_id})
+                row["id"] for row in tx.execute(tx.sql.CANCEL_REQUESTS, {"worker_id": worker_id})
             ],
             small=True,
         )
@@ -519,7 +518,7 @@ class SqlJobStore:
         """Apply a worker's change only if it still holds the job's lease."""
 
         def write(tx: Tx) -> Job:
-            rows = tx.execute(sql.SELECT_JOB, {"id": job_id})
+            rows = tx.execute(tx.sql.SELECT_JOB, {"id": job_id})
             job = job_from_row(rows[0]) if rows else None
             if job is None or job.state is not JobState.RUNNING or job.lease_id != lease_id:
                 raise LeaseLost(job_id, lease_id)
@@ -547,30 +546,33 @@ class SqlJobStore:
         }
 
         def register(tx: Tx) -> Worker:
-            rows = tx.execute(sql.INSERT_WORKER, {**params, "now_us": to_us(self._clock())})
+            rows = tx.execute(tx.sql.INSERT_WORKER, {**params, "now_us": to_us(self._clock())})
             return worker_from_row(rows[0])
 
         return await self._db.write(register)
 
     async def heartbeat_worker(self, worker_id: str) -> Worker:
-        return await self._update_worker(sql.HEARTBEAT_WORKER, worker_id, {})
+        return await self._update_worker("HEARTBEAT_WORKER", worker_id, {})
 
     async def drain_worker(self, worker_id: str) -> Worker:
         return await self._update_worker(
-            sql.SET_WORKER_STATE, worker_id, {"state": WorkerState.DRAINING.value}
+            "SET_WORKER_STATE", worker_id, {"state": WorkerState.DRAINING.value}
         )
 
     async def deregister_worker(self, worker_id: str) -> Worker:
         return await self._update_worker(
-            sql.SET_WORKER_STATE, worker_id, {"state": WorkerState.STOPPED.value}
+            "SET_WORKER_STATE", worker_id, {"state": WorkerState.STOPPED.value}
         )
 
     async def _update_worker(
         self, statement: str, worker_id: str, params: dict[str, Any]
     ) -> Worker:
+        """`statement` names the dialect's statement to run."""
+
         def update(tx: Tx) -> Worker:
             rows = tx.execute(
-                statement, {**params, "id": worker_id, "now_us": to_us(self._clock())}
+                getattr(tx.sql, statement),
+                {**params, "id": worker_id, "now_us": to_us(self._clock())},
             )
             if not rows:
                 raise WorkerNotFound(worker_id)
@@ -580,11 +582,11 @@ class SqlJobStore:
 
     async def list_workers(self, *, include_stopped: bool = False) -> list[Worker]:
         def list_all(tx: Tx) -> list[Worker]:
-            rows = tx.execute(sql.SELECT_WORKERS, {"include_stopped": int(include_stopped)})
+            rows = tx.execute(tx.sql.SELECT_WORKERS, {"include_stopped": int(include_stopped)})
             ids = [row["id"] for row in rows]
             running: dict[str, list[str]] = {}
             if ids:
-                for job_row in tx.execute(sql.RUNNING_JOBS_BY_WORKER, {"ids": dump_json(ids)}):
+                for job_row in tx.execute(tx.sql.RUNNING_JOBS_BY_WORKER, {"ids": dump_json(ids)}):
                     running.setdefault(job_row["worker_id"], []).append(job_row["id"])
             return [worker_from_row(row, tuple(running.get(row["id"], ()))) for row in rows]
 
@@ -592,7 +594,7 @@ class SqlJobStore:
 
     async def served_job_types(self) -> frozenset[str]:
         def served(tx: Tx) -> frozenset[str]:
-            return frozenset(row["job_type"] for row in tx.execute(sql.SERVED_JOB_TYPES))
+            return frozenset(row["job_type"] for row in tx.execute(tx.sql.SERVED_JOB_TYPES))
 
         return await self._db.read(served)
 
@@ -607,13 +609,14 @@ class SqlJobStore:
             "after_seq": after_sequence,
             "limit": max(1, min(limit, MAX_EVENTS_PER_READ)),
         }
-        statement = sql.SELECT_EVENTS
         if job_id is not None:
             params["job_id"] = parse_id(job_id)
-            statement = sql.SELECT_JOB_EVENTS
-        return await self._db.read(
-            lambda tx: [event_from_row(row) for row in tx.execute(statement, params)]
-        )
+
+        def read(tx: Tx) -> list[JobEvent]:
+            statement = tx.sql.SELECT_EVENTS if job_id is None else tx.sql.SELECT_JOB_EVENTS
+            return [event_from_row(row) for row in tx.execute(statement, params)]
+
+        return await self._db.read(read)
 
     async def list_events_of_jobs(
         self,
@@ -636,18 +639,18 @@ class SqlJobStore:
         }
         return await self._db.read(
             lambda tx: [
-                event_from_row(row) for row in tx.execute(sql.SELECT_EVENTS_OF_JOBS, params)
+                event_from_row(row) for row in tx.execute(tx.sql.SELECT_EVENTS_OF_JOBS, params)
             ]
         )
 
     async def last_sequence(self, *, job_id: str | None = None) -> int:
         if job_id is None:
             return await self._db.read(
-                lambda tx: int(tx.execute(sql.LAST_SEQUENCE)[0]["seq"]), small=True
+                lambda tx: int(tx.execute(tx.sql.LAST_SEQUENCE)[0]["seq"]), small=True
             )
         params = {"job_id": parse_id(job_id)}
         return await self._db.read(
-            lambda tx: int(tx.execute(sql.LAST_JOB_SEQUENCE, params)[0]["seq"])
+            lambda tx: int(tx.execute(tx.sql.LAST_JOB_SEQUENCE, params)[0]["seq"])
         )
 
     async def latest_events(self, job_ids: Sequence[str]) -> dict[str, JobEvent]:
@@ -656,7 +659,7 @@ class SqlJobStore:
             return {}
 
         def latest(tx: Tx) -> dict[str, JobEvent]:
-            rows = tx.execute(sql.LATEST_JOB_EVENTS, {"ids": dump_json(ids)})
+            rows = tx.execute(tx.sql.LATEST_JOB_EVENTS, {"ids": dump_json(ids)})
             events = {row["job_id"]: event_from_row(row) for row in rows}
             pending = [i for i, e in events.items() if e.job.state is JobState.PENDING]
             positions = _queue_positions(tx, pending, to_us(self._clock()))
@@ -670,7 +673,7 @@ class SqlJobStore:
     async def count_jobs_by_state(self) -> dict[JobState, int]:
         def count(tx: Tx) -> dict[JobState, int]:
             counts = dict.fromkeys(JobState, 0)
-            for row in tx.execute(sql.COUNT_JOBS_BY_STATE):
+            for row in tx.execute(tx.sql.COUNT_JOBS_BY_STATE):
                 counts[JobState(row["state"])] = int(row["jobs"])
             return counts
 
@@ -682,7 +685,7 @@ class SqlJobStore:
         def reap(tx: Tx) -> ReapResult:
             now = self._clock()
             result = ReapResult()
-            rows = tx.execute(sql.REAPABLE_JOBS, {"now_us": to_us(now), "limit": limit})
+            rows = tx.execute(tx.sql.REAPABLE_JOBS, {"now_us": to_us(now), "limit": limit})
             for row in rows:
                 change = jobs.reap(
                     job_from_row(row),
@@ -711,7 +714,9 @@ class SqlJobStore:
     async def mark_lost_workers(self, *, silent_for: timedelta) -> list[str]:
         def mark(tx: Tx) -> list[str]:
             cutoff = to_us(self._clock() - silent_for)
-            return [row["id"] for row in tx.execute(sql.MARK_LOST_WORKERS, {"cutoff_us": cutoff})]
+            return [
+                row["id"] for row in tx.execute(tx.sql.MARK_LOST_WORKERS, {"cutoff_us": cutoff})
+            ]
 
         return await self._db.write(mark)
 
@@ -720,20 +725,22 @@ class SqlJobStore:
             cutoff = to_us(self._clock() - older_than)
             ids = [
                 row["id"]
-                for row in tx.execute(sql.PRUNABLE_JOB_IDS, {"cutoff_us": cutoff, "limit": limit})
+                for row in tx.execute(
+                    tx.sql.PRUNABLE_JOB_IDS, {"cutoff_us": cutoff, "limit": limit}
+                )
             ]
             events = jobs_deleted = 0
             if ids:
                 ids_json = dump_json(ids)
-                events = len(tx.execute(sql.DELETE_EVENTS_OF_JOBS, {"ids": ids_json}))
-                jobs_deleted = len(tx.execute(sql.DELETE_JOBS, {"ids": ids_json}))
-            workers = len(tx.execute(sql.DELETE_OLD_WORKERS, {"cutoff_us": cutoff}))
+                events = len(tx.execute(tx.sql.DELETE_EVENTS_OF_JOBS, {"ids": ids_json}))
+                jobs_deleted = len(tx.execute(tx.sql.DELETE_JOBS, {"ids": ids_json}))
+            workers = len(tx.execute(tx.sql.DELETE_OLD_WORKERS, {"cutoff_us": cutoff}))
             return PruneResult(jobs=jobs_deleted, events=events, workers=workers)
 
         return await self._db.transaction(prune)
 
     async def ping(self) -> None:
-        await self._db.read(lambda tx: tx.execute(sql.PING), small=True)
+        await self._db.read(lambda tx: tx.execute(tx.sql.PING), small=True)
 
     async def close(self) -> None:
         await self._db.close()
@@ -746,7 +753,7 @@ def _text_bytes(spec: JobSpec, payload: str) -> int:
 
 def _load(tx: Tx, job_id: str) -> tuple[Job, int]:
     """The job and its row version, for an optimistic `_save`."""
-    rows = tx.execute(sql.SELECT_JOB, {"id": job_id})
+    rows = tx.execute(tx.sql.SELECT_JOB, {"id": job_id})
     if not rows:
         raise JobNotFound(job_id)
     return job_from_row(rows[0]), int(rows[0]["version"])
@@ -756,7 +763,7 @@ def _save(tx: Tx, change: jobs.Change, version: int) -> Job:
     """Write a change (its event is appended by the trigger) if the row is unchanged."""
     job, kind = change
     saved = tx.execute(
-        sql.UPDATE_JOB,
+        tx.sql.UPDATE_JOB,
         {**job_to_row(job), "event_kind": kind.value, "expected_version": version},
     )
     if not saved:
@@ -767,7 +774,7 @@ def _save(tx: Tx, change: jobs.Change, version: int) -> Job:
 def _queue_positions(tx: Tx, ids: list[str], now_us: int) -> dict[str, int]:
     if not ids:
         return {}
-    rows = tx.execute(sql.QUEUE_POSITIONS, {"ids": dump_json(ids), "now_us": now_us})
+    rows = tx.execute(tx.sql.QUEUE_POSITIONS, {"ids": dump_json(ids), "now_us": now_us})
     return {row["id"]: int(row["position"]) for row in rows}
 
 

@@ -21,6 +21,7 @@ statement, one round trip each, and pays for BEGIN/COMMIT only for a `transactio
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -34,6 +35,11 @@ class Conflict(Exception):
 
 
 class Tx(Protocol):
+    @property
+    def sql(self) -> ModuleType:
+        """The statements in this database's dialect (a module of `jobcontrol.store.sql`)."""
+        ...
+
     def execute(self, sql: str, params: Params = ()) -> list[Row]:
         """Run one statement; rows come back as mappings of column name to value."""
         ...

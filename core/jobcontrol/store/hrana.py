@@ -37,6 +37,7 @@ from turso_serverless.session import Session
 
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.store.database import Conflict, Operation, Params, Row
+from jobcontrol.store.sql import sqlite as sqlite_sql
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,8 @@ def _is_read(sql: str) -> bool:
 class _Tx:
     """Statements on one session: each alone in a stream of its own, or, for a
     transaction, on one stream from BEGIN (sent with the first statement) to COMMIT."""
+
+    sql = sqlite_sql
 
     def __init__(self, session: _Session, *, transaction: bool) -> None:
         self._session = session

@@ -26,6 +26,7 @@ from jobcontrol.store.config import REMOTE_SCHEMES
 from jobcontrol.store.core import Clock, SqlJobStore, utc_now
 from jobcontrol.store.database import Database, Operation, Params, Row
 from jobcontrol.store.hrana import HranaDatabase
+from jobcontrol.store.sql import sqlite as sqlite_sql
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ def _positional(sql: str, params: Params) -> tuple[Any, ...]:
 
 
 class _LibsqlTx:
+    sql = sqlite_sql
+
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 

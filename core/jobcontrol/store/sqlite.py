@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.store.core import Clock, SqlJobStore, utc_now
 from jobcontrol.store.database import Operation, Params, Row
+from jobcontrol.store.sql import sqlite as sqlite_sql
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class _WouldWait(Exception):
 
 
 class _SqliteTx:
+    sql = sqlite_sql
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 

@@ -1,4 +1,5 @@
-"""Every SQL statement the store runs, by name. Both drivers run these unchanged.
+"""Every SQL statement the store runs on SQLite and libSQL, by name. The SQLite and
+both libSQL drivers run these unchanged; `postgres.py` has the same names.
 
 Lists of values travel as one JSON array parameter (`json_each`), so each statement's
 text is fixed whatever the number of ids or types.
@@ -7,6 +8,10 @@ text is fixed whatever the number of ids or types.
 from __future__ import annotations
 
 from jobcontrol.store.rows import JOB_COLUMNS
+from jobcontrol.store.schema import MIGRATIONS as MIGRATIONS
+
+# BEGIN IMMEDIATE already serializes starters applying migrations.
+BEFORE_MIGRATIONS: tuple[str, ...] = ()
 
 _TERMINAL = "('SUCCEEDED', 'FAILED', 'CANCELLED')"
 
