@@ -4,6 +4,7 @@ test ends."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -26,6 +27,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from jobcontrol.v1 import job_control_pb2_grpc
 from tests.polling import wait_until as wait_until
 from tests.polling import wait_until_async as wait_until_async
+from tests.postgres import (
+    PgBouncer,
+    PostgresCluster,
+    PostgresMissing,
+    pgbouncer_binary,
+    postgres_bindir,
+    stop_all_clusters,
+)
 from tests.sqld import DelayProxy, JwtKey, SqldMissing, SqldProcess, sqld_binary, stop_all
 
 
@@ -294,3 +303,72 @@ def run_cli(
         check=False,
         env={**os.environ, **(env or {})},
     )
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """One real PostgreSQL 15 for the session (starting one costs a second or two); tests
+    get a database of their own from `postgres_url`. A test may stop or kill it: the next
+    `postgres_url` starts it again.
+
+    A missing PostgreSQL fails the test rather than skipping it: CI must run these."""
+    missing = ""
+    try:
+        postgres_bindir()
+    except PostgresMissing as error:
+        missing = str(error)
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+_postgres_databases = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh empty database for this test (`t_<n>`), its URL; dropped afterwards, its
+    sessions ended first."""
+    if not postgres_cluster.running:
+        postgres_cluster.start()
+    name = f"t_{next(_postgres_databases)}"
+    url = postgres_cluster.create_database(name)
+    try:
+        yield url
+    finally:
+        if not postgres_cluster.running:
+            postgres_cluster.start()
+        postgres_cluster.drop_database(name)
+
+
+@pytest.fixture
+def pgbouncer(postgres_cluster: PostgresCluster) -> Iterator[PgBouncer]:
+    """PgBouncer in transaction mode in front of the session's cluster: `pgbouncer.url(db)`
+    reaches any of its databases. A missing pgbouncer fails the test."""
+    missing = ""
+    try:
+        pgbouncer_binary()
+    except PostgresMissing as error:
+        missing = str(error)
+    if missing:
+        pytest.fail(missing, pytrace=False)
+    if not postgres_cluster.running:
+        postgres_cluster.start()
+    bouncer = PgBouncer(postgres_cluster)
+    try:
+        yield bouncer.start()
+    finally:
+        bouncer.remove()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_postgres_left_behind() -> Iterator[None]:
+    yield
+    stop_all_clusters()  # any cluster or PgBouncer a test left running
