@@ -21,11 +21,15 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --ignore-scripts --no-audit --no-fund
 	touch $@
 
-# ffmpeg for audio.transcode and its tests; Node.js for buf and the TypeScript client.
+# ffmpeg for audio.transcode and its tests; Node.js for buf and the TypeScript client;
+# PostgreSQL 15 and PgBouncer (in /usr/sbin, off a non-root PATH) for the postgres store's
+# tests, which start their own cluster (not the `main` one the package may create).
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	test -x /usr/lib/postgresql/15/bin/postgres || missing="$$missing postgresql-15"; \
+	command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || missing="$$missing pgbouncer"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
