@@ -31,8 +31,6 @@ from tests.postgres import (
     PgBouncer,
     PostgresCluster,
     PostgresMissing,
-    pgbouncer_binary,
-    postgres_bindir,
     stop_all_clusters,
 )
 from tests.sqld import DelayProxy, JwtKey, SqldMissing, SqldProcess, sqld_binary, stop_all
@@ -317,14 +315,13 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     A missing PostgreSQL fails the test rather than skipping it: CI must run these."""
     missing = ""
     try:
-        postgres_bindir()
+        cluster = PostgresCluster()
     except PostgresMissing as error:
         missing = str(error)
     if missing:
         pytest.fail(missing, pytrace=False)
-    cluster = PostgresCluster().start()
     try:
-        yield cluster
+        yield cluster.start()
     finally:
         cluster.remove()
 
@@ -352,16 +349,15 @@ def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
 def pgbouncer(postgres_cluster: PostgresCluster) -> Iterator[PgBouncer]:
     """PgBouncer in transaction mode in front of the session's cluster: `pgbouncer.url(db)`
     reaches any of its databases. A missing pgbouncer fails the test."""
+    if not postgres_cluster.running:
+        postgres_cluster.start()
     missing = ""
     try:
-        pgbouncer_binary()
+        bouncer = PgBouncer(postgres_cluster)
     except PostgresMissing as error:
         missing = str(error)
     if missing:
         pytest.fail(missing, pytrace=False)
-    if not postgres_cluster.running:
-        postgres_cluster.start()
-    bouncer = PgBouncer(postgres_cluster)
     try:
         yield bouncer.start()
     finally:

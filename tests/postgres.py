@@ -63,9 +63,9 @@ def postgres_bindir() -> Path:
             timeout=10,
             check=True,
         )
-        bindir, version = done.stdout.splitlines()[:2]
+        reported, version = done.stdout.splitlines()[:2]
         if version.startswith("PostgreSQL 15."):
-            candidates.append(Path(bindir))
+            candidates.append(Path(reported))
     for bindir in candidates:
         if all(os.access(bindir / name, os.X_OK) for name in ("initdb", "postgres")):
             return bindir

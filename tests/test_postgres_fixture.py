@@ -31,18 +31,21 @@ def test_a_database_is_reachable_and_is_postgresql_15(postgres_url: str) -> None
 def test_each_test_has_a_database_of_its_own(postgres_url: str, run: int) -> None:
     name = _database_name(postgres_url)
     assert name not in _seen_databases
-    _seen_databases.append(name)
     with psycopg.connect(postgres_url) as connection:
         # A table of the same name in each run: it is new because the database is.
         connection.execute("CREATE TABLE marker (run int)")
         connection.execute("INSERT INTO marker VALUES (%s)", (run,))
+        databases = {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
+    assert name in databases
+    assert not databases & set(_seen_databases), "an earlier test's database was not dropped"
+    _seen_databases.append(name)
 
 
 def test_the_server_is_configured_for_the_tests(
     postgres_cluster: PostgresCluster, postgres_url: str
 ) -> None:
     with psycopg.connect(postgres_url) as connection:
-        settings = dict(
+        settings: dict[str, str] = dict(
             connection.execute(
                 "SELECT name, setting FROM pg_settings WHERE name IN"
                 " ('max_connections', 'synchronous_commit', 'fsync', 'listen_addresses',"
@@ -111,6 +114,17 @@ def test_kill_then_start_recovers_what_was_committed(
     assert "automatic recovery in progress" in postgres_cluster.log[log_before:]
     with psycopg.connect(postgres_url) as connection:
         assert connection.execute("SELECT n FROM ledger").fetchall() == [(1,)]
+
+
+def test_a_test_may_leave_the_cluster_stopped(
+    postgres_cluster: PostgresCluster, postgres_url: str
+) -> None:
+    """postgres_url's teardown starts it again to drop the database, and the next test's
+    postgres_url finds it running."""
+    postgres_cluster.stop()
+    assert not postgres_cluster.running
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(postgres_url, connect_timeout=5)
 
 
 def test_pgbouncer_forwards_in_transaction_mode(pgbouncer: PgBouncer, postgres_url: str) -> None:
