@@ -15,6 +15,7 @@ from jobcontrol.store import JobFilter
 from jobcontrol.store.core import SqlJobStore
 from jobcontrol.store.database import Tx
 from jobcontrol.store.schema import EVENT_LAYOUTS
+from jobcontrol.store.sql import postgres as postgres_sql
 from tests.conftest import ManualClock
 
 T = TypeVar("T")
@@ -106,6 +107,16 @@ async def test_a_change_whose_event_cannot_be_written_is_not_made(
 
 
 def _break_event_log(tx: Tx) -> None:
+    if tx.sql is postgres_sql:
+        tx.execute(
+            "CREATE FUNCTION break_event_log() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'event log is broken'; END $$"
+        )
+        tx.execute(
+            "CREATE TRIGGER break_event_log BEFORE INSERT ON job_events"
+            " FOR EACH ROW EXECUTE FUNCTION break_event_log()"
+        )
+        return
     tx.execute(
         "CREATE TRIGGER break_event_log BEFORE INSERT ON job_events"
         " BEGIN SELECT RAISE(ABORT, 'event log is broken'); END"
@@ -113,6 +124,9 @@ def _break_event_log(tx: Tx) -> None:
 
 
 def _restore_event_log(tx: Tx) -> None:
+    if tx.sql is postgres_sql:
+        tx.execute("DROP TRIGGER break_event_log ON job_events")
+        return
     tx.execute("DROP TRIGGER break_event_log")
 
 
@@ -147,7 +161,13 @@ async def test_an_event_carries_every_job_column(store: SqlJobStore):
     await store.create_job(JobSpec(type="t"))
 
     def columns_and_event(tx: Tx) -> tuple[set[str], list[Any]]:
-        columns = {row["name"] for row in tx.execute("SELECT name FROM pragma_table_info('jobs')")}
+        query = "SELECT name FROM pragma_table_info('jobs')"
+        if tx.sql is postgres_sql:
+            query = (
+                "SELECT column_name AS name FROM information_schema.columns"
+                " WHERE table_name = 'jobs'"
+            )
+        columns = {row["name"] for row in tx.execute(query)}
         (row,) = tx.execute("SELECT job FROM job_events")
         return columns, json.loads(row["job"])
 

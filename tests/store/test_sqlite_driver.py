@@ -14,7 +14,8 @@ import pytest
 
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.jobs import EventKind, JobError, JobSpec, JobState
-from jobcontrol.store.schema import _CREATE_MIGRATIONS_TABLE, MIGRATIONS
+from jobcontrol.store.schema import MIGRATIONS
+from jobcontrol.store.sql.sqlite import CREATE_MIGRATIONS_TABLE
 from jobcontrol.store.sqlite import SqliteDatabase, SqliteJobStore
 
 
@@ -35,7 +36,7 @@ async def test_a_database_from_before_error_details_is_upgraded_with_its_events(
     before it still decode (without details), and new ones carry the details."""
     path = tmp_path / "jobs.db"
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        conn.execute(_CREATE_MIGRATIONS_TABLE)
+        conn.execute(CREATE_MIGRATIONS_TABLE)
         for migration in MIGRATIONS[:4]:
             for statement in migration.statements:
                 conn.execute(statement)
@@ -74,7 +75,7 @@ async def test_events_written_as_objects_still_decode_beside_arrays(tmp_path: Pa
     written before it (an object) decodes as before, in one listing with new ones."""
     path = tmp_path / "jobs.db"
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        conn.execute(_CREATE_MIGRATIONS_TABLE)
+        conn.execute(CREATE_MIGRATIONS_TABLE)
         for migration in MIGRATIONS[:5]:
             for statement in migration.statements:
                 conn.execute(statement)

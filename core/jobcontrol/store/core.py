@@ -43,6 +43,7 @@ from jobcontrol.store.protocol import (
     JobPage,
     PruneResult,
     ReapResult,
+    StoreChanges,
     Submitted,
 )
 from jobcontrol.store.rows import (
@@ -149,6 +150,10 @@ class SqlJobStore:
         self._clock = clock
         self._retry_policy = retry_policy
         self._limits = limits
+
+    @property
+    def changes(self) -> StoreChanges | None:
+        return None
 
     @classmethod
     async def _migrated(cls, db: Database, where: str, *, clock: Clock, **options: Any) -> Self:

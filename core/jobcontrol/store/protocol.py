@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, Protocol
 
 from jobcontrol.jobs import Job, JobError, JobEvent, JobSpec, JobState, Progress
@@ -87,7 +88,35 @@ class PruneResult:
     workers: int
 
 
+class ChangeKind(StrEnum):
+    """What a pushed notification says changed."""
+
+    PENDING = "pending"  # a job became claimable
+    CANCEL = "cancel"  # a running job's cancellation was requested
+    EVENT = "event"  # any other change with an event
+
+
+class StoreChanges(Protocol):
+    """Notifications of committed changes, for a store that pushes them (PostgreSQL's
+    LISTEN). They only say when to read again, never what to deliver."""
+
+    @property
+    def live(self) -> bool:
+        """Notifications are arriving now; when False, poll at the usual interval."""
+        ...
+
+    def subscribe(self, callback: Callable[[ChangeKind | None], None]) -> Callable[[], None]:
+        """`callback(kind)` on the event loop per notification, `callback(None)` when
+        anything may have changed unseen (on every connect); returns the unsubscriber."""
+        ...
+
+
 class JobStore(Protocol):
+    @property
+    def changes(self) -> StoreChanges | None:
+        """Pushed notifications, or None for a store that must be polled."""
+        ...
+
     # Clients
     async def create_job(self, spec: JobSpec) -> Submitted: ...
 

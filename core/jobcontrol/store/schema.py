@@ -297,21 +297,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
-_CREATE_MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version INTEGER PRIMARY KEY,
-    name TEXT NOT NULL,
-    applied_us INTEGER NOT NULL
-)
-"""
-
 
 def apply_migrations(tx: Tx, *, now_us: int) -> list[int]:
     """Apply the migrations of the database's dialect it lacks; returns their versions.
     Runs inside one write transaction, so concurrent starters apply each migration once."""
     for statement in tx.sql.BEFORE_MIGRATIONS:
         tx.execute(statement)
-    tx.execute(_CREATE_MIGRATIONS_TABLE)
+    tx.execute(tx.sql.CREATE_MIGRATIONS_TABLE)
     done = {row["version"] for row in tx.execute("SELECT version FROM schema_migrations")}
     applied = []
     for migration in tx.sql.MIGRATIONS:

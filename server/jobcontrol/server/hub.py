@@ -33,7 +33,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from jobcontrol.errors import StoreUnavailable
@@ -70,6 +70,9 @@ WATCHED_JOBS_READ_MAX = 1_000
 # fraction of the tail interval for its worker's progress, and watchers of pending or
 # finished jobs cost the store what they did.
 HOT_SPEEDUP = 4
+# While the store pushes notifications (PostgreSQL's LISTEN), each one wakes the tailer,
+# which then reads only this often besides, in case one was missed.
+PUSHED_TAIL_BACKSTOP = 1.0
 SHUTDOWN = "shutdown"
 
 
@@ -280,6 +283,7 @@ class EventHub:
         self._snapshot_read_at = -float("inf")
         self._batch = 0  # fan-outs so far; lets buffers tell a slow reader from a burst
         self._subscribed = 0  # subscriptions ever made; see _skip_unwatched
+        self._unsubscribe_changes: Callable[[], None] | None = None
 
     @property
     def position(self) -> int:
@@ -288,6 +292,9 @@ class EventHub:
 
     async def start(self) -> None:
         self._last = await self._store.last_sequence()
+        changes = self._store.changes
+        if changes is not None:
+            self._unsubscribe_changes = changes.subscribe(lambda _: self._woken.set())
         self._tasks = [
             asyncio.create_task(self._tail(), name="event-hub-tail"),
             asyncio.create_task(self._refresh_positions(), name="event-hub-positions"),
@@ -296,6 +303,8 @@ class EventHub:
     async def close(self) -> None:
         """End every subscription (watchers get UNAVAILABLE and resume elsewhere)."""
         self._closed = True
+        if self._unsubscribe_changes is not None:
+            self._unsubscribe_changes()
         for sub in self._subscriptions():
             sub.end(SHUTDOWN)
         for task in self._tasks:
@@ -427,6 +436,9 @@ class EventHub:
     def _next_interval(self) -> float:
         """How long after this read the next one starts: the hot interval while a
         watched job runs, if only the watched jobs' events are read."""
+        changes = self._store.changes
+        if changes is not None and changes.live:
+            return max(self._idle_interval, PUSHED_TAIL_BACKSTOP)
         if not self.watching:
             return self._idle_interval
         if self._reads_watched_jobs and self._watches_running_job():

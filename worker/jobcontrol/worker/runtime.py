@@ -40,7 +40,7 @@ from typing import Any
 from jobcontrol.errors import InvalidArgument, LeaseLost
 from jobcontrol.jobs import ErrorCode, Job, JobError, JobState
 from jobcontrol.store import JobStore
-from jobcontrol.store.protocol import MAX_BATCH_SIZE
+from jobcontrol.store.protocol import MAX_BATCH_SIZE, ChangeKind
 from jobcontrol.worker.completions import CompletionWriter
 from jobcontrol.worker.context import JobRun, StopReason
 from jobcontrol.worker.fetch_guard import FetchAllowList
@@ -64,6 +64,9 @@ LOCAL_POLL_INTERVAL = timedelta(milliseconds=50)
 REMOTE_POLL_INTERVAL = timedelta(milliseconds=250)
 LOCAL_CANCEL_POLL_INTERVAL = timedelta(milliseconds=100)
 REMOTE_CANCEL_POLL_INTERVAL = timedelta(milliseconds=200)
+# While a store pushes notifications (PostgreSQL's LISTEN), new jobs and cancel requests
+# wake the worker, and it polls only this often, in case one was missed.
+PUSHED_POLL_BACKSTOP = timedelta(seconds=2)
 # Outcomes waiting for the store, by their size as JSON: past this the worker claims no
 # more work until some are written (results are at most 1 MiB each).
 MAX_UNRECORDED_BYTES = 64 * 1024 * 1024
@@ -129,6 +132,8 @@ class Worker:
         self._running: dict[str, _Running] = {}
         self._completions = CompletionWriter(store)
         self._slot_freed = asyncio.Event()
+        self._jobs_pushed = asyncio.Event()  # a notification: a job may be claimable
+        self._cancels_pushed = asyncio.Event()  # a notification: a cancel was requested
         self._idle = False  # the last claim found less than it asked for
         self._unrecorded_bytes = 0
         self._give_up_recording = asyncio.Event()  # the drain grace is over
@@ -165,10 +170,14 @@ class Worker:
             asyncio.create_task(self._heartbeats(), name="heartbeats"),
             asyncio.create_task(self._cancel_requests(), name="cancel-requests"),
         ]
+        changes = self._store.changes
+        unsubscribe = changes.subscribe(self._on_change) if changes is not None else None
         try:
             await self._claim_loop(stop)
             await self._drain(stop_now)
         finally:
+            if unsubscribe is not None:
+                unsubscribe()
             if self._running:  # cancelled from outside: still hand the jobs back
                 self._give_up_recording.set()
                 await self._stop_all(StopReason.SHUTDOWN)
@@ -200,6 +209,19 @@ class Worker:
             self._register_episode.succeeded()
             return worker
 
+    def _on_change(self, kind: ChangeKind | None) -> None:
+        if kind is None or kind is ChangeKind.PENDING:
+            self._jobs_pushed.set()
+        if kind is None or kind is ChangeKind.CANCEL:
+            self._cancels_pushed.set()
+
+    def _poll_interval(self, interval: timedelta) -> float:
+        """The configured interval, or the backstop while notifications arrive."""
+        changes = self._store.changes
+        if changes is not None and changes.live:
+            interval = max(interval, PUSHED_POLL_BACKSTOP)
+        return interval.total_seconds()
+
     # ---- claiming ------------------------------------------------------------------
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
@@ -223,6 +245,7 @@ class Worker:
             return
         # While idle, ask with a read first: polling often then never takes the store's
         # write lock from the workers and servers that have work.
+        self._jobs_pushed.clear()  # a notification from now on means look again
         if self._idle and not await self._store.has_claimable_jobs(types=self._types):
             self._claim_episode.succeeded()
             await self._idle_wait(stop)
@@ -247,8 +270,13 @@ class Worker:
         """Until a slot frees or about a poll interval passes. The jitter spreads workers
         started together: in lock-step they poll at once and a job waits for the next
         cluster; spread, N workers find it in about interval / (2N)."""
-        interval = self._config.poll_interval.total_seconds() * random.uniform(0.5, 1.5)
-        await _first(stop.wait(), self._slot_freed_wait(), asyncio.sleep(interval))
+        interval = self._poll_interval(self._config.poll_interval) * random.uniform(0.5, 1.5)
+        await _first(
+            stop.wait(),
+            self._slot_freed_wait(),
+            self._jobs_pushed.wait(),
+            asyncio.sleep(interval),
+        )
 
     async def _slot_freed_wait(self) -> None:
         self._slot_freed.clear()
@@ -518,7 +546,8 @@ class Worker:
         backoff = Backoff(base=interval, cap=5.0)
         delay = interval
         while True:
-            await asyncio.sleep(delay)
+            await _first(asyncio.sleep(delay), self._cancels_pushed.wait())
+            self._cancels_pushed.clear()
             if not any(r.finished_at is None for r in self._running.values()):
                 continue
             try:
@@ -529,7 +558,7 @@ class Worker:
                 continue
             self._cancel_episode.succeeded()
             backoff.reset()
-            delay = interval
+            delay = self._poll_interval(self._config.cancel_poll_interval)
             for job_id in requested:
                 running = self._running.get(job_id)
                 if running is not None and running.finished_at is None:

@@ -13,6 +13,14 @@ from jobcontrol.store.schema import MIGRATIONS as MIGRATIONS
 # BEGIN IMMEDIATE already serializes starters applying migrations.
 BEFORE_MIGRATIONS: tuple[str, ...] = ()
 
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_us INTEGER NOT NULL
+)
+"""
+
 _TERMINAL = "('SUCCEEDED', 'FAILED', 'CANCELLED')"
 
 SELECT_JOB = "SELECT * FROM jobs WHERE id = :id"

@@ -1,0 +1,451 @@
+"""Every SQL statement the store runs on PostgreSQL, under the names `sqlite.py` uses.
+
+Parameters are written `:name` as in the SQLite dialect (the driver binds them by
+name). Lists of values travel as one JSON array parameter (`json_array_elements_text`),
+so each statement's text is fixed whatever the number of ids or types, and the server
+prepares it once per connection. Parameters in a context that gives them no type (`IS
+NULL`, a CASE) carry a cast.
+
+The event feed is gapless because events commit in sequence order: the trigger that
+appends an event first takes one transaction-level advisory lock, so a sequence number
+is drawn only after every earlier event's transaction has committed (or rolled back),
+and a reader that has seen sequence N has seen everything below it. PostgreSQL's own
+sequences are not commit-ordered: without the lock, a transaction could draw N, commit
+after N+1's did, and a tailer already past N+1 would never read it. The lock is held
+from the statement that writes the events to its commit; the store's writes are one
+statement each, so that is one commit at a time (fsync included), the same order the
+SQLite store's single writer imposes.
+
+The same trigger notifies channel `jobcontrol` with what changed: `pending` (a job is
+claimable), `cancel` (a running job's cancellation was requested) or `event`. PostgreSQL
+sends one notification per channel and payload per transaction, however many rows.
+"""
+
+from __future__ import annotations
+
+from jobcontrol.store.rows import JOB_COLUMNS
+from jobcontrol.store.schema import EVENT_LAYOUTS, Migration
+
+# The channel the event trigger notifies.
+CHANNEL = "jobcontrol"
+# Held by whoever appends events, until commit (see the module docstring); also taken by
+# starters applying migrations. Any constant no other application uses.
+EVENT_LOCK = 0x6A6F62_636F6E74  # "jobcont"
+
+BEFORE_MIGRATIONS: tuple[str, ...] = (f"SELECT pg_advisory_xact_lock({EVENT_LOCK})",)
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_us bigint NOT NULL
+)
+"""
+
+# The type of every column a new job's JSON row carries (INSERT_JOBS casts each value).
+_COLUMN_TYPES = {
+    "priority": "integer",
+    "attempt": "integer",
+    "max_attempts": "integer",
+    "create_us": "bigint",
+    "update_us": "bigint",
+    "run_after_us": "bigint",
+    "progress_percent": "double precision",
+    "error_retryable": "integer",
+    "cancel_requested": "integer",
+    "lease_expire_us": "bigint",
+    "timeout_us": "bigint",
+    "deadline_us": "bigint",
+    "start_us": "bigint",
+    "end_us": "bigint",
+}
+
+_EVENT_VALUES = "json_build_array(1, " + ", ".join(f"NEW.{c}" for c in EVENT_LAYOUTS[1]) + ")"
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        6,
+        "jobs, job_events, workers: the schema of SQLite migrations 1 to 6",
+        (
+            # Ids and keys compare byte by byte, as on SQLite: paging walks ids in order.
+            # fillfactor leaves room in each page for an updated row, so progress reports
+            # (which touch no indexed column) are HOT updates that write no index.
+            """
+            CREATE TABLE jobs (
+                id text COLLATE "C" PRIMARY KEY,
+                type text COLLATE "C" NOT NULL,
+                payload text NOT NULL,
+                state text COLLATE "C" NOT NULL,
+                priority integer NOT NULL,
+                labels text NOT NULL,
+                attempt integer NOT NULL,
+                max_attempts integer NOT NULL,
+                create_us bigint NOT NULL,
+                update_us bigint NOT NULL,
+                run_after_us bigint NOT NULL,
+                progress_percent double precision NOT NULL,
+                progress_stage text NOT NULL,
+                progress_message text NOT NULL,
+                result text,
+                error_code text,
+                error_message text,
+                error_retryable integer,
+                error_details text,
+                cancel_requested integer NOT NULL,
+                cancel_reason text NOT NULL,
+                worker_id text COLLATE "C",
+                lease_id text COLLATE "C",
+                lease_expire_us bigint,
+                timeout_us bigint,
+                deadline_us bigint,
+                idempotency_key text COLLATE "C",
+                request_hash text,
+                start_us bigint,
+                end_us bigint,
+                version bigint NOT NULL DEFAULT 0,
+                event_kind text NOT NULL DEFAULT ''
+            ) WITH (fillfactor = 70)
+            """,
+            "CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (idempotency_key)"
+            " WHERE idempotency_key IS NOT NULL",
+            "CREATE INDEX jobs_claimable ON jobs (type, priority DESC, run_after_us, create_us, id)"
+            " WHERE state = 'PENDING'",
+            "CREATE INDEX jobs_claim_order ON jobs (priority DESC, run_after_us, create_us, id)"
+            " WHERE state = 'PENDING'",
+            "CREATE INDEX jobs_lease_expiry ON jobs (lease_expire_us) WHERE state = 'RUNNING'",
+            "CREATE INDEX jobs_deadline ON jobs (deadline_us) WHERE state = 'RUNNING'",
+            "CREATE INDEX jobs_cancel_requested ON jobs (worker_id)"
+            " WHERE state = 'RUNNING' AND cancel_requested = 1",
+            "CREATE INDEX jobs_by_worker ON jobs (worker_id) WHERE state = 'RUNNING'",
+            "CREATE INDEX jobs_finished ON jobs (end_us) WHERE end_us IS NOT NULL",
+            "CREATE INDEX jobs_by_state ON jobs (state, id)",
+            """
+            CREATE TABLE job_events (
+                seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                job_id text COLLATE "C" NOT NULL,
+                kind text NOT NULL,
+                time_us bigint NOT NULL,
+                job text NOT NULL
+            )
+            """,
+            "CREATE INDEX job_events_by_job ON job_events (job_id, seq)",
+            """
+            CREATE TABLE workers (
+                id text COLLATE "C" PRIMARY KEY,
+                name text NOT NULL,
+                host text NOT NULL,
+                pid integer NOT NULL,
+                job_types text NOT NULL,
+                concurrency integer NOT NULL,
+                state text COLLATE "C" NOT NULL,
+                start_us bigint NOT NULL,
+                heartbeat_us bigint NOT NULL,
+                stop_us bigint
+            )
+            """,
+            "CREATE INDEX workers_by_state ON workers (state, heartbeat_us)",
+            # The highest sequence retention has deleted (see LAST_SEQUENCE).
+            "CREATE TABLE job_events_pruned (through_seq bigint NOT NULL)",
+            "INSERT INTO job_events_pruned VALUES (0)",
+            f"""
+            CREATE FUNCTION jobcontrol_append_job_event() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                IF TG_OP = 'UPDATE' AND NEW.version = OLD.version THEN
+                    RETURN NULL;
+                END IF;
+                PERFORM pg_advisory_xact_lock({EVENT_LOCK});
+                INSERT INTO job_events (job_id, kind, time_us, job)
+                VALUES (NEW.id, NEW.event_kind, NEW.update_us, {_EVENT_VALUES}::text);
+                PERFORM pg_notify('{CHANNEL}', CASE
+                    WHEN NEW.state = 'PENDING' THEN 'pending'
+                    WHEN NEW.state = 'RUNNING' AND NEW.cancel_requested = 1
+                        AND TG_OP = 'UPDATE' AND OLD.cancel_requested = 0 THEN 'cancel'
+                    ELSE 'event'
+                END);
+                RETURN NULL;
+            END
+            $$
+            """,
+            """
+            CREATE TRIGGER job_events_append AFTER INSERT OR UPDATE OF version ON jobs
+            FOR EACH ROW EXECUTE FUNCTION jobcontrol_append_job_event()
+            """,
+        ),
+    ),
+)
+
+_TERMINAL = "('SUCCEEDED', 'FAILED', 'CANCELLED')"
+
+
+def _elements(param: str) -> str:
+    """The text elements of a JSON array parameter, as a subquery."""
+    return f"(SELECT json_array_elements_text(:{param}::json))"
+
+
+SELECT_JOB = "SELECT * FROM jobs WHERE id = :id"
+
+SELECT_JOBS_BY_IDEMPOTENCY_KEYS = f"SELECT * FROM jobs WHERE idempotency_key IN {_elements('keys')}"
+
+INSERT_JOBS_COLUMNS = (*JOB_COLUMNS, "request_hash", "event_kind")
+INSERT_JOBS = (
+    f"INSERT INTO jobs ({', '.join(INSERT_JOBS_COLUMNS)}, version) SELECT "
+    + ", ".join(
+        f"(r.value->>{i})::{_COLUMN_TYPES.get(column, 'text')}"
+        for i, column in enumerate(INSERT_JOBS_COLUMNS)
+    )
+    + ", 1 FROM json_array_elements(:jobs::json) WITH ORDINALITY AS r(value, n) ORDER BY r.n"
+)
+
+UPDATE_JOB = (
+    "UPDATE jobs SET "
+    + ", ".join(f"{c} = :{c}" for c in JOB_COLUMNS if c != "id")
+    + ", version = version + 1, event_kind = :event_kind"
+    + " WHERE id = :id AND version = :expected_version RETURNING version"
+)
+
+# The claim: the best claimable jobs, skipping rows another claim has locked (so claims
+# by many workers at once never wait on each other), each started with a fresh lease.
+# Mirrors `jobcontrol.jobs.start`.
+CLAIM_JOBS = f"""
+WITH picked AS (
+    SELECT id FROM jobs
+    WHERE state = 'PENDING'
+      AND type IN {_elements("types")}
+      AND run_after_us <= :now_us
+    ORDER BY priority DESC, run_after_us, create_us, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs SET
+    state = 'RUNNING',
+    attempt = attempt + 1,
+    worker_id = :worker_id,
+    lease_id = replace(gen_random_uuid()::text, '-', ''),
+    lease_expire_us = :lease_expire_us,
+    start_us = :now_us,
+    update_us = :now_us,
+    deadline_us = CASE WHEN timeout_us IS NULL THEN NULL ELSE :now_us::bigint + timeout_us END,
+    progress_percent = 0,
+    progress_stage = '',
+    progress_message = '',
+    version = version + 1,
+    event_kind = 'STARTED'
+FROM picked
+WHERE jobs.id = picked.id
+RETURNING jobs.*
+"""
+
+HAS_CLAIMABLE_JOBS = f"""
+SELECT EXISTS (
+    SELECT 1 FROM jobs
+    WHERE state = 'PENDING'
+      AND type IN {_elements("types")}
+      AND run_after_us <= :now_us
+) AS claimable
+"""
+
+# Mirrors `jobcontrol.jobs.succeed`, as the SQLite statement does.
+_COMPLETE = """
+UPDATE jobs SET
+    state = 'SUCCEEDED',
+    result = done.result,
+    progress_percent = 100,
+    progress_stage = CASE WHEN jobs.progress_percent >= 100 THEN jobs.progress_stage ELSE '' END,
+    progress_message = CASE WHEN jobs.progress_percent >= 100
+        THEN jobs.progress_message ELSE '' END,
+    update_us = :now_us,
+    end_us = :now_us,
+    lease_expire_us = NULL,
+    deadline_us = NULL,
+    cancel_requested = 0,
+    version = jobs.version + 1,
+    event_kind = 'SUCCEEDED'
+FROM ({completions}) AS done
+WHERE jobs.id = done.id AND jobs.lease_id = done.lease_id AND jobs.state = 'RUNNING'
+RETURNING {returning}
+"""
+
+COMPLETE_JOBS = _COMPLETE.format(
+    returning="jobs.id, jobs.lease_id",
+    completions="""
+    SELECT c->>0 AS id, c->>1 AS lease_id, c->>2 AS result
+    FROM json_array_elements(:completions::json) AS c
+""",
+)
+
+COMPLETE_JOB = _COMPLETE.format(
+    returning="jobs.*",
+    completions="SELECT :job_id::text AS id, :lease_id::text AS lease_id, :result::text AS result",
+)
+
+REPORT_PROGRESS = """
+UPDATE jobs SET
+    progress_percent = :percent,
+    progress_stage = :stage,
+    progress_message = :message,
+    update_us = :now_us,
+    version = version + 1,
+    event_kind = 'PROGRESS'
+WHERE id = :id AND lease_id = :lease_id AND state = 'RUNNING'
+RETURNING *
+"""
+
+HEARTBEAT_JOBS = """
+UPDATE jobs SET lease_expire_us = :lease_expire_us
+FROM (
+    SELECT l->>0 AS id, l->>1 AS lease_id FROM json_array_elements(:leases::json) AS l
+) AS held
+WHERE jobs.id = held.id AND jobs.lease_id = held.lease_id AND jobs.state = 'RUNNING'
+RETURNING jobs.id, jobs.cancel_requested, jobs.lease_expire_us
+"""
+
+# Labels match when the job's labels contain every wanted pair.
+LIST_JOBS = f"""
+SELECT * FROM jobs
+WHERE (:states::text IS NULL OR state IN {_elements("states")})
+  AND (:types::text IS NULL OR type IN {_elements("types")})
+  AND (:labels::text IS NULL OR labels::jsonb @> :labels::jsonb)
+  AND (:before_id::text IS NULL OR id < :before_id::text)
+ORDER BY id DESC
+LIMIT :limit
+"""
+
+QUEUE_POSITIONS = f"""
+SELECT t.id AS id, (
+    SELECT count(*) FROM jobs AS o
+    WHERE o.state = 'PENDING' AND o.type = t.type AND o.run_after_us <= :now_us
+      AND (o.priority > t.priority
+           OR (o.priority = t.priority
+               AND (o.run_after_us, o.create_us, o.id) < (t.run_after_us, t.create_us, t.id)))
+) AS position
+FROM jobs AS t
+WHERE t.id IN {_elements("ids")} AND t.state = 'PENDING'
+"""
+
+REAPABLE_JOBS = """
+SELECT *, worker_id IN (SELECT id FROM workers WHERE state IN ('STOPPED', 'LOST'))
+    AS worker_gone
+FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE state = 'RUNNING' AND lease_expire_us < :now_us
+    UNION
+    SELECT id FROM jobs WHERE state = 'RUNNING' AND deadline_us < :now_us
+    UNION
+    SELECT id FROM jobs WHERE state = 'RUNNING' AND cancel_requested = 1
+        AND worker_id IN (SELECT id FROM workers WHERE state IN ('STOPPED', 'LOST'))
+)
+LIMIT :limit
+"""
+
+SELECT_EVENTS = """
+SELECT seq, job_id, kind, time_us, job FROM job_events
+WHERE seq > :after_seq ORDER BY seq LIMIT :limit
+"""
+
+SELECT_JOB_EVENTS = """
+SELECT seq, job_id, kind, time_us, job FROM job_events
+WHERE job_id = :job_id AND seq > :after_seq ORDER BY seq LIMIT :limit
+"""
+
+SELECT_EVENTS_OF_JOBS = f"""
+SELECT seq, job_id, kind, time_us, job FROM job_events
+WHERE job_id IN {_elements("ids")}
+    AND seq > :after_seq AND seq <= :through_seq
+ORDER BY seq LIMIT :limit
+"""
+
+LATEST_JOB_EVENTS = f"""
+SELECT e.seq, e.job_id, e.kind, e.time_us, e.job FROM job_events AS e
+JOIN (
+    SELECT job_id, max(seq) AS seq FROM job_events
+    WHERE job_id IN {_elements("ids")}
+    GROUP BY job_id
+) AS latest ON e.seq = latest.seq
+"""
+
+COUNT_JOBS_BY_STATE = "SELECT state, count(*) AS jobs FROM jobs GROUP BY state"
+
+# The highest sequence committed, even if retention deleted that event since. Not the
+# identity's last value: that may be a number drawn by a transaction still in flight,
+# and a reader that went up to it would skip that event. Events commit in order, so
+# everything up to the highest committed is there to read.
+LAST_SEQUENCE = """
+SELECT greatest(
+    (SELECT coalesce(max(seq), 0) FROM job_events),
+    (SELECT through_seq FROM job_events_pruned)
+) AS seq
+"""
+
+LAST_JOB_SEQUENCE = "SELECT coalesce(max(seq), 0) AS seq FROM job_events WHERE job_id = :job_id"
+
+PRUNABLE_JOB_IDS = f"""
+SELECT id FROM jobs WHERE end_us < :cutoff_us AND state IN {_TERMINAL}
+ORDER BY end_us LIMIT :limit
+"""
+
+DELETE_EVENTS_OF_JOBS = f"""
+WITH deleted AS (
+    DELETE FROM job_events WHERE job_id IN {_elements("ids")} RETURNING seq
+), marked AS (
+    UPDATE job_events_pruned SET through_seq = greatest(through_seq, (SELECT max(seq) FROM deleted))
+    WHERE EXISTS (SELECT 1 FROM deleted)
+)
+SELECT seq FROM deleted
+"""
+
+DELETE_JOBS = f"DELETE FROM jobs WHERE id IN {_elements('ids')} RETURNING id"
+
+DELETE_OLD_WORKERS = (
+    "DELETE FROM workers WHERE state IN ('STOPPED', 'LOST') AND heartbeat_us < :cutoff_us"
+    " RETURNING id"
+)
+
+INSERT_WORKER = """
+INSERT INTO workers (id, name, host, pid, job_types, concurrency, state, start_us, heartbeat_us)
+VALUES (:id, :name, :host, :pid, :job_types, :concurrency, 'ACTIVE', :now_us, :now_us)
+RETURNING *
+"""
+
+HEARTBEAT_WORKER = """
+UPDATE workers SET heartbeat_us = :now_us,
+    state = CASE WHEN state = 'LOST' THEN 'ACTIVE' ELSE state END
+WHERE id = :id AND state != 'STOPPED'
+RETURNING *
+"""
+
+SET_WORKER_STATE = """
+UPDATE workers SET state = :state::text, heartbeat_us = :now_us,
+    stop_us = CASE WHEN :state::text = 'STOPPED' THEN :now_us::bigint ELSE stop_us END
+WHERE id = :id
+RETURNING *
+"""
+
+SELECT_WORKERS = """
+SELECT * FROM workers
+WHERE :include_stopped::integer = 1 OR state IN ('ACTIVE', 'DRAINING')
+ORDER BY start_us DESC, id DESC
+"""
+
+SERVED_JOB_TYPES = """
+SELECT DISTINCT json_array_elements_text(job_types::json) AS job_type FROM workers
+WHERE state = 'ACTIVE'
+"""
+
+RUNNING_JOBS_BY_WORKER = f"""
+SELECT worker_id, id FROM jobs
+WHERE state = 'RUNNING' AND worker_id IN {_elements("ids")}
+ORDER BY start_us, id
+"""
+
+MARK_LOST_WORKERS = """
+UPDATE workers SET state = 'LOST'
+WHERE state IN ('ACTIVE', 'DRAINING') AND heartbeat_us < :cutoff_us
+RETURNING id
+"""
+
+CANCEL_REQUESTS = """
+SELECT id FROM jobs
+WHERE state = 'RUNNING' AND cancel_requested = 1 AND worker_id = :worker_id
+"""
+
+PING = "SELECT 1 AS ok"
