@@ -1,4 +1,5 @@
-"""The databases the benchmarks run against: a SQLite file, or a real sqld.
+"""The databases the benchmarks run against: a SQLite file, a real sqld, or a real
+PostgreSQL.
 
 - sqlite: the local backend (`JOB_STORE_BACKEND=local`), a SQLite file in WAL mode.
 - remote: the turso backend (`JOB_STORE_BACKEND=turso`, `TURSO_DATABASE_URL=http://...`):
@@ -10,6 +11,13 @@
   requests each store operation takes, which is where remote time goes; with no added
   round trip, remote figures are the cost of the protocol, the driver and sqld, without
   a network's latency.
+
+- postgres: the postgres backend (`JOB_STORE_BACKEND=postgres`, `DATABASE_URL`): a fresh
+  database in a throwaway PostgreSQL 15 cluster (`tests.postgres.PostgresCluster`, one
+  per benchmark process, started on first use), reached directly with no added round
+  trip, else through the same TCP proxy adding `rtt` (the proxy counts no requests:
+  PostgreSQL's protocol is not HTTP). The database is dropped when `serve` ends; nothing
+  is copied back to `db_path`.
 
 The proxy runs as its own process so that it never waits for the benchmark process's
 GIL (a benchmark reading a thousand streams would otherwise delay every store request).
@@ -31,15 +39,18 @@ import importlib.metadata
 import re
 import sqlite3
 import subprocess
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from turso_serverless.protocol import decode_value, encode_value
 
 from jobcontrol.store import StoreConfig
-from tests.sqld import ProxyProcess, SqldProcess, hrana_pipeline, sqld_binary
+from tests.postgres import SERVICE_USER, PostgresCluster
+from tests.sqld import ProxyProcess, SqldProcess, host_port, hrana_pipeline, sqld_binary
 
 BACKENDS = ("sqlite", "remote")
 
@@ -84,6 +95,26 @@ def query_file(db_path: Path, statement: str, params: Sequence[Any] = ()) -> lis
         return conn.execute(statement, params).fetchall()
 
 
+def query_postgres(url: str, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """One statement on its own autocommit connection (`?` parameters, as for SQLite)."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as connection:
+        return connection.execute(statement.replace("?", "%s"), params).fetchall()
+
+
+@functools.cache
+def postgres_cluster() -> PostgresCluster:
+    """This process's throwaway PostgreSQL cluster, started on first use (removed at exit
+    by tests.postgres)."""
+    return PostgresCluster().start()
+
+
+@functools.cache
+def postgres_version() -> str:
+    """The server's version, as `SHOW server_version` gives it ("15.8 (Debian ...)")."""
+    [(version,)] = query_postgres(postgres_cluster().url(), "SHOW server_version")
+    return str(version).split(" ")[0]
+
+
 def query_sqld(url: str, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """One statement over Hrana, straight to sqld (positional `?` parameters)."""
     stmt = {"sql": statement, "args": [encode_value(p) for p in params], "want_rows": True}
@@ -97,26 +128,42 @@ def query_sqld(url: str, statement: str, params: Sequence[Any] = ()) -> list[tup
 
 @dataclass(frozen=True, slots=True)
 class Database:
-    """One database to benchmark: how to open it, and (remote only) its sqld and the
-    counting proxy in front of it."""
+    """One database to benchmark: how to open it, its sqld (remote) or PostgreSQL cluster
+    and database URL (postgres), and the proxy in front of it (remote; postgres with an
+    added round trip)."""
 
     backend: str
     config: StoreConfig
     path: Path  # the SQLite file; for remote, where sqld's data is copied when it stops
     sqld: SqldProcess | None = None
     proxy: ProxyProcess | None = None
+    postgres: PostgresCluster | None = None
+    direct_url: str = ""  # postgres: the database's URL without the proxy
 
     @property
     def remote(self) -> bool:
-        return self.proxy is not None
+        return self.proxy is not None or self.postgres is not None
+
+    def server_pid(self) -> int | None:
+        """The database server's process (sqld, or PostgreSQL's postmaster); None for
+        SQLite, which runs inside its clients."""
+        if self.sqld is not None:
+            return self.sqld.pid
+        if self.postgres is not None:
+            return self.postgres.pid
+        return None
 
     def requests_so_far(self) -> int:
-        """HTTP requests the proxy has passed to sqld so far (0 for SQLite, which makes
-        none). Asking costs the proxy a signal and this process a few ms."""
-        return 0 if self.proxy is None else int(self.proxy.stats()["requests"])
+        """HTTP requests the proxy has passed to sqld so far (0 for SQLite and PostgreSQL,
+        which make none). Asking costs the proxy a signal and this process a few ms."""
+        if self.proxy is None or self.sqld is None:
+            return 0
+        return int(self.proxy.stats()["requests"])
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read the database now, not counted as a request (`?` parameters)."""
+        if self.postgres is not None:
+            return query_postgres(self.direct_url, statement, params)
         if self.sqld is None:
             return query_file(self.path, statement, params)
         return query_sqld(self.sqld.url, statement, params)
@@ -126,9 +173,14 @@ class Database:
 def serve(backend: str, db_path: Path, *, rtt: float = 0.0) -> Iterator[Database]:
     """The database in `db_path` (created if missing), reachable as `backend` until the
     block ends; for remote, a fresh sqld starting from that file (if any) behind a proxy
-    adding `rtt` seconds of round trip, its data copied back to `db_path` at the end."""
+    adding `rtt` seconds of round trip, its data copied back to `db_path` at the end;
+    for postgres, a fresh database (dropped at the end), behind a proxy if `rtt`."""
     if backend == "sqlite":
         yield Database(backend, StoreConfig(backend="local", path=str(db_path)), db_path)
+        return
+    if backend == "postgres":
+        with _postgres(db_path, rtt) as db:
+            yield db
         return
     if backend != "remote":
         raise ValueError(f"unknown backend {backend!r}")
@@ -150,14 +202,39 @@ def serve(backend: str, db_path: Path, *, rtt: float = 0.0) -> Iterator[Database
     copy_database(sqld.data_file, db_path)
 
 
+@contextlib.contextmanager
+def _postgres(db_path: Path, rtt: float) -> Iterator[Database]:
+    cluster = postgres_cluster()
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    url = cluster.create_database(name)
+    proxy: ProxyProcess | None = None
+    try:
+        if rtt:
+            log_path = db_path.parent / f"{db_path.stem}-proxy.log"
+            proxy = ProxyProcess(f"127.0.0.1:{cluster.port}", rtt, log_path=log_path).start()
+            host, port = host_port(proxy.url)
+            through = f"postgresql://{SERVICE_USER}@{host}:{port}/{name}"
+        else:
+            through = url
+        config = StoreConfig(backend="postgres", url=through)
+        yield Database("postgres", config, db_path, proxy=proxy, postgres=cluster, direct_url=url)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        cluster.drop_database(name)
+
+
 def store_env(config: StoreConfig) -> dict[str, str]:
     """The environment a server or worker process reads its store from (every variable
     set, so none leaks in from the caller's environment)."""
+    postgres = config.backend == "postgres"
     return {
         "JOB_STORE_BACKEND": config.backend,
         "JOB_STORE_PATH": config.path,
-        "TURSO_DATABASE_URL": config.url,
+        "TURSO_DATABASE_URL": "" if postgres else config.url,
         "TURSO_AUTH_TOKEN": config.auth_token,
+        "DATABASE_URL": config.url if postgres else "",
+        "JOB_STORE_POLL_ONLY": "1" if config.poll_only else "0",
     }
 
 

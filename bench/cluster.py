@@ -2,8 +2,17 @@
 0 ms and then 20 ms of round trip, two `jobcontrol-server`s and two `jobcontrol-worker`s,
 all on the proxy's URL (JOB_STORE_BACKEND=turso) and sharing nothing else.
 
-Each run starts, for each added round trip (RTT) in turn, a fresh sqld and proxy
-(`backends.serve`, the proxy counting every HTTP request), then:
+`--stores` runs the same shape on other stores too, side by side in one invocation:
+`sqlite` (JOB_STORE_BACKEND=local: the four processes on one SQLite file, so one
+machine only, no added RTT), `sqld` (the above) and `postgres` (JOB_STORE_BACKEND=postgres,
+DATABASE_URL: a fresh database per run in a throwaway PostgreSQL 15 cluster started once
+per invocation, `tests.postgres.PostgresCluster`; at 0 ms the processes connect to it
+directly, at any other RTT through the same TCP delay proxy, which counts no requests
+there since PostgreSQL's protocol is not HTTP). Within a run the stores take turns.
+
+Each run starts, for each store and added round trip (RTT) in turn, a fresh database
+(for sqld: a fresh sqld and proxy, `backends.serve`, the proxy counting every HTTP
+request), then:
 
 - calibration, before any server or worker starts: this process's own store through
   the same proxy calls each store operation a few times alone: HTTP requests per call
@@ -44,16 +53,22 @@ claimed, finished?) go straight to sqld, not through the proxy, and are not coun
 Figures are medians over runs (min-max); percentiles pool one run's samples. Nothing
 is asserted: the table shows each figure beside its goal.
 
-Run: `.venv/bin/python -m bench.cluster [--runs N] [--concurrency C] [--jobs N]
-[--batch N] [--rtts 0,20] [--sweep 16,64,128] [--profile]`.
+Goals on PostgreSQL (issue #17), at 0 ms added RTT: progress p99 to the watcher on
+server B <= 50 ms, claim p50 <= 10 ms (a pushed wake-up, not a poll), throughput at least
+the SQLite store's in the same invocation.
+
+Run: `.venv/bin/python -m bench.cluster [--runs N] [--stores sqlite,sqld,postgres]
+[--concurrency C] [--jobs N] [--batch N] [--rtts 0,20] [--sweep 16,64,128] [--profile]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import functools
-import json
+import importlib.metadata
+import math
 import os
 import random
 import shutil
@@ -108,15 +123,41 @@ HANDLERS = ("bench.cancel_handlers", "bench.cluster_handlers")
 PHASES = ("idle", "claim", "progress", "cancel", "throughput")
 SERVERS = ("A", "B")
 
-GOAL_RATE = {0: 1_500.0, 20: 300.0}  # jobs/s, by RTT in ms
-GOAL_LAG_P99_MS = {20: 5.0}
+STORES = ("sqlite", "sqld", "postgres")
+BACKEND = {"sqlite": "sqlite", "sqld": "remote", "postgres": "postgres"}  # backends.serve's
+GOAL_RATE = {0: 1_500.0, 20: 300.0}  # jobs/s on sqld, by RTT in ms
+GOAL_LAG_P99_MS = {20: 5.0}  # on sqld
+GOAL_PG_PROGRESS_P99_MS = 50.0  # at 0 ms added RTT
+GOAL_PG_CLAIM_P50_MS = 10.0  # at 0 ms added RTT
 LATE = 0.005  # seconds: a bucket bound of the loop-lag histogram, the goal's p99
 TAIL_MS = REMOTE_TAIL_INTERVAL * 1000
 
 
 def goal_progress_ms(rtt_ms: int) -> float:
-    """The server's tail interval plus two round trips."""
+    """On sqld: the server's tail interval plus two round trips."""
     return TAIL_MS + 2 * rtt_ms
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One store at one added round trip: what a run measures, in turn."""
+
+    store: str  # sqlite | sqld | postgres
+    rtt_ms: int
+
+    @property
+    def key(self) -> str:
+        """Its figures' prefix."""
+        return f"{self.store}.{self.rtt_ms}ms"
+
+    @property
+    def label(self) -> str:
+        return "sqlite (file)" if self.store == "sqlite" else f"{self.store} +{self.rtt_ms} ms"
+
+
+def shapes_of(stores: Sequence[str], rtts: Sequence[int]) -> list[Shape]:
+    """Each store at each RTT, but SQLite (a local file) at none."""
+    return [Shape(store, rtt) for store in stores for rtt in ((0,) if store == "sqlite" else rtts)]
 
 
 # ---- what the processes say about themselves --------------------------------------------
@@ -201,6 +242,7 @@ class Delta:
 @dataclass
 class Cluster:
     db: backends.Database
+    store: str
     servers: list[procs.Server]
     workers: list[procs.Worker]
     seen_dir: Path
@@ -222,7 +264,8 @@ class Cluster:
         cpu = {}
         for name, pid in self.pids.items():
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                cpu[name] = procs.cpu_seconds(pid)
+                tree = name == "postgres"
+                cpu[name] = cpu_seconds_with_children(pid) if tree else procs.cpu_seconds(pid)
         return Snapshot(time.monotonic(), requests, calls, lag, cpu)
 
     async def measure(self, phase: str, body: Awaitable[T]) -> T:
@@ -246,6 +289,20 @@ class Cluster:
         return self.db.query(statement, params)
 
 
+def cpu_seconds_with_children(pid: int) -> float:
+    """A server's CPU time with its children's: PostgreSQL's work is in its backends,
+    each a child of the postmaster (the live ones' own time, plus cutime and cstime:
+    what exited ones used, once the postmaster has reaped them)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    reaped = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    total = procs.cpu_seconds(pid) + reaped
+    for child in procs.children(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += procs.cpu_seconds(child)
+    return total
+
+
 def _proxy_pid() -> int | None:
     """The proxy process among this process's children (`python -m tests.sqld proxy`)."""
     for pid in procs.children(os.getpid()):
@@ -256,8 +313,11 @@ def _proxy_pid() -> int | None:
 
 
 @contextlib.contextmanager
-def cluster(directory: Path, db: backends.Database, concurrency: int) -> Iterator[Cluster]:
-    """Servers A and B and two workers on `db`: all ready, all stopped at the end."""
+def cluster(
+    directory: Path, db: backends.Database, store: str, concurrency: int
+) -> Iterator[Cluster]:
+    """Servers A and B and two workers on `db` (`store`'s): all ready, all stopped at
+    the end."""
     seen_dir = directory / "cancel-seen"
     seen_dir.mkdir()
     with procs.fleet() as fleet:
@@ -282,10 +342,11 @@ def cluster(directory: Path, db: backends.Database, concurrency: int) -> Iterato
             env={"BENCH_CANCEL_DIR": str(seen_dir)},
             into=fleet,
         )
-        assert db.sqld is not None
         pids = {f"server {n}": s.pid for n, s in zip(SERVERS, started, strict=True)}
         pids |= {f"worker {n}": w.pid for n, w in enumerate(workers, start=1)}
-        pids["sqld"] = db.sqld.pid
+        server_pid = db.server_pid()
+        if server_pid is not None:
+            pids[store] = server_pid
         proxy = _proxy_pid()
         if proxy is not None:
             pids["proxy"] = proxy
@@ -296,7 +357,7 @@ def cluster(directory: Path, db: backends.Database, concurrency: int) -> Iterato
         fleet.add(canary)
         pids["canary"] = canary.pid
         pids["bench client"] = os.getpid()
-        yield Cluster(db, started, workers, seen_dir, canary_path, pids)
+        yield Cluster(db, store, started, workers, seen_dir, canary_path, pids)
 
 
 # ---- calibration: each store operation alone ----------------------------------------------
@@ -412,10 +473,9 @@ async def _until(condition: Callable[[], bool], what: str, interval: float = 0.0
 
 
 def _rows_of(c: Cluster, columns: str, job_ids: Sequence[str]) -> list[tuple[Any, ...]]:
-    return c.query(
-        f"SELECT {columns} FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
-        [json.dumps(list(job_ids))],
-    )
+    """In both dialects: one `?` per id (a phase has a few dozen at most)."""
+    marks = ", ".join("?" * len(job_ids))
+    return c.query(f"SELECT {columns} FROM jobs WHERE id IN ({marks})", list(job_ids))
 
 
 async def claim_phase(c: Cluster) -> list[float]:
@@ -580,12 +640,14 @@ async def _phases(c: Cluster, how: Settings, profile: str | None) -> RunResult:
     return RunResult({}, claim, progress, cancel, drained, c.deltas)
 
 
-def one_run(directory: Path, rtt_ms: int, how: Settings, profile: str | None = None) -> RunResult:
-    """A fresh sqld and proxy at `rtt_ms`: calibration, then the cluster's phases."""
-    print(f" {rtt_ms} ms: calibration", end="", flush=True)
-    with backends.serve("remote", directory / "cluster.db", rtt=rtt_ms / 1000) as db:
+def one_run(directory: Path, shape: Shape, how: Settings, profile: str | None = None) -> RunResult:
+    """A fresh database of `shape.store` (for sqld, a fresh sqld and proxy) at
+    `shape.rtt_ms`: calibration, then the cluster's phases."""
+    print(f" {shape.label}: calibration", end="", flush=True)
+    backend, rtt = BACKEND[shape.store], shape.rtt_ms / 1000
+    with backends.serve(backend, directory / "cluster.db", rtt=rtt) as db:
         calibration = rpc.run(calibrate(db))
-        with cluster(directory, db, how.concurrency) as c:
+        with cluster(directory, db, shape.store, how.concurrency) as c:
             result = rpc.run(_phases(c, how, profile))
         canary = loop_canary.read(c.canary_path)  # complete: the canary has stopped
     for delta in result.deltas.values():
@@ -597,11 +659,11 @@ def one_run(directory: Path, rtt_ms: int, how: Settings, profile: str | None = N
 # ---- figures ------------------------------------------------------------------------------
 
 
-def collect(figures: Figures, rtt_ms: int, run: RunResult) -> None:
-    """One run's figures, keyed `<rtt>ms.<name>`."""
+def collect(figures: Figures, shape: Shape, run: RunResult) -> None:
+    """One run's figures, keyed `<store>.<rtt>ms.<name>`."""
 
     def add(name: str, value: float) -> None:
-        figures.add(f"{rtt_ms}ms.{name}", value)
+        figures.add(f"{shape.key}.{name}", value)
 
     def add_all(prefix: str, values: dict[str, float]) -> None:
         for key, value in values.items():
@@ -641,7 +703,7 @@ def collect(figures: Figures, rtt_ms: int, run: RunResult) -> None:
         add(f"progress.{server}.delivered", 100 * len(latencies) / expected)
     progress = run.deltas["progress"]
     writes = progress.calls.get("report_progress", 0.0)
-    if writes:
+    if writes and progress.requests:  # sqld only: the proxy counts no other store's
         add("progress_write_share", 100 * writes / progress.requests)
     for kind, latencies in run.cancel.items():
         add_all(f"cancel.{kind}", percentiles_ms(latencies))
@@ -650,69 +712,152 @@ def collect(figures: Figures, rtt_ms: int, run: RunResult) -> None:
         add(f"calibration.{op}.ms", measured["ms"])
 
 
-def _fig(figures: Figures, rtt: int, key: str) -> Figure:
-    return figures[f"{rtt}ms.{key}"]
+def _fig(figures: Figures, shape: Shape, key: str) -> Figure:
+    return figures[f"{shape.key}.{key}"]
 
 
-def render(figures: Figures, rtts: Sequence[int], runs: int, how: Settings) -> str:
-    def f(rtt: int, name: str) -> Any:
-        return figures[f"{rtt}ms.{name}"]
+def _pair(figures: Figures, shape: Shape, key: str) -> str:
+    """`p50 / p99` of a latency, each median (min-max) over runs."""
+    return (
+        f"{_fig(figures, shape, f'{key}.p50').cell()} / {_fig(figures, shape, f'{key}.p99').cell()}"
+    )
 
-    goals: list[tuple[str, ...]] = []
-    for rtt in rtts:
-        rate = f(rtt, "rate")
-        goal = GOAL_RATE.get(rtt)
-        goals.append(
+
+SQLITE = Shape("sqlite", 0)
+
+
+def goal_rate(figures: Figures, shape: Shape) -> tuple[float | None, str]:
+    """The throughput goal (jobs/s) and how it reads: sqld's by RTT; on PostgreSQL at
+    0 ms, the SQLite store's rate in the same invocation (if it ran)."""
+    if shape.store == "sqld" and shape.rtt_ms in GOAL_RATE:
+        goal = GOAL_RATE[shape.rtt_ms]
+        return goal, f">= {goal:,.0f}"
+    sqlite = _fig(figures, SQLITE, "rate").median
+    if shape.store == "postgres" and shape.rtt_ms == 0 and not math.isnan(sqlite):
+        return sqlite, f">= sqlite's {sqlite:,.0f}"
+    return None, ""
+
+
+def goal_progress(shape: Shape) -> float | None:
+    """Progress p99 to the other server, ms."""
+    if shape.store == "sqld":
+        return goal_progress_ms(shape.rtt_ms)
+    if shape.store == "postgres" and shape.rtt_ms == 0:
+        return GOAL_PG_PROGRESS_P99_MS
+    return None
+
+
+def goal_claim(shape: Shape) -> float | None:
+    """Claim p50, ms."""
+    return GOAL_PG_CLAIM_P50_MS if shape.store == "postgres" and shape.rtt_ms == 0 else None
+
+
+def goal_lag(shape: Shape) -> float | None:
+    return GOAL_LAG_P99_MS.get(shape.rtt_ms) if shape.store == "sqld" else None
+
+
+def _at_most(value: float, goal: float | None) -> tuple[str, str]:
+    if goal is None:
+        return "", ""
+    return f"<= {goal:g}", report.verdict(value <= goal)
+
+
+def render_side_by_side(figures: Figures, shapes: Sequence[Shape]) -> str:
+    """The stores next to each other: the figures each store's goals are about."""
+    rows = []
+    for shape in shapes:
+        f = functools.partial(_fig, figures, shape)
+        rows.append(
             (
-                "end-to-end throughput, jobs/s",
-                f"{rtt}",
-                rate.cell(),
-                f">= {goal:,.0f}" if goal else "",
-                report.verdict(rate.median >= goal if goal else None),
+                shape.label,
+                f("rate").cell(),
+                _pair(figures, shape, "progress.B"),
+                _pair(figures, shape, "claim"),
+                _pair(figures, shape, "cancel.handler"),
+                _pair(figures, shape, "cancel.recorded"),
             )
         )
-    for rtt in rtts:
-        p99 = f(rtt, "progress.B.p99")
-        goal_ms = goal_progress_ms(rtt)
+    return report.table(
+        "Side by side: 2 servers + 2 workers on one store (median (min-max) over runs)",
+        (
+            "store",
+            "jobs/s",
+            "progress -> other server, p50 / p99 ms",
+            "idle claim, p50 / p99 ms",
+            "cancel -> handler, p50 / p99 ms",
+            "cancel -> recorded, p50 / p99 ms",
+        ),
+        rows,
+        notes=[
+            "progress: a worker's report_progress (stamped just before the call) to a WatchJob "
+            "watcher on server B, which neither submitted the job nor wrote the progress.",
+            "idle claim: one job at a time submitted through A into idle workers; "
+            "start_time - create_time. cancel: CancelJob through B of a job running on "
+            "a worker, to the handler seeing it / CANCELLED recorded.",
+        ],
+    )
+
+
+def render(figures: Figures, shapes: Sequence[Shape], runs: int, how: Settings) -> str:
+    def f(shape: Shape, name: str) -> Figure:
+        return _fig(figures, shape, name)
+
+    goals: list[tuple[str, ...]] = []
+    for shape in shapes:
+        rate = f(shape, "rate")
+        goal, text = goal_rate(figures, shape)
+        met = rate.median >= goal if goal is not None else None
+        goals.append(
+            ("end-to-end throughput, jobs/s", shape.label, rate.cell(), text, report.verdict(met))
+        )
+    for shape in shapes:
+        p99 = f(shape, "progress.B.p99")
         goals.append(
             (
                 "progress p99, worker write -> watcher on server B, ms",
-                f"{rtt}",
+                shape.label,
                 p99.cell(),
-                f"<= {goal_ms:.0f}",
-                report.verdict(p99.median <= goal_ms),
+                *_at_most(p99.median, goal_progress(shape)),
             )
         )
-    for rtt in rtts:
-        worst = f(rtt, "lag.worst_p99")
-        goal_lag = GOAL_LAG_P99_MS.get(rtt)
+    for shape in shapes:
+        p50 = f(shape, "claim.p50")
+        goals.append(
+            (
+                "idle claim p50, ms",
+                shape.label,
+                p50.cell(),
+                *_at_most(p50.median, goal_claim(shape)),
+            )
+        )
+    for shape in shapes:
+        worst = f(shape, "lag.worst_p99")
         goals.append(
             (
                 "event-loop lag p99, both servers, worst phase, ms",
-                f"{rtt}",
+                shape.label,
                 worst.cell(1),
-                f"<= {goal_lag:g}" if goal_lag else "",
-                report.verdict(worst.median <= goal_lag if goal_lag else None),
+                *_at_most(worst.median, goal_lag(shape)),
             )
         )
-    for rtt in rtts:
-        late = f(rtt, "lag.throughput.late_percent")
-        goal_lag = GOAL_LAG_P99_MS.get(rtt)
+    for shape in shapes:
+        late = f(shape, "lag.throughput.late_percent")
+        strict = goal_lag(shape) == LATE * 1000
         goals.append(
             (
                 f"event-loop lag, throughput phase: % of samples > {LATE * 1000:g} ms",
-                f"{rtt}",
+                shape.label,
                 late.cell(1),
-                "<= 1" if goal_lag == LATE * 1000 else "",
-                report.verdict(late.median <= 1 if goal_lag == LATE * 1000 else None),
+                "<= 1" if strict else "",
+                report.verdict(late.median <= 1 if strict else None),
             )
         )
-    for rtt in rtts:
+    for shape in shapes:
         goals.append(
             (
                 "event-loop lag p99, both servers, all phases pooled, ms",
-                f"{rtt}",
-                f(rtt, "lag.all.p99").cell(1),
+                shape.label,
+                f(shape, "lag.all.p99").cell(1),
                 "",
                 "",
             )
@@ -725,82 +870,100 @@ def render(figures: Figures, rtts: Sequence[int], runs: int, how: Settings) -> s
         ("progress p50 / p99, watcher on server A (submitted there), ms", "progress.A"),
         ("progress p50 / p99, watcher on server B, ms", "progress.B"),
     ):
-        for rtt in rtts:
+        for shape in shapes:
+            goals.append((name, shape.label, _pair(figures, shape, key), "", ""))
+    for shape in shapes:
+        if shape.store == "sqld":
             goals.append(
                 (
-                    name,
-                    f"{rtt}",
-                    f"{f(rtt, f'{key}.p50').cell()} / {f(rtt, f'{key}.p99').cell()}",
+                    "HTTP requests per job, end to end",
+                    shape.label,
+                    f(shape, "requests_per_job").cell(3),
                     "",
                     "",
                 )
             )
-    for rtt in rtts:
-        goals.append(
-            (
-                "HTTP requests per job, end to end",
-                f"{rtt}",
-                f(rtt, "requests_per_job").cell(3),
-                "",
-                "",
-            )
-        )
+    stores = {shape.store for shape in shapes}
     notes = [
-        f"{runs} run{'s' if runs != 1 else ''} per RTT; median (min-max) over runs; "
+        f"{runs} run{'s' if runs != 1 else ''} per store and RTT; median (min-max) over runs; "
         "percentiles pool one run's samples.",
         f"throughput: {how.jobs:,} demo.sleep {{seconds: 0, steps: 0}} jobs, SubmitJobs "
         f"batches of {how.batch:,} alternating between servers A and B; 2 workers x "
         f"{how.concurrency} slots.",
         f"progress: {PROGRESS_JOBS} probes x {PROGRESS_UPDATES} updates "
-        f"{PROGRESS_SPACING * 1000:.0f}-{PROGRESS_SPACING * 1500:.0f} ms apart; goal: the "
-        f"server's tail interval ({TAIL_MS:.0f} ms) plus two round trips.",
+        f"{PROGRESS_SPACING * 1000:.0f}-{PROGRESS_SPACING * 1500:.0f} ms apart; goal on sqld: "
+        f"the server's tail interval ({TAIL_MS:.0f} ms) plus two round trips; on postgres at "
+        f"0 ms: {GOAL_PG_PROGRESS_P99_MS:g} ms.",
         f"claim: {CLAIM_SAMPLES} jobs submitted one at a time through A; start_time - "
         f"create_time. cancel: {CANCEL_JOBS} running probes cancelled through B.",
         "event-loop lag: how late each server ran a 20 ms timer (histogram buckets: a "
         "figure is the bucket's upper bound).",
-        backends.remote_note("adding the RTT shown"),
     ]
+    if "sqld" in stores:
+        notes.append(backends.remote_note("adding the RTT shown"))
+    if "postgres" in stores:
+        notes.append(
+            f"postgres: PostgreSQL {backends.postgres_version()} (default settings: fsync and "
+            "synchronous_commit on) on loopback, psycopg "
+            f"{importlib.metadata.version('psycopg')}; at +0 ms directly, else through the "
+            "delay proxy."
+        )
+    if "sqlite" in stores:
+        notes.append("sqlite: JOB_STORE_BACKEND=local, the four processes on one WAL file.")
     table = report.table(
-        "Two servers and two workers on one sqld, by added round trip (RTT)",
-        ("figure", "RTT ms", "median (min-max)", "goal", ""),
+        "Two servers and two workers on one store, by store and added round trip (RTT)",
+        ("figure", "store", "median (min-max)", "goal", ""),
         goals,
-        align="<>><<",
+        align="<<><<",
         notes=notes,
     )
-    details = [render_calibration(figures, rtts), render_phases(figures, rtts)]
-    return "\n\n".join([table, *details, render_calls(figures, rtts)])
-
-
-def render_calibration(figures: Figures, rtts: Sequence[int]) -> str:
-    ops = sorted(
-        {key.split(".", 2)[2].rsplit(".", 1)[0] for key in figures if ".calibration." in key},
-        key=lambda op: list(figures).index(f"{rtts[0]}ms.calibration.{op}.requests"),
+    details = [render_calibration(figures, shapes), render_phases(figures, shapes)]
+    return "\n\n".join(
+        [render_side_by_side(figures, shapes), table, *details, render_calls(figures, shapes)]
     )
+
+
+def _named(figures: Figures, shapes: Sequence[Shape], part: str, suffix: str = "") -> list[str]:
+    """The names under `<shape>.<part>.` (less `suffix`) in any shape, in first-seen order."""
+    found: dict[str, None] = {}
+    for key in figures:
+        for shape in shapes:
+            prefix = f"{shape.key}.{part}."
+            if key.startswith(prefix) and key.endswith(suffix):
+                found[key[len(prefix) : len(key) - len(suffix)]] = None
+    return list(found)
+
+
+def render_calibration(figures: Figures, shapes: Sequence[Shape]) -> str:
     rows = []
-    for op in ops:
-        requests = figures[f"{rtts[0]}ms.calibration.{op}.requests"]
-        cells = [figures[f"{rtt}ms.calibration.{op}.ms"].cell(1) for rtt in rtts]
-        rows.append((op, f"{requests.median:g}", *cells))
+    for op in _named(figures, shapes, "calibration", ".ms"):
+        requests = [
+            f"{_fig(figures, s, f'calibration.{op}.requests').median:g}"
+            for s in shapes
+            if s.store == "sqld"
+        ]
+        cells = [_fig(figures, shape, f"calibration.{op}.ms").cell(1) for shape in shapes]
+        rows.append((op, requests[0] if requests else "", *cells))
     return report.table(
-        "Store operations alone: HTTP requests per call (the proxy's count) and ms per call",
-        ("operation", "requests/call", *(f"ms/call at {rtt} ms" for rtt in rtts)),
+        "Store operations alone: HTTP requests per call on sqld (the proxy's count), ms per call",
+        ("operation", "requests/call", *(f"ms, {shape.label}" for shape in shapes)),
         rows,
         notes=[
-            f"this process's own store through the same proxy, {CALIBRATION_CALLS} calls each, "
-            "before the servers and workers start; ms: median call."
+            f"this process's own store (through the same proxy, if any), {CALIBRATION_CALLS} "
+            "calls each, before the servers and workers start; ms: median call."
         ],
     )
 
 
-def render_phases(figures: Figures, rtts: Sequence[int]) -> str:
+def render_phases(figures: Figures, shapes: Sequence[Shape]) -> str:
     rows = []
     for name in PHASES:
-        for rtt in rtts:
-            f = functools.partial(_fig, figures, rtt)
+        for shape in shapes:
+            f = functools.partial(_fig, figures, shape)
             rows.append(
                 (
                     name,
-                    f"{rtt}",
+                    shape.label,
                     f(f"requests_per_s.{name}").cell(),
                     f(f"requests_per_call.{name}").cell(2),
                     f"{f(f'lag.{name}.p50').median:g}",
@@ -813,106 +976,125 @@ def render_phases(figures: Figures, rtts: Sequence[int]) -> str:
                 )
             )
     cpu_rows = []
-    processes = sorted(
-        {key.split(".", 2)[2] for key in figures if ".cpu." in key},
-        key=lambda p: list(figures).index(f"{rtts[0]}ms.cpu.{p}"),
-    )
-    for process in processes:
-        cpu_rows.append((process, *(figures[f"{rtt}ms.cpu.{process}"].cell() for rtt in rtts)))
+    for process in _named(figures, shapes, "cpu"):
+        cells = [
+            _fig(figures, shape, f"cpu.{process}").cell()
+            if f"{shape.key}.cpu.{process}" in figures
+            else ""
+            for shape in shapes
+        ]
+        cpu_rows.append((process, *cells))
     phases = report.table(
-        "By phase: HTTP requests, and the servers' event-loop lag (ms, bucket bounds)",
-        ("phase", "RTT ms", "requests/s", "requests/store call", "lag p50", "lag p99",
+        "By phase: HTTP requests (sqld), and the servers' event-loop lag (ms, bucket bounds)",
+        ("phase", "store", "requests/s", "requests/store call", "lag p50", "lag p99",
          "lag max", f"% > {LATE * 1000:g} ms", "lag samples", "canary p99",
          f"canary % > {LATE * 1000:g} ms"),
         rows,
-        align="<>>>>>>>>>>",
+        align="<<>>>>>>>>>",
         notes=[
             "requests/store call: the proxy's count over every store call the four processes "
-            "made (their own counters);",
+            "made (their own counters); 0 where the store is not sqld;",
             "canary: a bare asyncio loop in its own process sleeping 20 ms at a time "
             "(bench/loop_canary.py), exact ms: what the machine costs any loop.",
         ],
     )  # fmt: skip
     cpu = report.table(
         "CPU during the throughput phase, % of one core",
-        ("process", *(f"at {rtt} ms" for rtt in rtts)),
+        ("process", *(shape.label for shape in shapes)),
         cpu_rows,
+        notes=["postgres: the postmaster and its backends (the live ones and those reaped)."],
     )
     return f"{phases}\n\n{cpu}"
 
 
-def render_calls(figures: Figures, rtts: Sequence[int]) -> str:
+def render_calls(figures: Figures, shapes: Sequence[Shape]) -> str:
+    def cell(shape: Shape, op: str) -> str:
+        key = f"{shape.key}.calls_per_job.{op}"
+        return figures[key].cell(4) if key in figures else "0"  # never called there
+
     ops = sorted(
-        {key.split(".", 2)[2] for key in figures if ".calls_per_job." in key},
-        key=lambda op: -figures[f"{rtts[0]}ms.calls_per_job.{op}"].median,
+        _named(figures, shapes, "calls_per_job"),
+        key=lambda op: (
+            -max(
+                _fig(figures, shape, f"calls_per_job.{op}").median
+                for shape in shapes
+                if f"{shape.key}.calls_per_job.{op}" in figures
+            )
+        ),
     )
-
-    def cell(rtt: int, op: str) -> str:
-        key = f"{rtt}ms.calls_per_job.{op}"
-        return figures[key].cell(4) if key in figures else "0"  # never called at that RTT
-
     rows: list[tuple[str, ...]] = [
-        (op, *(cell(rtt, op) for rtt in rtts))
+        (op, *(cell(shape, op) for shape in shapes))
         for op in ops
-        if any(figures[f"{rtt}ms.calls_per_job.{op}"].median >= 0.00005 for rtt in rtts)
+        if any(_fig(figures, s, f"calls_per_job.{op}").median >= 0.00005 for s in shapes)
     ]
-    rows.append(("jobs per claim", *(figures[f"{r}ms.jobs_per_claim"].cell(1) for r in rtts)))
+    rows.append(("jobs per claim", *(_fig(figures, s, "jobs_per_claim").cell(1) for s in shapes)))
     rows.append(
         (
             "jobs per completion batch",
-            *(figures[f"{r}ms.jobs_per_completion"].cell(1) for r in rtts),
+            *(_fig(figures, s, "jobs_per_completion").cell(1) for s in shapes),
         )
     )
     rows.append(
-        ("HTTP requests per job", *(figures[f"{r}ms.requests_per_job"].cell(4) for r in rtts))
+        (
+            "HTTP requests per job (sqld)",
+            *(_fig(figures, s, "requests_per_job").cell(4) for s in shapes),
+        )
     )
     return report.table(
         "Throughput phase: store calls per job, by operation (all four processes)",
-        ("operation", *(f"at {rtt} ms" for rtt in rtts)),
+        ("operation", *(shape.label for shape in shapes)),
         rows,
-        notes=["operations under 0.0001 calls per job at every RTT are left out."],
+        notes=["operations under 0.0001 calls per job everywhere are left out."],
     )
 
 
-def headlines(figures: Figures, rtts: Sequence[int]) -> list[Headline]:
+def headlines(figures: Figures, shapes: Sequence[Shape]) -> list[Headline]:
     found = []
-    for rtt in rtts:
-        f = functools.partial(_fig, figures, rtt)
-        where = f"remote +{rtt} ms"
-        goal = GOAL_RATE.get(rtt)
+    for shape in shapes:
+        f = functools.partial(_fig, figures, shape)
+        where = shape.label
+        goal, text = goal_rate(figures, shape)
         found.append(
             Headline.of(
                 "cluster", "end-to-end, 2 servers + 2 workers", where, f("rate"), "jobs/s",
-                goal=f">= {goal:,.0f}" if goal else "",
-                met=f("rate").median >= goal if goal else None,
+                goal=text, met=f("rate").median >= goal if goal is not None else None,
             )
         )  # fmt: skip
-        goal_ms = goal_progress_ms(rtt)
+        goal_ms = goal_progress(shape)
         found.append(
             Headline.of(
                 "cluster", "progress p99, worker -> watcher on the other server", where,
                 f("progress.B.p99"), "ms",
-                goal=f"<= {goal_ms:.0f} ms", met=f("progress.B.p99").median <= goal_ms,
+                goal=f"<= {goal_ms:.0f} ms" if goal_ms is not None else "",
+                met=f("progress.B.p99").median <= goal_ms if goal_ms is not None else None,
             )
         )  # fmt: skip
-        goal_lag = GOAL_LAG_P99_MS.get(rtt)
+        lag = goal_lag(shape)
         found.append(
             Headline.of(
                 "cluster", "server event-loop lag p99, worst phase", where,
                 f("lag.worst_p99"), "ms", digits=1,
-                goal=f"<= {goal_lag:g} ms" if goal_lag else "",
-                met=f("lag.worst_p99").median <= goal_lag if goal_lag else None,
+                goal=f"<= {lag:g} ms" if lag else "",
+                met=f("lag.worst_p99").median <= lag if lag else None,
             )
         )  # fmt: skip
-        found.append(Headline.of("cluster", "claim p50", where, f("claim.p50"), "ms"))
+        claim = goal_claim(shape)
+        found.append(
+            Headline.of(
+                "cluster", "claim p50", where, f("claim.p50"), "ms",
+                goal=f"<= {claim:g} ms" if claim is not None else "",
+                met=f("claim.p50").median <= claim if claim is not None else None,
+            )
+        )  # fmt: skip
         found.append(
             Headline.of("cluster", "cancel p99 -> handler", where, f("cancel.handler.p99"), "ms")
         )
-        found.append(
-            Headline.of(
-                "cluster", "HTTP requests per job", where, f("requests_per_job"), "", digits=3
+        if shape.store == "sqld":
+            found.append(
+                Headline.of(
+                    "cluster", "HTTP requests per job", where, f("requests_per_job"), "", digits=3
+                )
             )
-        )
     return found
 
 
@@ -931,8 +1113,23 @@ def _ints(text: str) -> list[int]:
     return [int(n) for n in text.split(",") if n.strip()]
 
 
+def _stores(text: str) -> list[str]:
+    stores = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in stores if name not in STORES]
+    if unknown or not stores:
+        raise argparse.ArgumentTypeError(f"stores are {', '.join(STORES)}; got {text!r}")
+    return stores
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = report.parser("cluster", __doc__)
+    parser.add_argument(
+        "--stores",
+        type=_stores,
+        default=["sqld"],
+        metavar="S,S,...",
+        help=f"which of {', '.join(STORES)}, side by side (default sqld)",
+    )
     parser.add_argument("--jobs", type=int, default=JOBS, help=f"throughput jobs (default {JOBS})")
     parser.add_argument(
         "--concurrency", type=int, default=CONCURRENCY, help=f"slots per worker ({CONCURRENCY})"
@@ -941,7 +1138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--batch", type=int, default=BATCH, help=f"jobs per SubmitJobs call (default {BATCH})"
     )
     parser.add_argument(
-        "--rtts", type=_ints, default=list(RTTS_MS), help="added round trips, ms (default 0,20)"
+        "--rtts",
+        type=_ints,
+        default=list(RTTS_MS),
+        help="added round trips, ms, for sqld and postgres (default 0,20)",
     )
     parser.add_argument(
         "--sweep",
@@ -957,6 +1157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(bench/results/profiles)",
     )
     args = parser.parse_args(argv)
+    shapes = shapes_of(args.stores, args.rtts)
     began = time.perf_counter()
     figures = Figures()
     load: list[list[float]] = []
@@ -967,54 +1168,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         sweep_figures = Figures() if args.sweep else figures
         runs = 1 if args.sweep else args.runs
         for run, directory in report.run_directories(runs, "cluster"):
-            for rtt in args.rtts:
-                rtt_dir = directory / f"rtt-{rtt}"
-                rtt_dir.mkdir()
-                profile = f"{rtt}ms" if args.profile and run == runs else None
+            for shape in shapes:
+                shape_dir = directory / f"{shape.store}-rtt-{shape.rtt_ms}"
+                shape_dir.mkdir()
+                profile = (
+                    f"{shape.store}-{shape.rtt_ms}ms" if args.profile and run == runs else None
+                )
                 how = Settings(args.jobs, concurrency, args.batch)
                 try:
-                    result = one_run(rtt_dir, rtt, how, profile)
+                    result = one_run(shape_dir, shape, how, profile)
                 except Exception as error:
                     # Reported and counted, not hidden: the other runs still measure.
-                    kept = keep_logs(rtt_dir)
+                    kept = keep_logs(shape_dir)
                     message = " ".join(str(error).split())[:300]
                     print(f"\nFAILED: {message}\n  logs kept in {kept}", flush=True)
                     failures.append(
-                        {"run": run, "rtt_ms": rtt, "error": message, "logs": str(kept)}
+                        {
+                            "run": run,
+                            "store": shape.store,
+                            "rtt_ms": shape.rtt_ms,
+                            "error": message,
+                            "logs": str(kept),
+                        }
                     )
                     continue
-                collect(sweep_figures, rtt, result)
+                collect(sweep_figures, shape, result)
             load.append([round(x, 2) for x in os.getloadavg()])
             print(f" load {load[-1][0]:.2f}", end="", flush=True)
         if args.sweep:
             sweep_rows.append(
                 (
                     f"2 x {concurrency}",
-                    *(sweep_figures[f"{rtt}ms.rate"].cell() for rtt in args.rtts),
+                    *(_fig(sweep_figures, shape, "rate").cell() for shape in shapes),
                 )
             )
     elapsed = time.perf_counter() - began
-    attempted = len(concurrencies) * (1 if args.sweep else args.runs) * len(args.rtts)
+    attempted = len(concurrencies) * (1 if args.sweep else args.runs) * len(shapes)
     if failures:
         print(f"{len(failures)} of {attempted} runs FAILED (their figures are left out):")
         for failure in failures:
-            print(f"  run {failure['run']} at {failure['rtt_ms']} ms: {failure['error']}")
+            print(
+                f"  run {failure['run']}, {failure['store']} at {failure['rtt_ms']} ms: "
+                f"{failure['error']}"
+            )
         if len(failures) == attempted:
             return 1
     if args.sweep:
         print(
             report.table(
                 f"Cluster throughput by worker concurrency, {args.jobs:,} jobs, one run each",
-                ("workers x slots", *(f"jobs/s at {rtt} ms" for rtt in args.rtts)),
+                ("workers x slots", *(f"jobs/s, {shape.label}" for shape in shapes)),
                 sweep_rows,
             )
         )
         return 0
-    print(render(figures, args.rtts, args.runs, Settings(args.jobs, args.concurrency, args.batch)))
-    found = headlines(figures, args.rtts)
+    print(render(figures, shapes, args.runs, Settings(args.jobs, args.concurrency, args.batch)))
+    found = headlines(figures, shapes)
     if failures:
         found.append(
-            Headline("cluster", "runs that FAILED", "remote", f"{len(failures)} of {attempted}", "")
+            Headline("cluster", "runs that FAILED", "all", f"{len(failures)} of {attempted}", "")
         )
     return report.finish(
         "cluster",
@@ -1023,6 +1235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         headlines=found,
         failures=failures,
         workload={
+            "stores": args.stores,
             "rtts_ms": args.rtts,
             "jobs": args.jobs,
             "workers": 2,
