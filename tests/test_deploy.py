@@ -29,7 +29,8 @@ def compose() -> dict[str, Any]:
 
 def test_compose_runs_sqld_two_servers_and_scalable_workers(compose: dict[str, Any]):
     services = compose["services"]
-    assert set(services) == {"sqld", "server", "worker"}
+    by_default = {name for name, service in services.items() if "profiles" not in service}
+    assert by_default == {"sqld", "server", "worker"}
     assert services["sqld"]["image"].startswith("ghcr.io/tursodatabase/libsql-server")
     assert services["server"]["deploy"]["replicas"] == 2
     assert services["worker"]["deploy"]["replicas"] >= 1
@@ -45,6 +46,36 @@ def test_servers_and_workers_use_the_turso_backend_on_sqld(compose: dict[str, An
         env = services[name]["environment"]
         assert env["JOB_STORE_BACKEND"] == "turso"
         assert env["TURSO_DATABASE_URL"] == f"http://sqld:{sqld_port}"
+
+
+def test_the_postgres_profile_runs_postgres_two_servers_and_workers(compose: dict[str, Any]):
+    services = compose["services"]
+    shape = {
+        name for name, service in services.items() if "postgres" in service.get("profiles", [])
+    }
+    assert shape == {"postgres", "server-postgres", "worker-postgres"}
+    postgres = services["postgres"]
+    assert postgres["image"] == "postgres:15"
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    role = postgres["environment"]["POSTGRES_USER"]
+    database = postgres["environment"]["POSTGRES_DB"]
+    for name, twin in (("server-postgres", "server"), ("worker-postgres", "worker")):
+        service = services[name]
+        assert service["build"] == services[twin]["build"]
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        env = service["environment"]
+        assert env["JOB_STORE_BACKEND"] == "postgres"
+        url = re.fullmatch(
+            r"postgresql://([^:@]+)(?::[^@]*)?@postgres:5432/(\w+)", env["DATABASE_URL"]
+        )
+        assert url is not None, env["DATABASE_URL"]
+        assert url.groups() == (role, database), env["DATABASE_URL"]
+    assert services["server-postgres"]["deploy"]["replicas"] == 2
+    assert "ports" not in services["worker-postgres"]
+    host_ports = [
+        m.split(":")[0] for s in ("server", "server-postgres") for m in services[s]["ports"]
+    ]
+    assert len(set(host_ports)) == len(host_ports), "both shapes can run at once"
 
 
 def test_server_port_and_health_check_match_its_listen_address(compose: dict[str, Any]):
