@@ -10,6 +10,7 @@ WatchJob and WatchJobs promise, and that the store holds no half-written transit
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -543,3 +544,99 @@ def test_behind_pgbouncer_poll_only_jobs_run_watchers_see_progress_and_cancel_wo
     assert f"db={dbname}" in pgbouncer.log, pgbouncer.log[-2000:]
     assert LISTENING not in server.log
     assert LISTENING not in worker.log
+
+
+def test_behind_pgbouncer_without_poll_only_prepared_statements_break(
+    tmp_path: Path,
+    postgres_url: str,
+    start_worker: StartWorker,
+    pgbouncer: PgBouncer,
+) -> None:
+    """The misconfiguration the flag exists for: psycopg prepares a statement on the
+    server after its fifth run on a connection, and in transaction mode the next
+    transaction may run on another server connection, which lacks it or has another
+    client's statement of the same name. The logs say so; what clients see varies."""
+    env = postgres_env(pgbouncer.url(database_name(postgres_url)))
+    server = start_server(tmp_path, env=env)
+    outcomes: Counter[str] = Counter()
+    try:
+        worker = start_worker(tmp_path / "unused.db", "--poll-interval", "0.05", env=env)
+        with server.channel() as channel:
+            stub = Stub(channel)
+
+            def broken() -> bool:
+                try:
+                    job = stub.SubmitJob(api.SubmitJobRequest(type="demo.sleep"), timeout=10).job
+                    stub.GetJob(api.GetJobRequest(job_id=job.id), timeout=10)
+                    outcomes["OK"] += 1
+                except grpc.RpcError as error:
+                    outcomes[error.code().name] += 1
+                return PREPARED_ERROR.search(server.log + worker.log) is not None
+
+            wait_until(broken, timeout=60, interval=0.05, what="a prepared statement to fail")
+    finally:
+        server.stop()
+    found = sorted(set(PREPARED_ERROR.findall(server.log + worker.log)))
+    print(f"\nwithout poll-only behind PgBouncer: calls {dict(outcomes)}; logs: {found}")
+    assert found
+
+
+PREPARED_ERROR = re.compile(r'prepared statement "_pg3_\d+" (?:does not exist|already exists)')
+
+
+# ---- 5. an error the store does not map, under the server's event tail ---------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="server/jobcontrol/server/hub.py EventHub._tail catches only StoreUnavailable: "
+    "any other exception from a read ends the tail task silently, and every WatchJob and "
+    "WatchJobs stream of the server stalls for good while health stays SERVING",
+)
+def test_the_event_tail_outlives_a_store_error_nobody_mapped(
+    tmp_path: Path,
+    postgres_cluster: PostgresCluster,
+    postgres_url: str,
+) -> None:
+    """The events table is renamed away and back under a running server, as an operator's
+    mistake or a migration gone wrong would (tests/e2e/test_faults.py does this to a
+    worker on SQLite): the server's reads of it raise psycopg's UndefinedTable, which no
+    driver maps to StoreUnavailable. Afterwards a watcher must see new jobs again."""
+    env = postgres_env(postgres_url)
+    server = start_server(tmp_path, env=env)
+    dbname = database_name(postgres_url)
+    feed = Watcher([server.address], types=["e2e.nobody"]).start()
+    try:
+        with server.channel() as channel:
+            stub = Stub(channel)
+            first = stub.SubmitJob(api.SubmitJobRequest(type="e2e.nobody"), timeout=10).job.id
+            wait_until(lambda: seen_job(feed, first), timeout=15, what="the first job in the feed")
+            log_start = len(postgres_cluster.log)
+            with postgres_cluster.connect(dbname) as admin:
+                admin.execute("ALTER TABLE job_events RENAME TO job_events_away")
+                try:
+                    wait_until(
+                        lambda: (
+                            'relation "job_events" does not exist'
+                            in postgres_cluster.log[log_start:]
+                        ),
+                        timeout=15,
+                        interval=0.05,
+                        what="the server's tail to fail on the missing table",
+                    )
+                finally:
+                    admin.execute("ALTER TABLE job_events_away RENAME TO job_events")
+            second = stub.SubmitJob(api.SubmitJobRequest(type="e2e.nobody"), timeout=10).job.id
+            wait_until(
+                lambda: seen_job(feed, second),
+                timeout=15,
+                interval=0.05,
+                what="a job submitted after the fault to reach the feed",
+            )
+    finally:
+        feed.stop()
+        server.stop()
+
+
+def seen_job(watcher: Watcher, job_id: str) -> bool:
+    return any(event.job.id == job_id for event in list(watcher.events))
