@@ -44,9 +44,10 @@ install: system-deps $(STAMP) node_modules/.installed clients/typescript/node_mo
 run: $(STAMP)
 	$(VENV)/bin/jobcontrol-server --with-worker
 
-# sqld, two servers and two workers on loopback, as on separate machines (README).
+# sqld, two servers and two workers on loopback, as on separate machines (README);
+# `make cluster STORE=postgres` runs them on a throwaway PostgreSQL instead of sqld.
 cluster: install
-	$(PY) scripts/cluster.py
+	$(PY) scripts/cluster.py$(if $(STORE), --store $(STORE))
 
 test: install
 	$(PY) -m pytest

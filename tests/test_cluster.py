@@ -1,7 +1,8 @@
 """`make cluster` as a user runs it: scripts/cluster.py starts a real sqld, two servers
 and two workers; a job goes in through one server and is watched through the other; the
 signals a terminal sends stop it all, and a child that dies stops the rest. The
-README's cluster commands run against it as written, on the test's ports."""
+README's cluster commands run against it as written, on the test's ports. With
+`--store postgres` (`make cluster STORE=postgres`) a real PostgreSQL 15 replaces sqld."""
 
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ class Cluster:
         """The pid of sqld, server-N or worker-N, found by its command line."""
         patterns = {
             "sqld": r"/sqld --db-path",
+            "postgres": r"/postgres -D ",
             "server-1": rf"jobcontrol-server --listen {self.addresses['server-1']}$",
             "server-2": rf"jobcontrol-server --listen {self.addresses['server-2']}$",
             "worker-1": r"jobcontrol-worker --name worker-1$",
@@ -150,14 +152,16 @@ def start_cluster(tmp_path: Path) -> Iterator[StartCluster]:
     everything it started is killed when the test ends, whatever happened."""
     started: list[Cluster] = []
 
-    def start(directory: Path | None = None, *, wait: bool = True) -> Cluster:
-        sqld, one, two = distinct_free_ports(3)
+    def start(directory: Path | None = None, *, wait: bool = True, store: str = "sqld") -> Cluster:
+        store_port, one, two = distinct_free_ports(3)
         directory = directory or tmp_path / "cluster"
         command = [
             sys.executable,
             str(SCRIPT),
-            "--sqld-port",
-            str(sqld),
+            "--store",
+            store,
+            f"--{store}-port",
+            str(store_port),
             "--server-ports",
             f"{one},{two}",
             "--dir",
@@ -173,7 +177,7 @@ def start_cluster(tmp_path: Path) -> Iterator[StartCluster]:
             start_new_session=True,
         )
         addresses = {
-            "sqld": f"127.0.0.1:{sqld}",
+            store: f"127.0.0.1:{store_port}",
             "server-1": f"127.0.0.1:{one}",
             "server-2": f"127.0.0.1:{two}",
         }
@@ -332,6 +336,46 @@ def test_a_taken_port_is_one_line_and_starts_nothing(tmp_path: Path, owner: str)
     [line] = result.stderr.splitlines()
     assert line.startswith(f"cluster: port {port} ({owner}) is in use: "), line
     assert not (tmp_path / "cluster" / "sqld").exists()
+
+
+def test_on_postgres_the_job_goes_through_one_server_and_is_watched_through_the_other(
+    start_cluster: StartCluster,
+):
+    cluster = start_cluster(store="postgres")
+    url = f"postgresql://postgres@{cluster.addresses['postgres']}/jobcontrol"
+    assert url in cluster.output, "the database URL is not printed"
+    assert f"JOB_STORE_BACKEND=postgres DATABASE_URL={url} " in cluster.output
+    names = ("postgres", "server-1", "server-2", "worker-1", "worker-2")
+    assert {cluster.child(n) for n in names} == set(cluster.children), cluster.children
+    [data] = re.findall(r"data in (/tmp/jobcontrol-cluster-pg-\S+), removed", cluster.output)
+    assert Path(data, "data", "PG_VERSION").read_text().strip() == "15"
+    for name in ("server-1", "server-2", "worker-1", "worker-2"):
+        environ = Path(f"/proc/{cluster.child(name)}/environ").read_bytes().split(b"\0")
+        assert b"JOB_STORE_BACKEND=postgres" in environ, name
+
+    with cluster.channel("server-1") as one, cluster.channel("server-2") as two:
+        job_id = submit(one)
+        events = watch(two, job_id)
+
+    assert events[-1].job.state == job_pb2.JobState.JOB_STATE_SUCCEEDED, events[-1]
+
+    cluster.signal(signal.SIGINT)
+
+    assert cluster.wait() == 0, cluster.output
+    assert_all_gone(cluster)
+    assert not Path(data).exists(), "the throwaway PostgreSQL's directory is left behind"
+    assert cluster.lines[-1] == "cluster: everything stopped", cluster.output
+
+
+def test_make_cluster_passes_store_through():
+    dry_run = subprocess.run(
+        ["make", "-n", "--no-print-directory", "cluster", "STORE=postgres"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dry_run.stdout.splitlines()[-1] == ".venv/bin/python scripts/cluster.py --store postgres"
 
 
 # ---- the README ------------------------------------------------------------------------
