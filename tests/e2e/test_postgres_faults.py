@@ -1,10 +1,12 @@
 """Faults on a real PostgreSQL 15 (issue #17 item 7): real `jobcontrol-server` and
 `jobcontrol-worker` processes on loopback sharing one fresh database per test, with a
 server and a worker killed -9 mid-run, PostgreSQL itself restarted mid-run, the LISTEN
-connections ended by an administrator, and PgBouncer in transaction mode in front
-(`JOB_STORE_POLL_ONLY=1`). Each test counts that every job ran once (the counting
-handlers' log and the event log agree), that watchers resuming by sequence saw what
-WatchJob and WatchJobs promise, and that the store holds no half-written transition.
+connections ended by an administrator, and PgBouncer in transaction mode in front, with
+`JOB_STORE_POLL_ONLY=1` and, to show why it exists, without. Each test counts that every
+job ran once (the counting handlers' log and the event log agree), that watchers resuming
+by sequence saw what WatchJob and WatchJobs promise, and that the store holds no
+half-written transition. The last test is a bug these tests found, marked xfail until
+it is fixed (docs/reliability.md, "PostgreSQL").
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def start_worker(postgres_url: str, start_worker: StartWorker) -> StartWorker:
 
 @pytest.fixture
 def store(postgres_url: str) -> Iterator[PostgresSyncStore]:
+    """The test's database, read directly to check what the processes did."""
     opened = PostgresSyncStore(postgres_url)
     try:
         yield opened
@@ -616,10 +619,7 @@ def test_the_event_tail_outlives_a_store_error_nobody_mapped(
                 admin.execute("ALTER TABLE job_events RENAME TO job_events_away")
                 try:
                     wait_until(
-                        lambda: (
-                            'relation "job_events" does not exist'
-                            in postgres_cluster.log[log_start:]
-                        ),
+                        lambda: TAIL_READ_FAILED.search(postgres_cluster.log[log_start:]),
                         timeout=15,
                         interval=0.05,
                         what="the server's tail to fail on the missing table",
@@ -636,6 +636,13 @@ def test_the_event_tail_outlives_a_store_error_nobody_mapped(
     finally:
         feed.stop()
         server.stop()
+
+
+# PostgreSQL's log of the tail's read failing (the statement follows its error).
+TAIL_READ_FAILED = re.compile(
+    r'relation "job_events" does not exist[^\n]*\n[^\n]*STATEMENT:\s+'
+    r"SELECT seq, job_id, kind, time_us, job FROM job_events\s+WHERE seq >"
+)
 
 
 def seen_job(watcher: Watcher, job_id: str) -> bool:
