@@ -5,8 +5,8 @@ connections ended by an administrator, and PgBouncer in transaction mode in fron
 `JOB_STORE_POLL_ONLY=1` and, to show why it exists, without. Each test counts that every
 job ran once (the counting handlers' log and the event log agree), that watchers resuming
 by sequence saw what WatchJob and WatchJobs promise, and that the store holds no
-half-written transition. The last test is a bug these tests found, marked xfail until
-it is fixed (docs/reliability.md, "PostgreSQL").
+half-written transition. The last test holds the server's event tail to outliving a store
+error no driver maps to "unavailable" (it once ended the tail silently).
 """
 
 from __future__ import annotations
@@ -590,12 +590,6 @@ PREPARED_ERROR = re.compile(r'prepared statement "_pg3_\d+" (?:does not exist|al
 # ---- 5. an error the store does not map, under the server's event tail ---------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/jobcontrol/server/hub.py EventHub._tail catches only StoreUnavailable: "
-    "any other exception from a read ends the tail task silently, and every WatchJob and "
-    "WatchJobs stream of the server stalls for good while health stays SERVING",
-)
 def test_the_event_tail_outlives_a_store_error_nobody_mapped(
     tmp_path: Path,
     postgres_cluster: PostgresCluster,

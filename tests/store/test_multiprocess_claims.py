@@ -4,7 +4,8 @@ Workers on one machine are separate processes, each with its own connection to t
 same SQLite file. Here four real processes (spawned, so nothing is shared through
 fork) claim and complete jobs while the parent is still submitting them; every job
 must run exactly once, and the event log must tell each job's story exactly once. The
-same runs on the remote driver, each process with its own connections to one real sqld.
+same runs on the remote driver, each process with its own connections to one real sqld,
+and on PostgreSQL, where the claims skip each other's locked rows.
 
 Children report through a queue: "ready" once their store is open, "done" with the
 jobs they claimed, or "error" with a traceback, which fails the test.
@@ -169,10 +170,12 @@ async def all_events(store: JobStore) -> list[JobEvent]:
         events.extend(batch)
 
 
-@pytest.fixture(params=["sqlite", "libsql-remote"])
+@pytest.fixture(params=["sqlite", "libsql-remote", "postgres"])
 def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> StoreConfig:
     if request.param == "sqlite":
         return StoreConfig(backend="local", path=str(tmp_path / "jobs.db"))
+    if request.param == "postgres":
+        return StoreConfig(backend="postgres", url=request.getfixturevalue("postgres_url"))
     sqld: SqldProcess = request.getfixturevalue("sqld")  # a real sqld, stopped at the end
     assert sqld.token is not None
     return StoreConfig(backend="turso", url=sqld.url, auth_token=sqld.token)

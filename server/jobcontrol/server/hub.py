@@ -417,6 +417,16 @@ class EventHub:
                     min(5.0, self._tail_interval * 2**failures) * random.uniform(0.5, 1)
                 )
                 continue
+            except Exception:
+                # Not a known outage (a statement the database refused, a bug of ours):
+                # said once with its traceback, then retried like one. Ending the task
+                # would leave every watcher of this server waiting forever.
+                failures += 1
+                log.exception("event tail: reading the store failed; retrying")
+                await asyncio.sleep(
+                    min(5.0, self._tail_interval * 2**failures) * random.uniform(0.5, 1)
+                )
+                continue
             failures = 0
             now = time.time()
             self._batch += 1
@@ -516,6 +526,9 @@ class EventHub:
                 served = await self._served.get()
             except StoreUnavailable as error:
                 log.warning("queue positions: %s", error.message)
+                continue
+            except Exception:
+                log.exception("queue positions: reading the store failed; retrying")
                 continue
             now = datetime.now(UTC)
             self._batch += 1

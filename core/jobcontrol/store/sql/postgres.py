@@ -24,7 +24,8 @@ sends one notification per channel and payload per transaction, however many row
 from __future__ import annotations
 
 from jobcontrol.store.rows import JOB_COLUMNS
-from jobcontrol.store.schema import EVENT_LAYOUTS, Migration
+from jobcontrol.store import schema
+from jobcontrol.store.schema import Migration
 
 # The channel the event trigger notifies.
 CHANNEL = "jobcontrol"
@@ -60,7 +61,9 @@ _COLUMN_TYPES = {
     "end_us": "bigint",
 }
 
-_EVENT_VALUES = "json_build_array(1, " + ", ".join(f"NEW.{c}" for c in EVENT_LAYOUTS[1]) + ")"
+_EVENT_VALUES = (
+    "json_build_array(1, " + ", ".join(f"NEW.{c}" for c in schema.EVENT_LAYOUTS[1]) + ")"
+)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(

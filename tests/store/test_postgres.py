@@ -1,0 +1,226 @@
+"""What only the PostgreSQL store has to prove: a gapless event feed although its
+sequences are not commit-ordered, notifications pushed by LISTEN/NOTIFY (and their
+recovery when the listening connection drops), and poll-only use through PgBouncer."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from jobcontrol.jobs import EventKind, JobSpec, Progress
+from jobcontrol.store.listen import APPLICATION_NAME
+from jobcontrol.store.postgres import PostgresJobStore
+from jobcontrol.store.protocol import ChangeKind
+from tests.polling import wait_until, wait_until_async
+from tests.postgres import PgBouncer, PostgresCluster
+
+LEASE = timedelta(seconds=30)
+
+
+@pytest.fixture
+async def store(postgres_url: str) -> AsyncIterator[PostgresJobStore]:
+    opened = await PostgresJobStore.open(postgres_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def _bump(conn: psycopg.Connection[Any], job_id: str) -> None:
+    """A change with an event, written as the store writes one (the trigger appends it)."""
+    conn.execute(
+        "UPDATE jobs SET version = version + 1, event_kind = 'PROGRESS' WHERE id = %s", (job_id,)
+    )
+
+
+async def test_events_whose_transactions_commit_out_of_order_are_read_once_in_order(
+    store: PostgresJobStore, postgres_url: str, postgres_cluster: PostgresCluster
+):
+    """Transaction A writes first, B second; B asks to commit first. Had B drawn the
+    next sequence and committed, a reader would have moved past A's sequence while A
+    was still in flight, and never read A's event. B waits for A instead, and a reader
+    that follows the feed sees both, in order, exactly once."""
+    first = (await store.create_job(JobSpec(type="t"))).job
+    second = (await store.create_job(JobSpec(type="t"))).job
+    start = await store.last_sequence()
+    a = psycopg.connect(postgres_url)
+    b = psycopg.connect(postgres_url)
+    try:
+        _bump(a, first.id)  # A draws its sequence and holds the event lock
+        b_pid = b.info.backend_pid
+
+        def b_writes_and_commits() -> None:
+            _bump(b, second.id)
+            b.commit()
+
+        b_thread = threading.Thread(target=b_writes_and_commits)
+        b_thread.start()
+        with postgres_cluster.connect() as admin:
+
+            def b_waits_for_the_lock() -> bool:
+                row = admin.execute(
+                    "SELECT wait_event FROM pg_stat_activity WHERE pid = %s", (b_pid,)
+                ).fetchone()
+                return row is not None and row[0] == "advisory"
+
+            wait_until(b_waits_for_the_lock, timeout=10)
+        assert await store.list_events(after_sequence=start) == []
+        assert await store.last_sequence() == start
+        a.commit()
+        b_thread.join(timeout=10)
+        assert not b_thread.is_alive()
+    finally:
+        a.close()
+        b.close()
+    events = await store.list_events(after_sequence=start)
+    assert [e.job.id for e in events] == [first.id, second.id]
+    assert [e.sequence for e in events] == [start + 1, start + 2]
+
+
+def _writer(url: str, job_ids: list[str], stop: threading.Event, seed: int) -> None:
+    """Change a few random jobs per transaction, then hold it open for a random moment
+    before it commits (one in ten rolls back), so commits land in every order the
+    server allows. One statement per transaction, as the store writes: it locks its
+    rows before its events take the event lock, so writers never deadlock."""
+    rng = random.Random(seed)
+    with psycopg.connect(url) as conn:
+        while not stop.is_set():
+            chosen = rng.sample(job_ids, rng.randint(1, 3))
+            conn.execute(
+                "UPDATE jobs SET version = version + 1, event_kind = 'PROGRESS' WHERE id = ANY(%s)",
+                (chosen,),
+            )
+            conn.execute("SELECT pg_sleep(%s)", (rng.uniform(0, 0.003),))
+            if rng.random() < 0.1:
+                conn.rollback()
+            else:
+                conn.commit()
+
+
+@pytest.mark.slow
+async def test_a_follower_of_the_feed_under_concurrent_writers_misses_nothing(
+    store: PostgresJobStore, postgres_url: str
+):
+    """Eight connections write events in overlapping transactions, some rolled back,
+    while a follower reads `after_sequence` its last one, as the server's tailer and a
+    resuming watcher do. At the end, what it read is exactly the table: no event skipped
+    by reading past a transaction still in flight, none read twice, all in order."""
+    job_ids = [(await store.create_job(JobSpec(type="t"))).job.id for _ in range(20)]
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_writer, args=(postgres_url, job_ids, stop, seed))
+        for seed in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    seen: list[int] = []
+    try:
+        last = 0
+        while len(seen) < 3000:
+            events = await store.list_events(after_sequence=last, limit=500)
+            seen += [e.sequence for e in events]
+            if events:
+                last = events[-1].sequence
+            else:
+                await asyncio.sleep(0.001)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    while events := await store.list_events(after_sequence=last, limit=5000):
+        seen += [e.sequence for e in events]
+        last = events[-1].sequence
+    with psycopg.connect(postgres_url) as conn:
+        stored = [row[0] for row in conn.execute("SELECT seq FROM job_events ORDER BY seq")]
+    assert seen == stored
+
+
+async def test_notifications_say_what_changed(store: PostgresJobStore, postgres_url: str):
+    """Another process's writes (here another store) reach this store's subscribers:
+    a new job as `pending`, a cancel of a running job as `cancel`, progress as `event`."""
+    heard: list[ChangeKind | None] = []
+    assert store.changes is not None
+    unsubscribe = store.changes.subscribe(heard.append)
+    other = await PostgresJobStore.open(postgres_url)
+    try:
+        await wait_until_async(lambda: store.changes is not None and store.changes.live)
+        await wait_until_async(lambda: None in heard)  # on connect: anything may have changed
+        heard.clear()
+        await other.create_job(JobSpec(type="t"))
+        await wait_until_async(lambda: ChangeKind.PENDING in heard)
+        (job,) = await other.claim_jobs(worker_id="w", types=["t"], limit=1, lease_timeout=LEASE)
+        assert job.lease_id is not None
+        await other.report_progress(job_id=job.id, lease_id=job.lease_id, progress=Progress(10))
+        await wait_until_async(lambda: ChangeKind.EVENT in heard)
+        await other.cancel_job(job.id)
+        await wait_until_async(lambda: ChangeKind.CANCEL in heard)
+    finally:
+        unsubscribe()
+        await other.close()
+
+
+async def test_one_transaction_sends_one_notification(store: PostgresJobStore, postgres_url: str):
+    """NOTIFY takes a global lock at commit: a batch of a thousand jobs is one
+    notification, not a thousand."""
+    heard: list[ChangeKind | None] = []
+    assert store.changes is not None
+    store.changes.subscribe(heard.append)
+    await wait_until_async(lambda: None in heard)
+    heard.clear()
+    await store.create_jobs([JobSpec(type="t")] * 1000)
+    await store.create_job(JobSpec(type="marker"))  # a second transaction, after the batch
+    await wait_until_async(lambda: len(heard) >= 2)
+    assert heard == [ChangeKind.PENDING, ChangeKind.PENDING]
+
+
+async def test_listening_recovers_when_its_connection_is_dropped(
+    store: PostgresJobStore, postgres_cluster: PostgresCluster, postgres_url: str
+):
+    heard: list[ChangeKind | None] = []
+    changes = store.changes
+    assert changes is not None
+    changes.subscribe(heard.append)
+    await wait_until_async(lambda: changes.live and None in heard)
+    database = postgres_url.rsplit("/", 1)[1]
+    heard.clear()
+    dropped = await asyncio.to_thread(
+        postgres_cluster.terminate_backends, database, application_name=APPLICATION_NAME
+    )
+    assert dropped == 1
+    # Reconnected: subscribers hear "anything may have changed", for what was missed.
+    await wait_until_async(lambda: None in heard and changes.live, timeout=30)
+    heard.clear()
+    await store.create_job(JobSpec(type="t"))
+    await wait_until_async(lambda: ChangeKind.PENDING in heard)
+
+
+async def test_poll_only_through_pgbouncer_in_transaction_mode(
+    pgbouncer: PgBouncer, postgres_url: str
+):
+    """A transaction-mode pooler hands each transaction to any server connection: no
+    LISTEN (the store offers no notifications) and no prepared statements, whose names
+    would be missing on the next connection. Every kind of operation works."""
+    url = pgbouncer.url(postgres_url.rsplit("/", 1)[1])
+    store = await PostgresJobStore.open(url, poll_only=True)
+    try:
+        assert store.changes is None
+        for _ in range(10):  # past psycopg's threshold for preparing a statement
+            await store.create_job(JobSpec(type="t", idempotency_key=None))
+        keyed = await store.create_jobs([JobSpec(type="t", idempotency_key="k")] * 2)
+        assert [s.created for s in keyed] == [True, False]
+        claimed = await store.claim_jobs(worker_id="w", types=["t"], limit=20, lease_timeout=LEASE)
+        assert len(claimed) == 11
+        for job in claimed:
+            assert job.lease_id is not None
+            await store.complete_job(job_id=job.id, lease_id=job.lease_id, result={})
+        kinds = [e.kind for e in await store.list_events(after_sequence=0, limit=100)]
+        assert kinds.count(EventKind.SUCCEEDED) == 11
+    finally:
+        await store.close()
