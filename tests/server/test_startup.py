@@ -191,5 +191,21 @@ def test_an_unreachable_remote_store_stops_the_process_after_its_retries(program
 @pytest.mark.parametrize("program", ["jobcontrol-server", "jobcontrol-worker"])
 def test_a_bad_store_backend_is_named(tmp_path: Path, program: str):
     args = ["--listen", "127.0.0.1:0"] if program == "jobcontrol-server" else []
+    outcome = run(program, *args, "--store-backend", "mongodb")
+    assert_one_clear_line(outcome, program, "JOB_STORE_BACKEND", "'mongodb'", "postgres")
+
+
+@pytest.mark.parametrize("program", ["jobcontrol-server", "jobcontrol-worker"])
+def test_postgres_without_a_url_asks_for_database_url(tmp_path: Path, program: str):
+    args = ["--listen", "127.0.0.1:0"] if program == "jobcontrol-server" else []
     outcome = run(program, *args, "--store-backend", "postgres")
-    assert_one_clear_line(outcome, program, "JOB_STORE_BACKEND", "'postgres'")
+    assert_one_clear_line(outcome, program, "DATABASE_URL", "--store-url")
+
+
+@pytest.mark.parametrize("program", ["jobcontrol-server", "jobcontrol-worker"])
+def test_an_unreachable_postgres_is_one_line_with_the_cause(tmp_path: Path, program: str):
+    args = ["--listen", "127.0.0.1:0"] if program == "jobcontrol-server" else []
+    url = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/jobs"
+    outcome = run(program, *args, "--store-backend", "postgres", "--store-url", url)
+    assert_one_clear_line(outcome, program, "Connection refused")
+    assert "hunter2" not in outcome.stderr
