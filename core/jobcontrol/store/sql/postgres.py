@@ -23,8 +23,8 @@ sends one notification per channel and payload per transaction, however many row
 
 from __future__ import annotations
 
-from jobcontrol.store.rows import JOB_COLUMNS
 from jobcontrol.store import schema
+from jobcontrol.store.rows import JOB_COLUMNS
 from jobcontrol.store.schema import Migration
 
 # The channel the event trigger notifies.
