@@ -170,16 +170,19 @@ class Database:
 
 
 @contextlib.contextmanager
-def serve(backend: str, db_path: Path, *, rtt: float = 0.0) -> Iterator[Database]:
+def serve(
+    backend: str, db_path: Path, *, rtt: float = 0.0, poll_only: bool = False
+) -> Iterator[Database]:
     """The database in `db_path` (created if missing), reachable as `backend` until the
     block ends; for remote, a fresh sqld starting from that file (if any) behind a proxy
     adding `rtt` seconds of round trip, its data copied back to `db_path` at the end;
-    for postgres, a fresh database (dropped at the end), behind a proxy if `rtt`."""
+    for postgres, a fresh database (dropped at the end), behind a proxy if `rtt`, its
+    clients polling only (no LISTEN) with `poll_only`."""
     if backend == "sqlite":
         yield Database(backend, StoreConfig(backend="local", path=str(db_path)), db_path)
         return
     if backend == "postgres":
-        with _postgres(db_path, rtt) as db:
+        with _postgres(db_path, rtt, poll_only) as db:
             yield db
         return
     if backend != "remote":
@@ -203,7 +206,7 @@ def serve(backend: str, db_path: Path, *, rtt: float = 0.0) -> Iterator[Database
 
 
 @contextlib.contextmanager
-def _postgres(db_path: Path, rtt: float) -> Iterator[Database]:
+def _postgres(db_path: Path, rtt: float, poll_only: bool) -> Iterator[Database]:
     cluster = postgres_cluster()
     name = f"bench_{uuid.uuid4().hex[:12]}"
     url = cluster.create_database(name)
@@ -216,7 +219,7 @@ def _postgres(db_path: Path, rtt: float) -> Iterator[Database]:
             through = f"postgresql://{SERVICE_USER}@{host}:{port}/{name}"
         else:
             through = url
-        config = StoreConfig(backend="postgres", url=through)
+        config = StoreConfig(backend="postgres", url=through, poll_only=poll_only)
         yield Database("postgres", config, db_path, proxy=proxy, postgres=cluster, direct_url=url)
     finally:
         if proxy is not None:

@@ -8,7 +8,9 @@ machine only, no added RTT), `sqld` (the above) and `postgres` (JOB_STORE_BACKEN
 DATABASE_URL: a fresh database per run in a throwaway PostgreSQL 15 cluster started once
 per invocation, `tests.postgres.PostgresCluster`; at 0 ms the processes connect to it
 directly, at any other RTT through the same TCP delay proxy, which counts no requests
-there since PostgreSQL's protocol is not HTTP). Within a run the stores take turns.
+there since PostgreSQL's protocol is not HTTP), and `postgres-poll`, the same with
+JOB_STORE_POLL_ONLY=1 (no LISTEN: what the pushed wake-ups are worth). Within a run the
+stores take turns.
 
 Each run starts, for each store and added round trip (RTT) in turn, a fresh database
 (for sqld: a fresh sqld and proxy, `backends.serve`, the proxy counting every HTTP
@@ -125,8 +127,15 @@ HANDLERS = ("bench.cancel_handlers", "bench.cluster_handlers")
 PHASES = ("idle", "claim", "progress", "cancel", "throughput")
 SERVERS = ("A", "B")
 
-STORES = ("sqlite", "sqld", "postgres")
-BACKEND = {"sqlite": "sqlite", "sqld": "remote", "postgres": "postgres"}  # backends.serve's
+STORES = ("sqlite", "sqld", "postgres", "postgres-poll")
+# backends.serve's backend for each; postgres-poll is postgres with JOB_STORE_POLL_ONLY=1
+# (no LISTEN: what the pushed wake-ups are worth).
+BACKEND = {
+    "sqlite": "sqlite",
+    "sqld": "remote",
+    "postgres": "postgres",
+    "postgres-poll": "postgres",
+}
 GOAL_RATE = {0: 1_500.0, 20: 300.0}  # jobs/s on sqld, by RTT in ms
 GOAL_LAG_P99_MS = {20: 5.0}  # on sqld
 GOAL_PG_PROGRESS_P99_MS = 50.0  # at 0 ms added RTT
@@ -360,7 +369,7 @@ def cluster(
         pids |= {f"worker {n}": w.pid for n, w in enumerate(workers, start=1)}
         server_pid = db.server_pid()
         if server_pid is not None:
-            pids[store] = server_pid
+            pids["postgres" if db.postgres is not None else "sqld"] = server_pid
         proxy = _proxy_pid()
         if proxy is not None:
             pids["proxy"] = proxy
@@ -674,7 +683,8 @@ def one_run(directory: Path, shape: Shape, how: Settings, profile: str | None = 
     `shape.rtt_ms`: calibration, then the cluster's phases."""
     print(f" {shape.label}: calibration", end="", flush=True)
     backend, rtt = BACKEND[shape.store], shape.rtt_ms / 1000
-    with backends.serve(backend, directory / "cluster.db", rtt=rtt) as db:
+    poll_only = shape.store == "postgres-poll"
+    with backends.serve(backend, directory / "cluster.db", rtt=rtt, poll_only=poll_only) as db:
         calibration = rpc.run(calibrate(db))
         with cluster(directory, db, shape.store, how.concurrency) as c:
             result = rpc.run(_phases(c, how, profile))
@@ -930,7 +940,12 @@ def render(figures: Figures, shapes: Sequence[Shape], runs: int, how: Settings) 
     ]
     if "sqld" in stores:
         notes.append(backends.remote_note("adding the RTT shown"))
-    if "postgres" in stores:
+    if "postgres-poll" in stores:
+        notes.append(
+            "postgres-poll: the same with JOB_STORE_POLL_ONLY=1 (no LISTEN, as behind "
+            "PgBouncer): every wake-up is a poll."
+        )
+    if stores & {"postgres", "postgres-poll"}:
         notes.append(
             f"postgres: PostgreSQL {backends.postgres_version()} (default settings: fsync and "
             "synchronous_commit on) on loopback, psycopg "
