@@ -125,6 +125,9 @@ class Sample:
     claim_calls: int
     claim_ms: float
     claim_blocks: int
+    probe_ms: float
+    probe_blocks: int
+    probe_index: str
 
 
 @dataclass
@@ -219,6 +222,25 @@ WHERE query LIKE '%%FOR UPDATE SKIP LOCKED%%'
 """
 
 
+# The claim's search alone (its CTE without FOR UPDATE, so it takes no locks), run under
+# EXPLAIN: the buffers it touches to find CLAIM_BATCH pending jobs, whatever the rows
+# locked and updated afterwards cost.
+_PROBE = """
+EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)
+SELECT id FROM jobs
+WHERE state = 'PENDING' AND type IN ('{type}') AND run_after_us <= {now_us}
+ORDER BY priority DESC, run_after_us, create_us, id
+LIMIT {limit}
+"""
+
+
+def _index_names(plan: Mapping[str, Any]) -> list[str]:
+    names = [plan["Index Name"]] if "Index Name" in plan else []
+    for child in plan.get("Plans", []):
+        names += _index_names(child)
+    return names
+
+
 def read_sample(conn: psycopg.Connection[Any], at: float, phase: str, done: int) -> Sample:
     tables = {
         row[0]: dict(
@@ -253,6 +275,11 @@ def read_sample(conn: psycopg.Connection[Any], at: float, phase: str, done: int)
         sizes[index] = int(row[0])
     claim = conn.execute(_CLAIM_STATS).fetchone()
     assert claim is not None
+    probe = _PROBE.format(type=JOB_TYPE, now_us=to_us(utc_now()), limit=CLAIM_BATCH)
+    row = conn.execute(probe).fetchone()
+    assert row is not None
+    (explained,) = row[0]
+    plan = explained["Plan"]
     return Sample(
         at=at,
         phase=phase,
@@ -262,6 +289,9 @@ def read_sample(conn: psycopg.Connection[Any], at: float, phase: str, done: int)
         claim_calls=int(claim[0]),
         claim_ms=float(claim[1]),
         claim_blocks=int(claim[2]),
+        probe_ms=float(explained["Execution Time"]),
+        probe_blocks=int(plan["Shared Hit Blocks"]) + int(plan["Shared Read Blocks"]),
+        probe_index=",".join(_index_names(plan)) or plan["Node Type"],
     )
 
 
@@ -501,6 +531,19 @@ def rows_of(result: Result) -> dict[str, str]:
     out["claim: buffers/call, first 1/4"] = f"{early_blocks:,.0f}"
     out["claim: buffers/call, last 1/4"] = f"{late_blocks:,.0f}"
     out["claim: buffers/call, worst 5 s"] = f"{peak:,.0f}"
+    quarter = result.run_seconds / 4
+    early_probe = [s for s in run if s.at < quarter]
+    late_probe = [s for s in run if s.at > 3 * quarter]
+    for label, probes in (("first 1/4", early_probe), ("last 1/4", late_probe)):
+        out[f"claim search: buffers, {label}"] = (
+            f"{statistics.mean(s.probe_blocks for s in probes):,.0f}" if probes else "-"
+        )
+    out["claim search: buffers, worst"] = f"{max(s.probe_blocks for s in run):,}"
+    for label, probes in (("first 1/4", early_probe), ("last 1/4", late_probe)):
+        out[f"claim search: ms, {label}"] = (
+            f"{statistics.mean(s.probe_ms for s in probes):.2f}" if probes else "-"
+        )
+    out["claim search: index"] = ", ".join(sorted({s.probe_index for s in run}))
     out["claim: client median ms, first 1/4"] = f"{result.claim_client_ms['early_ms']:.1f}"
     out["claim: client median ms, last 1/4"] = f"{result.claim_client_ms['late_ms']:.1f}"
     for table in TABLES:
@@ -510,10 +553,12 @@ def rows_of(result: Result) -> dict[str, str]:
             share = (b["hot_upd"] - a["hot_upd"]) / upd if upd else float("nan")
             out["jobs: HOT share of updates (run)"] = f"{share:.1%}"
         out[f"{table}: autovacuums (run)"] = str(b["autovacuum"] - a["autovacuum"])
-        out[f"{table}: max n_dead_tup (run)"] = f"{max(s.tables[table]['dead'] for s in run):,}"
+        if table == "jobs":
+            out["jobs: max n_dead_tup (run)"] = f"{max(s.tables[table]['dead'] for s in run):,}"
         out[f"{table}: n_dead_tup end of run"] = f"{b['dead']:,}"
         out[f"{table}: size end of run"] = _mib(run_end.sizes[f"{table}.total"])
-    out["jobs_claim_order: max size (run)"] = _mib(max(s.sizes["jobs_claim_order"] for s in run))
+    for index in ("jobs_claimable", "jobs_claim_order"):
+        out[f"{index}: max size (run)"] = _mib(max(s.sizes[index] for s in run))
     out["prune: jobs, events deleted"] = f"{result.pruned_jobs:,}, {result.pruned_events:,}"
     out["prune: time"] = f"{result.prune_seconds:.1f} s"
     vacuum = result.vacuum_after_prune_s
