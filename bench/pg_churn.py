@@ -368,10 +368,14 @@ async def run_load(store: PostgresJobStore, total: int, started: float) -> Load:
     return load
 
 
+def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg.connect(url, autocommit=True)
+
+
 async def sample_every(
     url: str, result: Result, started: float, state: dict[str, Any], stop: asyncio.Event
 ) -> None:
-    with await asyncio.to_thread(psycopg.connect, url, autocommit=True) as conn:
+    with await asyncio.to_thread(_connect, url) as conn:
         while True:
             load: Load | None = state.get("load")
             done = state["base"] + (load.done if load else 0)
