@@ -509,7 +509,9 @@ class Cluster:
         data = directory / "data"
         # libpq's PG* variables would steer initdb and the postmaster.
         pg_env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        ids = {} if run_as is None else {"user": run_as[0], "group": run_as[1], "extra_groups": []}
+        ids: dict[str, Any] = {}
+        if run_as is not None:
+            ids = {"user": run_as[0], "group": run_as[1], "extra_groups": []}
         self.say(f"initdb into {data}")
         done = subprocess.run(
             [
