@@ -1,5 +1,6 @@
 """Vacuum under churn: the PostgreSQL store's jobs and job_events tables with autovacuum
-at PostgreSQL's defaults against per-table settings tuned for them.
+at PostgreSQL's defaults, with per-table thresholds tuned for them (`tuned`, the
+settings docs/ops.md recommends), and with those and a higher cost limit (`tuned+cost`).
 
 Each configuration gets a throwaway PostgreSQL 15 cluster of its own
 (`tests.postgres.PostgresCluster`) with `autovacuum_naptime` shortened (the run lasts
