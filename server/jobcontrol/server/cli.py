@@ -96,6 +96,25 @@ def parser() -> argparse.ArgumentParser:
         help="address for the Prometheus /metrics endpoint (env JOBCONTROL_METRICS_LISTEN)",
     )
     p.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        default=env.get("JOBCONTROL_HTTP_LISTEN"),
+        help="also serve the API over HTTP for browsers and curl (Connect and gRPC-Web, "
+        "HTTP/1.1 and h2c), same auth; off by default (env JOBCONTROL_HTTP_LISTEN)",
+    )
+    p.add_argument(
+        "--http-cors-origin",
+        metavar="ORIGIN",
+        action="append",
+        default=[
+            origin.strip()
+            for origin in env.get("JOBCONTROL_HTTP_CORS_ORIGINS", "").split(",")
+            if origin.strip()
+        ],
+        help="an origin whose web pages may call --http-listen, e.g. http://localhost:3000; "
+        "repeatable (env JOBCONTROL_HTTP_CORS_ORIGINS, comma-separated)",
+    )
+    p.add_argument(
         "--auth-tokens-file",
         metavar="FILE",
         default=env.get("JOBCONTROL_AUTH_TOKENS_FILE"),
@@ -232,6 +251,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             if args.metrics_listen
             else None
         )
+        http_listen = (
+            ListenAddress.parse(args.http_listen, flag="--http-listen")
+            if args.http_listen
+            else None
+        )
     except ListenError as error:
         raise SystemExit(f"jobcontrol-server: {error}") from None
     store = StoreConfig.from_args(args)
@@ -241,6 +265,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tokens=tuple(tokens),
         tls=TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         metrics_listen=metrics_listen,
+        http_listen=http_listen,
+        http_cors_origins=tuple(args.http_cors_origin),
         limits=LoadLimits(
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             max_streams=args.max_streams,

@@ -1,0 +1,334 @@
+"""The JobControl service for browsers and curl: the Connect protocol and gRPC-Web over
+HTTP/1.1 and HTTP/2 (cleartext, h2c), with `connectrpc` under Hypercorn, in the
+server's own event loop. (connectrpc also answers plain gRPC on HTTP/2 here.)
+
+Like `registration` for gRPC, this only moves messages and statuses between the wire
+and `calls.Calls`: admission, the handlers, the status table and the metrics are the
+same for both listeners. The service description is built from the proto descriptor
+(connectrpc's code generator is not needed); its codecs read and write the
+google.protobuf messages the rest of the server uses, in binary or JSON.
+
+Browsers on other origins are let in only from the origins given (`--http-cors-origin`);
+a preflight from any other is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import hypercorn.asyncio.run
+import hypercorn.config
+import hypercorn.utils
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError, ErrorDetail
+from connectrpc.method import IdempotencyLevel, MethodInfo, StreamType
+from connectrpc.request import RequestContext
+from connectrpc.server import ConnectASGIApplication, Endpoint
+from google.protobuf import descriptor_pb2, json_format, message_factory
+from google.protobuf import message as protobuf_message
+from protobuf.wkt import Any as ConnectAny
+
+from jobcontrol.server.auth import DENIED, Tokens
+from jobcontrol.server.calls import SERVICE, CallFailed, Calls
+from jobcontrol.server.listen import ListenAddress, ListenError
+from jobcontrol.v1 import job_control_pb2 as api
+
+# Hypercorn's own errors only: the server says where it listens itself.
+HYPERCORN_LOG = logging.getLogger("jobcontrol.server.hypercorn")
+HYPERCORN_LOG.setLevel(logging.WARNING)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # as on the gRPC listener
+SHUTDOWN_GRACE_SECONDS = 5.0
+# Watch streams a browser may hold open on one HTTP/2 connection (Hypercorn's default
+# is 100; a dashboard watches a job per open detail view besides the job list).
+MAX_STREAMS_PER_CONNECTION = 1000
+# Headers a browser may send cross-origin: Connect's and gRPC-Web's own, and auth.
+CORS_ALLOW_HEADERS = (
+    "authorization, content-type, connect-protocol-version, connect-timeout-ms, "
+    "connect-accept-encoding, connect-content-encoding, grpc-timeout, grpc-accept-encoding, "
+    "x-grpc-web, x-user-agent"
+)
+CORS_EXPOSE_HEADERS = "grpc-status, grpc-message, grpc-status-details-bin, content-encoding"
+CORS_MAX_AGE_SECONDS = 7200
+
+_IDEMPOTENCY = {
+    descriptor_pb2.MethodOptions.IDEMPOTENCY_UNKNOWN: IdempotencyLevel.UNKNOWN,
+    descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS: IdempotencyLevel.NO_SIDE_EFFECTS,
+    descriptor_pb2.MethodOptions.IDEMPOTENT: IdempotencyLevel.IDEMPOTENT,
+}
+_CONNECT_CODES = {
+    code.value[0]: Code[code.name.replace("CANCELLED", "CANCELED")]
+    for code in grpc.StatusCode
+    if code is not grpc.StatusCode.OK
+}
+
+
+# ---- codecs --------------------------------------------------------------------------
+
+
+class _ProtoCodec:
+    """Binary protobuf. A request is handed on as bytes, for `Calls` to parse as it does
+    gRPC's (with the same INVALID_ARGUMENT for bytes that are not the message); events
+    already serialized for every watcher go out as they are."""
+
+    def name(self) -> str:
+        return "proto"
+
+    def encode(self, message: protobuf_message.Message | bytes) -> bytes:
+        if isinstance(message, bytes):
+            return message
+        return message.SerializeToString()
+
+    def decode(self, data: bytes | bytearray, message_class: type[Any]) -> bytes:
+        return bytes(data)
+
+
+class _JsonCodec:
+    """Protobuf's JSON mapping. An unknown field is refused, not ignored: from curl or a
+    browser it is a typo (`jobId` and `job_id` are both known)."""
+
+    def name(self) -> str:
+        return "json"
+
+    def encode(self, message: protobuf_message.Message | bytes) -> bytes:
+        if isinstance(message, bytes):
+            # A serialized watch event: WatchJobResponse and WatchJobsResponse are the
+            # same single field, so either class reads it.
+            message = api.WatchJobResponse.FromString(message)
+        return json_format.MessageToJson(message, indent=None).encode()
+
+    def decode(self, data: bytes | bytearray, message_class: type[Any]) -> Any:
+        message = message_class()
+        try:
+            json_format.Parse(bytes(data) or b"{}", message)
+        except json_format.ParseError as error:
+            raise ConnectError(
+                Code.INVALID_ARGUMENT,
+                f"the request is not valid JSON for {message.DESCRIPTOR.full_name}: {error}",
+            ) from None
+        return message
+
+
+# ---- the service ---------------------------------------------------------------------
+
+
+def _connect_error(failed: CallFailed) -> ConnectError:
+    status = failed.status
+    return ConnectError(
+        _CONNECT_CODES[status.code],
+        status.message,
+        [ErrorDetail(ConnectAny(type_url=d.type_url, value=d.value)) for d in status.details],
+    )
+
+
+def _unary(calls: Calls, name: str) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
+    async def handle(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+        async def receive() -> Any:
+            return request
+
+        try:
+            return await calls.unary(name, receive)
+        except CallFailed as failed:
+            raise _connect_error(failed) from None
+
+    return handle
+
+
+def _streaming(
+    calls: Calls, name: str
+) -> Callable[[Any, RequestContext[Any, Any]], AsyncIterator[Any]]:
+    async def handle(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
+        try:
+            async for response in calls.stream(name, request):
+                yield response
+        except CallFailed as failed:
+            raise _connect_error(failed) from None
+
+    return handle
+
+
+def endpoints(calls: Calls) -> dict[str, Any]:
+    """Every JobControl method at `/jobcontrol.v1.JobControl/<Method>`, from the proto
+    descriptor. (The values are connectrpc's endpoint classes, which it does not export.)"""
+    found: dict[str, Any] = {}
+    for method in SERVICE.methods:
+        info: MethodInfo[Any, Any] = MethodInfo(
+            name=method.name,
+            service_name=SERVICE.full_name,
+            input=message_factory.GetMessageClass(method.input_type),
+            output=message_factory.GetMessageClass(method.output_type),
+            idempotency_level=_IDEMPOTENCY[method.GetOptions().idempotency_level],
+            stream_type=StreamType.SERVER_STREAM if method.server_streaming else StreamType.UNARY,
+        )
+        path = f"/{SERVICE.full_name}/{method.name}"
+        if method.server_streaming:
+            found[path] = Endpoint.server_stream(info, _streaming(calls, method.name))
+        else:
+            found[path] = Endpoint.unary(info, _unary(calls, method.name))
+    return found
+
+
+class _BearerToken:
+    """Checks the token before the request body is read (a leading metadata
+    interceptor), as the gRPC listener's interceptor does."""
+
+    def __init__(self, tokens: Tokens) -> None:
+        self._tokens = tokens
+
+    async def on_start(self, ctx: RequestContext[Any, Any]) -> None:
+        if not self._tokens.accept(ctx.request_headers.get("authorization")):
+            self._tokens.on_denied(ctx.method.name)
+            raise ConnectError(Code.UNAUTHENTICATED, DENIED)
+
+    async def on_end(
+        self, token: None, ctx: RequestContext[Any, Any], error: Exception | None, /
+    ) -> None:
+        return None
+
+
+class JobControlApp(ConnectASGIApplication[Calls]):
+    def __init__(self, calls: Calls, tokens: Tokens | None) -> None:
+        super().__init__(
+            service=calls,
+            endpoints=endpoints,
+            interceptors=[_BearerToken(tokens)] if tokens else [],
+            read_max_bytes=MAX_MESSAGE_BYTES,
+            codecs=[_ProtoCodec(), _JsonCodec()],
+        )
+
+    @property
+    def path(self) -> str:
+        return f"/{SERVICE.full_name}"
+
+
+# ---- CORS ----------------------------------------------------------------------------
+
+Scope = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Any]]
+Send = Callable[[Any], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Cors:
+    """Lets pages from `origins` call the API: answers their preflights and marks the
+    responses they may read. A preflight from any other origin gets 403, and its
+    responses no CORS headers, so the browser keeps them from the page."""
+
+    def __init__(self, app: App, origins: Iterable[str]) -> None:
+        self._app = app
+        self._origins = frozenset(origin.rstrip("/") for origin in origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+        origin = headers.get("origin", b"").decode("latin-1")
+        allowed = origin in self._origins
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" in (
+            k.lower() for k, _ in scope["headers"]
+        ):
+            await self._preflight(send, origin if allowed else None)
+            return
+        if not allowed:
+            await self._app(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [
+                        *message.get("headers", []),
+                        (b"access-control-allow-origin", origin.encode("latin-1")),
+                        (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode()),
+                        (b"vary", b"Origin"),
+                    ],
+                }
+            await send(message)
+
+        await self._app(scope, receive, send_with_cors)
+
+    async def _preflight(self, send: Send, origin: str | None) -> None:
+        headers: list[tuple[bytes, bytes]] = [(b"vary", b"Origin"), (b"content-length", b"0")]
+        if origin is not None:
+            headers += [
+                (b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"access-control-allow-methods", b"POST, GET"),
+                (b"access-control-allow-headers", CORS_ALLOW_HEADERS.encode()),
+                (b"access-control-max-age", str(CORS_MAX_AGE_SECONDS).encode()),
+            ]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 204 if origin is not None else 403,
+                "headers": headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+# ---- the listener --------------------------------------------------------------------
+
+
+class HttpListener:
+    """Hypercorn serving `app` on a socket bound at construction (so a taken port is
+    refused before the store is opened), in the running event loop."""
+
+    def __init__(self, address: ListenAddress) -> None:
+        self.address = address
+        self._socket = _bind(address)
+        self.port: int = self._socket.getsockname()[1]
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, app: App) -> None:
+        config = hypercorn.config.Config()
+        config.errorlog = HYPERCORN_LOG
+        config.accesslog = None
+        config.graceful_timeout = SHUTDOWN_GRACE_SECONDS
+        config.h2_max_concurrent_streams = MAX_STREAMS_PER_CONNECTION
+        sockets = hypercorn.config.Sockets([], [self._socket], [])
+        wrapped = hypercorn.utils.wrap_app(app, config.wsgi_max_body_size, "asgi")
+        self._task = asyncio.create_task(
+            hypercorn.asyncio.run.worker_serve(
+                wrapped, config, sockets=sockets, shutdown_trigger=self._stop.wait
+            ),
+            name="http-listener",
+        )
+
+    async def stop(self) -> None:
+        """Stops taking connections; calls in flight get SHUTDOWN_GRACE_SECONDS."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        self.close()
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+def _bind(address: ListenAddress) -> socket.socket:
+    address.check_free()
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError as error:
+        raise ListenError(f"cannot listen on {address} (--http-listen): {error}") from None
+    return sock
+
+
+def http_app(calls: Calls, tokens: Tokens | None, cors_origins: Sequence[str]) -> App:
+    app: App = JobControlApp(calls, tokens)
+    return Cors(app, cors_origins)
