@@ -215,6 +215,13 @@ async def serve(
     )
     await housekeeper.check_health()  # health answers SERVING from the first call
     await server.start()
+    if http is not None:
+        http.start(http_app(calls, tokens, config.http_cors_origins))
+        log.info(
+            "HTTP API on http://%s (Connect, gRPC-Web and gRPC; HTTP/1.1 and h2c)%s",
+            http.address.with_port(http.port),
+            f", CORS for {', '.join(config.http_cors_origins)}" if config.http_cors_origins else "",
+        )
     if config.replica is None:
         log.info("listening on %s (%s)", config.listen.with_port(port), describe(config))
     else:  # the supervisor says "listening on" once every process serves
@@ -233,13 +240,6 @@ async def serve(
             ""
             if config.replica is None
             else f" (process 1 of {config.replica.count}: its own calls and streams only)",
-        )
-    if http is not None:
-        http.start(http_app(calls, tokens, config.http_cors_origins))
-        log.info(
-            "HTTP API on http://%s (Connect, gRPC-Web and gRPC; HTTP/1.1 and h2c)%s",
-            http.address.with_port(http.port),
-            f", CORS for {', '.join(config.http_cors_origins)}" if config.http_cors_origins else "",
         )
     if on_listening is not None:
         on_listening(port)

@@ -301,16 +301,22 @@ class HttpListener:
             ),
             name="http-listener",
         )
+        self._task.add_done_callback(_report_failure)
 
     async def stop(self) -> None:
         """Stops taking connections; calls in flight get SHUTDOWN_GRACE_SECONDS."""
         self._stop.set()
         if self._task is not None:
-            await self._task
+            await asyncio.gather(self._task, return_exceptions=True)  # failures: reported
         self.close()
 
     def close(self) -> None:
         self._socket.close()
+
+
+def _report_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        HYPERCORN_LOG.error("the HTTP listener stopped", exc_info=task.exception())
 
 
 def _bind(address: ListenAddress) -> socket.socket:

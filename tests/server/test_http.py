@@ -1,0 +1,513 @@
+"""The API over HTTP (`--http-listen`): Connect with JSON from the real curl, Connect
+server streams, gRPC-Web, auth, CORS and the same status codes as the gRPC listener,
+against a real server process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import struct
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from jobcontrol.v1 import job_control_pb2 as api
+from jobcontrol.v1 import job_control_pb2_grpc
+from jobcontrol.v1 import job_pb2 as pb
+from tests.conftest import ServerProcess, run_cli, start_server
+from tests.polling import wait_until
+
+SERVICE = "jobcontrol.v1.JobControl"
+TOKEN = "s3cret-token"
+ORIGIN = "http://app.example"
+_HTTP_LINE = re.compile(r"HTTP API on http://(\S+:\d+)")
+END_STREAM = 0x02  # Connect's end-of-stream envelope flag
+GRPC_WEB_TRAILERS = 0x80
+
+
+@dataclass
+class HttpServer:
+    process: ServerProcess
+    base: str  # http://HOST:PORT
+
+    def url(self, method: str) -> str:
+        return f"{self.base}/{SERVICE}/{method}"
+
+
+def start_http_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> HttpServer:
+    process = start_server(tmp_path, args=["--http-listen", "127.0.0.1:0", *args], env=env)
+    found = _HTTP_LINE.search(process.log)
+    assert found, process.log
+    return HttpServer(process, f"http://{found.group(1)}")
+
+
+@pytest.fixture
+def http(tmp_path: Path) -> Iterator[HttpServer]:
+    started = start_http_server(tmp_path)
+    try:
+        yield started
+    finally:
+        started.process.stop()
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def curl(url: str, body: bytes | str, *extra: str, content_type: str = "application/json") -> Reply:
+    """POST with the real curl; the status line and headers as curl saw them."""
+    data = body.encode() if isinstance(body, str) else body
+    done = subprocess.run(
+        [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--include",
+            "--no-buffer",
+            "--max-time",
+            "30",
+            "-H",
+            f"Content-Type: {content_type}",
+            "--data-binary",
+            "@-",
+            *extra,
+            url,
+        ],
+        input=data,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    head, _, payload = done.stdout.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Reply(int(status_line.split()[1]), headers, payload)
+
+
+def envelope(message: bytes, flags: int = 0) -> bytes:
+    return bytes([flags]) + struct.pack(">I", len(message)) + message
+
+
+def frames(body: bytes) -> list[tuple[int, bytes]]:
+    """The (flags, message) envelopes of a Connect stream or gRPC-Web response."""
+    found = []
+    while body:
+        flags, size = body[0], struct.unpack(">I", body[1:5])[0]
+        assert len(body) >= 5 + size, "a truncated envelope"
+        found.append((flags, body[5 : 5 + size]))
+        body = body[5 + size :]
+    return found
+
+
+def grpc_web_trailers(block: bytes) -> dict[str, str]:
+    """A gRPC-Web trailers frame: HTTP/1-style header lines."""
+    lines = block.decode("latin-1").split("\r\n")
+    return {
+        line.partition(":")[0].strip().lower(): line.partition(":")[2].strip()
+        for line in lines
+        if line
+    }
+
+
+def submit(http: HttpServer, job_type: str = "t.http", **fields: Any) -> dict[str, Any]:
+    reply = curl(http.url("SubmitJob"), json.dumps({"type": job_type, **fields}))
+    assert reply.status == 200, reply
+    job: dict[str, Any] = reply.json()["job"]
+    return job
+
+
+def test_curl_submits_and_gets_a_job_with_json(http: HttpServer):
+    job = submit(http, payload={"n": 1}, labels={"team": "web"})
+    assert job["state"] == "JOB_STATE_PENDING"
+
+    reply = curl(http.url("GetJob"), json.dumps({"job_id": job["id"]}))
+
+    assert reply.status == 200
+    assert reply.headers["content-type"] == "application/json"
+    got = reply.json()["job"]
+    assert got["id"] == job["id"]
+    assert got["payload"] == {"n": 1}
+    assert got["labels"] == {"team": "web"}
+
+
+def test_http_and_grpc_serve_the_same_store(http: HttpServer):
+    """A job submitted over gRPC is there over HTTP, and the reverse."""
+    with http.process.channel() as channel:
+        stub = job_control_pb2_grpc.JobControlStub(channel)
+        by_grpc = stub.SubmitJob(api.SubmitJobRequest(type="t.grpc")).job
+        by_http = submit(http)
+        seen_by_grpc = stub.GetJob(api.GetJobRequest(job_id=by_http["id"])).job
+
+    reply = curl(http.url("GetJob"), json.dumps({"jobId": by_grpc.id}))
+
+    assert reply.json()["job"]["type"] == "t.grpc"
+    assert seen_by_grpc.type == "t.http"
+
+
+def test_http2_cleartext_serves_the_same_call(http: HttpServer):
+    job = submit(http)
+
+    reply = curl(http.url("GetJob"), json.dumps({"job_id": job["id"]}), "--http2-prior-knowledge")
+
+    assert reply.status == 200
+    assert reply.json()["job"]["id"] == job["id"]
+
+
+def test_a_connect_stream_of_watch_job_follows_a_job_to_succeeded(tmp_path: Path):
+    http = start_http_server(tmp_path, "--with-worker")
+    try:
+        job = submit(http, "demo.sleep", payload={"seconds": 0.3, "steps": 3})
+        request = envelope(json.dumps({"job_id": job["id"]}).encode())
+
+        reply = curl(http.url("WatchJob"), request, content_type="application/connect+json")
+
+        assert reply.status == 200
+        assert reply.headers["content-type"] == "application/connect+json"
+        *messages, (end_flags, end) = frames(reply.body)
+        assert end_flags == END_STREAM
+        assert json.loads(end) == {}  # no error
+        events = [json.loads(message)["event"] for flags, message in messages if flags == 0]
+        assert events[0]["kind"] == "EVENT_KIND_SNAPSHOT"
+        assert events[-1]["kind"] == "EVENT_KIND_SUCCEEDED"
+        assert events[-1]["job"]["state"] == "JOB_STATE_SUCCEEDED"
+        sequences = [int(event["sequence"]) for event in events]
+        assert sequences == sorted(sequences)
+    finally:
+        http.process.stop()
+
+
+def test_a_connect_stream_of_watch_jobs_delivers_jobs_submitted_while_it_is_open(
+    http: HttpServer,
+):
+    request = envelope(json.dumps({"filter": {"types": ["t.watched"]}}).encode())
+    stream = subprocess.Popen(
+        [
+            "curl",
+            "--silent",
+            "--no-buffer",
+            "--max-time",
+            "60",
+            "-H",
+            "Content-Type: application/connect+json",
+            "--data-binary",
+            "@-",
+            http.url("WatchJobs"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    received: list[dict[str, Any]] = []
+
+    def read() -> None:
+        assert stream.stdout is not None
+        while header := stream.stdout.read(5):
+            message = stream.stdout.read(struct.unpack(">I", header[1:])[0])
+            if header[0] == 0:
+                received.append(json.loads(message)["event"])
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert stream.stdin is not None
+        stream.stdin.write(request)
+        stream.stdin.close()
+        submitted: list[str] = []
+
+        def delivered() -> list[dict[str, Any]] | None:
+            """A job per poll until the stream, once subscribed, carries one: a job
+            submitted before that is not replayed (no after_sequence)."""
+            if received:
+                return received
+            submitted.append(submit(http, "t.watched")["id"])
+            return None
+
+        events = wait_until(delivered, timeout=20, interval=0.1, what="a WatchJobs message")
+        assert events[0]["job"]["id"] in submitted
+        assert events[0]["job"]["type"] == "t.watched"
+    finally:
+        stream.kill()
+        stream.wait(10)
+        reader.join(10)
+        assert stream.stdout is not None
+        stream.stdout.close()
+
+
+def test_auth_refuses_calls_without_the_token_and_accepts_it(tmp_path: Path):
+    http = start_http_server(tmp_path, env={"JOBCONTROL_AUTH_TOKEN": TOKEN})
+    try:
+        body = json.dumps({"type": "t.auth"})
+        missing = curl(http.url("SubmitJob"), body)
+        wrong = curl(http.url("SubmitJob"), body, "-H", "Authorization: Bearer nope")
+        stream = curl(
+            http.url("WatchJobs"),
+            envelope(b"{}"),
+            content_type="application/connect+json",
+        )
+        ok = curl(http.url("SubmitJob"), body, "-H", f"Authorization: Bearer {TOKEN}")
+
+        for refused in (missing, wrong):
+            assert refused.status == 401
+            assert refused.json()["code"] == "unauthenticated"
+            assert "Bearer <token>" in refused.json()["message"]
+        ((flags, end),) = frames(stream.body)
+        assert flags == END_STREAM
+        assert json.loads(end)["error"]["code"] == "unauthenticated"
+        assert ok.status == 200
+        assert ok.json()["job"]["type"] == "t.auth"
+    finally:
+        http.process.stop()
+
+
+def test_cors_preflight_is_answered_for_a_configured_origin_only(tmp_path: Path):
+    http = start_http_server(tmp_path, "--http-cors-origin", ORIGIN)
+    try:
+
+        def preflight(origin: str) -> Reply:
+            done = subprocess.run(
+                [
+                    "curl",
+                    "--silent",
+                    "--include",
+                    "-X",
+                    "OPTIONS",
+                    "-H",
+                    f"Origin: {origin}",
+                    "-H",
+                    "Access-Control-Request-Method: POST",
+                    "-H",
+                    "Access-Control-Request-Headers: authorization, content-type",
+                    http.url("SubmitJob"),
+                ],
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )
+            head = done.stdout.partition(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")
+            headers = {
+                line.partition(":")[0].lower(): line.partition(":")[2].strip() for line in head[1:]
+            }
+            return Reply(int(head[0].split()[1]), headers, b"")
+
+        allowed = preflight(ORIGIN)
+        refused = preflight("http://evil.example")
+        call_allowed = curl(http.url("SubmitJob"), '{"type": "t.cors"}', "-H", f"Origin: {ORIGIN}")
+        call_other = curl(
+            http.url("SubmitJob"), '{"type": "t.cors"}', "-H", "Origin: http://evil.example"
+        )
+
+        assert allowed.status == 204
+        assert allowed.headers["access-control-allow-origin"] == ORIGIN
+        assert "POST" in allowed.headers["access-control-allow-methods"]
+        allow_headers = allowed.headers["access-control-allow-headers"]
+        assert "authorization" in allow_headers
+        assert "content-type" in allow_headers
+        assert refused.status == 403
+        assert "access-control-allow-origin" not in refused.headers
+        assert call_allowed.headers["access-control-allow-origin"] == ORIGIN
+        assert "grpc-status" in call_allowed.headers["access-control-expose-headers"]
+        assert "access-control-allow-origin" not in call_other.headers
+    finally:
+        http.process.stop()
+
+
+def _grpc_error(http: HttpServer, method: str, request: Any) -> grpc.RpcError:
+    with http.process.channel() as channel:
+        stub = job_control_pb2_grpc.JobControlStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            getattr(stub, method)(request)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "grpc_request", "code", "http_status"),
+    [
+        (
+            "GetJob",
+            {"job_id": "0190c6f2-0000-7000-8000-000000000000"},
+            api.GetJobRequest(job_id="0190c6f2-0000-7000-8000-000000000000"),
+            grpc.StatusCode.NOT_FOUND,
+            404,
+        ),
+        (
+            "GetJob",
+            {"job_id": "nope"},
+            api.GetJobRequest(job_id="nope"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            400,
+        ),
+        (
+            "SubmitJob",
+            {"type": "t.bad", "priority": -5},
+            api.SubmitJobRequest(type="t.bad", priority=-5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            400,
+        ),
+        (
+            "CancelJob",
+            {"job_id": "0190c6f2-0000-7000-8000-000000000000"},
+            api.CancelJobRequest(job_id="0190c6f2-0000-7000-8000-000000000000"),
+            grpc.StatusCode.NOT_FOUND,
+            404,
+        ),
+    ],
+)
+def test_errors_have_the_same_code_and_message_as_over_grpc(
+    http: HttpServer,
+    method: str,
+    body: dict[str, Any],
+    grpc_request: Any,
+    code: grpc.StatusCode,
+    http_status: int,
+):
+    over_grpc = _grpc_error(http, method, grpc_request)
+
+    reply = curl(http.url(method), json.dumps(body))
+
+    assert over_grpc.code() == code
+    assert reply.status == http_status
+    error = reply.json()
+    assert error["code"] == code.name.lower()
+    assert error["message"] == over_grpc.details()
+
+
+def test_a_field_error_carries_the_bad_request_details(http: HttpServer):
+    reply = curl(http.url("GetJob"), json.dumps({"job_id": "nope"}))
+
+    (detail,) = reply.json()["details"]
+    assert detail["type"] == "google.rpc.BadRequest"
+    bad_request = error_details_pb2.BadRequest.FromString(
+        base64.b64decode(detail["value"] + "=" * (-len(detail["value"]) % 4))
+    )
+    assert bad_request.field_violations[0].field == "job_id"
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ('{"job_id": ', "not valid JSON for jobcontrol.v1.GetJobRequest"),
+        ('{"jobid": "x"}', 'no field named "jobid"'),
+        ('{"job_id": 5}', "not valid JSON for jobcontrol.v1.GetJobRequest"),
+        ("[1, 2]", "not valid JSON for jobcontrol.v1.GetJobRequest"),
+    ],
+)
+def test_bad_json_is_invalid_argument_with_a_clear_message(http: HttpServer, body: str, says: str):
+    reply = curl(http.url("GetJob"), body)
+
+    assert reply.status == 400
+    assert reply.json()["code"] == "invalid_argument"
+    assert says in reply.json()["message"]
+
+
+def test_bad_protobuf_bytes_are_invalid_argument_as_over_grpc(http: HttpServer):
+    reply = curl(http.url("GetJob"), b"\xff\xff\xff", content_type="application/proto")
+
+    assert reply.status == 400
+    assert reply.json()["code"] == "invalid_argument"
+    assert "not a valid jobcontrol.v1.GetJobRequest" in reply.json()["message"]
+
+
+def test_grpc_web_serves_unary_calls_and_their_errors(http: HttpServer):
+    job = submit(http)
+    request = api.GetJobRequest(job_id=job["id"]).SerializeToString()
+    missing = api.GetJobRequest(job_id="0190c6f2-0000-7000-8000-000000000000").SerializeToString()
+
+    found = curl(http.url("GetJob"), envelope(request), content_type="application/grpc-web+proto")
+    not_found = curl(
+        http.url("GetJob"), envelope(missing), content_type="application/grpc-web+proto"
+    )
+
+    assert found.status == 200
+    assert found.headers["content-type"] == "application/grpc-web+proto"
+    (data_flags, message), (trailer_flags, trailers) = frames(found.body)
+    assert data_flags == 0
+    assert api.GetJobResponse.FromString(message).job.id == job["id"]
+    assert trailer_flags == GRPC_WEB_TRAILERS
+    assert grpc_web_trailers(trailers)["grpc-status"] == "0"
+    assert not_found.status == 200  # gRPC-Web: the status is in the trailers
+    ((flags, error_trailers),) = frames(not_found.body)
+    assert flags == GRPC_WEB_TRAILERS
+    status = grpc_web_trailers(error_trailers)
+    assert status["grpc-status"] == str(grpc.StatusCode.NOT_FOUND.value[0])
+    assert "not%20found" in status["grpc-message"]
+
+
+def test_grpc_web_streams_watch_job(tmp_path: Path):
+    http = start_http_server(tmp_path, "--with-worker")
+    try:
+        job = submit(http, "demo.sleep", payload={"seconds": 0.2, "steps": 2})
+        request = api.WatchJobRequest(job_id=job["id"]).SerializeToString()
+
+        reply = curl(
+            http.url("WatchJob"), envelope(request), content_type="application/grpc-web+proto"
+        )
+
+        *messages, (trailer_flags, trailers) = frames(reply.body)
+        events = [api.WatchJobResponse.FromString(m).event for _, m in messages]
+        assert events[0].kind == pb.EVENT_KIND_SNAPSHOT
+        assert events[-1].job.state == pb.JOB_STATE_SUCCEEDED
+        assert trailer_flags == GRPC_WEB_TRAILERS
+        assert grpc_web_trailers(trailers)["grpc-status"] == "0"
+    finally:
+        http.process.stop()
+
+
+def test_a_stream_ends_with_the_watch_error_code(http: HttpServer):
+    request = envelope(json.dumps({"job_id": "0190c6f2-0000-7000-8000-000000000000"}).encode())
+
+    reply = curl(http.url("WatchJob"), request, content_type="application/connect+json")
+
+    ((flags, end),) = frames(reply.body)
+    assert flags == END_STREAM
+    assert json.loads(end)["error"]["code"] == "not_found"
+
+
+def test_a_bad_http_listen_address_is_one_line(tmp_path: Path):
+    done = run_cli(
+        "jobcontrol-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--store-path",
+        str(tmp_path / "jobs.db"),
+        "--http-listen",
+        "nowhere",
+    )
+
+    assert done.returncode != 0
+    assert "--http-listen 'nowhere' is not HOST:PORT" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_taken_http_port_stops_the_server_before_it_listens(http: HttpServer, tmp_path: Path):
+    taken = http.base.removeprefix("http://")
+
+    done = run_cli(
+        "jobcontrol-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--store-path",
+        str(tmp_path / "other.db"),
+        "--http-listen",
+        taken,
+    )
+
+    assert done.returncode == 1
+    assert f"cannot listen on {taken}" in done.stderr
+    assert "listening on" not in done.stderr
+    assert not (tmp_path / "other.db").exists()
