@@ -22,7 +22,7 @@ from google.rpc import error_details_pb2
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from tests.conftest import ServerProcess, run_cli, start_server
+from tests.conftest import ServerProcess, read_metrics, run_cli, start_server
 from tests.polling import wait_until
 
 SERVICE = "jobcontrol.v1.JobControl"
@@ -42,8 +42,12 @@ class HttpServer:
         return f"{self.base}/{SERVICE}/{method}"
 
 
-def start_http_server(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> HttpServer:
-    process = start_server(tmp_path, args=["--http-listen", "127.0.0.1:0", *args], env=env)
+def start_http_server(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, metrics: bool = False
+) -> HttpServer:
+    process = start_server(
+        tmp_path, args=["--http-listen", "127.0.0.1:0", *args], env=env, metrics=metrics
+    )
     found = _HTTP_LINE.search(process.log)
     assert found, process.log
     return HttpServer(process, f"http://{found.group(1)}")
@@ -511,3 +515,93 @@ def test_a_taken_http_port_stops_the_server_before_it_listens(http: HttpServer, 
     assert f"cannot listen on {taken}" in done.stderr
     assert "listening on" not in done.stderr
     assert not (tmp_path / "other.db").exists()
+
+
+def open_stream(http: HttpServer, method: str, request: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """A Connect server stream from curl, left open; its stdout gives the envelopes."""
+    stream = subprocess.Popen(
+        [
+            "curl",
+            "--silent",
+            "--no-buffer",
+            "-H",
+            "Content-Type: application/connect+json",
+            "--data-binary",
+            "@-",
+            http.url(method),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert stream.stdin is not None
+    stream.stdin.write(envelope(json.dumps(request).encode()))
+    stream.stdin.close()
+    return stream
+
+
+def test_http_calls_and_streams_are_counted_like_grpc_ones(tmp_path: Path):
+    """One call layer for both listeners: the same metrics, and a stream whose client
+    goes away is closed and unsubscribed."""
+    http = start_http_server(tmp_path, metrics=True)
+    assert http.process.metrics_address is not None
+    address = http.process.metrics_address
+
+    def sample(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return read_metrics(address).get(key, 0.0)
+
+    try:
+        curl(http.url("GetJob"), json.dumps({"job_id": "0190c6f2-0000-7000-8000-000000000000"}))
+        assert sample("jobcontrol_rpcs_total", method="GetJob", code="NOT_FOUND") == 1
+
+        stream = open_stream(http, "WatchJobs", {})
+        try:
+            wait_until(
+                lambda: sample("jobcontrol_open_streams", method="WatchJobs") == 1,
+                what="the HTTP stream to be open",
+            )
+        finally:
+            stream.kill()
+            stream.wait(10)
+            assert stream.stdout is not None
+            stream.stdout.close()
+        wait_until(
+            lambda: sample("jobcontrol_open_streams", method="WatchJobs") == 0,
+            what="the stream of a client that went away to be closed",
+        )
+        assert sample("jobcontrol_rpcs_total", method="WatchJobs", code="CANCELLED") == 1
+    finally:
+        http.process.stop()
+
+
+def test_shutdown_ends_http_streams_with_unavailable_and_a_resume_point(tmp_path: Path):
+    http = start_http_server(tmp_path, metrics=True)
+    assert http.process.metrics_address is not None
+    address = http.process.metrics_address
+    stream = open_stream(http, "WatchJobs", {})
+    try:
+        wait_until(
+            lambda: (
+                read_metrics(address).get(
+                    ("jobcontrol_open_streams", (("method", "WatchJobs"),)), 0
+                )
+                == 1
+            ),
+            what="the HTTP stream to be open",
+        )
+
+        assert http.process.stop() == 0
+        assert stream.stdout is not None
+        body = stream.stdout.read()  # to the end: the server closed the stream
+
+        ((flags, end),) = frames(body)
+        assert flags == END_STREAM
+        error = json.loads(end)["error"]
+        assert error["code"] == "unavailable"
+        assert "resume with after_sequence=" in error["message"]
+        assert "stopped" in http.process.log
+    finally:
+        stream.kill()
+        stream.wait(10)
+        assert stream.stdout is not None
+        stream.stdout.close()

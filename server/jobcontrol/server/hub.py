@@ -573,7 +573,10 @@ EVENT_WRITES = frozenset(
 
 
 def _changed(result: object) -> bool:
-    """False for a write that did nothing: a repeated submit, an empty claim or reap."""
+    """False for a write that did nothing: a repeated submit, an empty claim or reap, a
+    batch of completions whose leases were all lost."""
+    if isinstance(result, bool):
+        return result
     if isinstance(result, Submitted):
         return result.created
     if isinstance(result, ReapResult):
