@@ -24,11 +24,12 @@ from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
 from tests.conftest import ServerProcess, read_metrics, run_cli, start_server
 from tests.polling import wait_until
+from tests.server.test_auth_tls import Certs, make_certs
 
 SERVICE = "jobcontrol.v1.JobControl"
 TOKEN = "s3cret-token"
 ORIGIN = "http://app.example"
-_HTTP_LINE = re.compile(r"HTTP API on http://(\S+:\d+)")
+_HTTP_LINE = re.compile(r"HTTP API on (https?://\S+:\d+)")
 END_STREAM = 0x02  # Connect's end-of-stream envelope flag
 GRPC_WEB_TRAILERS = 0x80
 
@@ -50,7 +51,7 @@ def start_http_server(
     )
     found = _HTTP_LINE.search(process.log)
     assert found, process.log
-    return HttpServer(process, f"http://{found.group(1)}")
+    return HttpServer(process, found.group(1))
 
 
 @pytest.fixture
@@ -67,6 +68,7 @@ class Reply:
     status: int
     headers: dict[str, str]
     body: bytes
+    version: str = ""  # as on the status line: HTTP/1.1, HTTP/2
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -102,7 +104,8 @@ def curl(url: str, body: bytes | str, *extra: str, content_type: str = "applicat
     for line in header_lines:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
-    return Reply(int(status_line.split()[1]), headers, payload)
+    version, status = status_line.split()[:2]
+    return Reply(int(status), headers, payload, version)
 
 
 def envelope(message: bytes, flags: int = 0) -> bytes:
@@ -170,6 +173,7 @@ def test_http2_cleartext_serves_the_same_call(http: HttpServer):
 
     reply = curl(http.url("GetJob"), json.dumps({"job_id": job["id"]}), "--http2-prior-knowledge")
 
+    assert reply.version == "HTTP/2"
     assert reply.status == 200
     assert reply.json()["job"]["id"] == job["id"]
 
@@ -605,3 +609,119 @@ def test_shutdown_ends_http_streams_with_unavailable_and_a_resume_point(tmp_path
         stream.wait(10)
         assert stream.stdout is not None
         stream.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def test_with_tls_the_http_listener_serves_https_with_the_same_certificate(
+    tmp_path: Path, certs: Certs
+):
+    http = start_http_server(
+        tmp_path, "--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key)
+    )
+    try:
+        assert http.base.startswith("https://")
+        body = json.dumps({"type": "t.tls"})
+
+        http1 = curl(http.url("SubmitJob"), body, "--cacert", str(certs.ca), "--http1.1")
+        http2 = curl(http.url("SubmitJob"), body, "--cacert", str(certs.ca), "--http2")
+        plaintext = subprocess.run(
+            [
+                "curl",
+                "--silent",
+                "--max-time",
+                "10",
+                "-d",
+                body,
+                http.url("SubmitJob").replace("https://", "http://"),
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+        assert http1.status == 200
+        assert http2.status == 200
+        assert http2.json()["job"]["type"] == "t.tls"
+        assert http1.version == "HTTP/1.1"
+        assert http2.version == "HTTP/2"
+        assert plaintext.returncode != 0
+        assert b"job" not in plaintext.stdout
+    finally:
+        http.process.stop()
+
+
+def test_with_mtls_the_http_listener_requires_a_client_certificate(tmp_path: Path, certs: Certs):
+    http = start_http_server(
+        tmp_path,
+        "--tls-cert",
+        str(certs.server_cert),
+        "--tls-key",
+        str(certs.server_key),
+        "--tls-client-ca",
+        str(certs.ca),
+    )
+    try:
+        body = json.dumps({"type": "t.mtls"})
+        without = subprocess.run(
+            [
+                "curl",
+                "--silent",
+                "--max-time",
+                "10",
+                "--cacert",
+                str(certs.ca),
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+                http.url("SubmitJob"),
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        other = subprocess.run(
+            [
+                "curl",
+                "--silent",
+                "--max-time",
+                "10",
+                "--cacert",
+                str(certs.ca),
+                "--cert",
+                str(certs.other_client_cert),
+                "--key",
+                str(certs.other_client_key),
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+                http.url("SubmitJob"),
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        with_cert = curl(
+            http.url("SubmitJob"),
+            body,
+            "--cacert",
+            str(certs.ca),
+            "--cert",
+            str(certs.client_cert),
+            "--key",
+            str(certs.client_key),
+        )
+
+        assert without.returncode != 0
+        assert b"job" not in without.stdout
+        assert other.returncode != 0
+        assert b"job" not in other.stdout
+        assert with_cert.status == 200
+        assert with_cert.json()["job"]["type"] == "t.mtls"
+    finally:
+        http.process.stop()

@@ -216,9 +216,10 @@ async def serve(
     await housekeeper.check_health()  # health answers SERVING from the first call
     await server.start()
     if http is not None:
-        http.start(http_app(calls, tokens, config.http_cors_origins))
+        http.start(http_app(calls, tokens, config.http_cors_origins), config.tls)
         log.info(
-            "HTTP API on http://%s (Connect, gRPC-Web and gRPC; HTTP/1.1 and h2c)%s",
+            "HTTP API on %s://%s (Connect, gRPC-Web and gRPC; HTTP/1.1 and HTTP/2)%s",
+            "https" if config.tls else "http",
             http.address.with_port(http.port),
             f", CORS for {', '.join(config.http_cors_origins)}" if config.http_cors_origins else "",
         )

@@ -1,6 +1,8 @@
 """The JobControl service for browsers and curl: the Connect protocol and gRPC-Web over
-HTTP/1.1 and HTTP/2 (cleartext, h2c), with `connectrpc` under Hypercorn, in the
-server's own event loop. (connectrpc also answers plain gRPC on HTTP/2 here.)
+HTTP/1.1 and HTTP/2 (h2c in plaintext, ALPN h2 with TLS), with `connectrpc` under
+Hypercorn, in the server's own event loop. (connectrpc also answers plain gRPC on
+HTTP/2 here.) With `--tls-cert` it serves HTTPS with the same certificate, and with
+`--tls-client-ca` it requires client certificates, as the gRPC listener does.
 
 Like `registration` for gRPC, this only moves messages and statuses between the wire
 and `calls.Calls`: admission, the handlers, the status table and the metrics are the
@@ -17,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 import hypercorn.asyncio.run
@@ -276,6 +280,17 @@ class Cors:
 # ---- the listener --------------------------------------------------------------------
 
 
+class TlsFiles(Protocol):
+    """The gRPC listener's `app.TlsConfig`."""
+
+    @property
+    def cert(self) -> Path: ...
+    @property
+    def key(self) -> Path: ...
+    @property
+    def client_ca(self) -> Path | None: ...
+
+
 class HttpListener:
     """Hypercorn serving `app` on a socket bound at construction (so a taken port is
     refused before the store is opened), in the running event loop."""
@@ -287,13 +302,22 @@ class HttpListener:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def start(self, app: App) -> None:
+    def start(self, app: App, tls: TlsFiles | None = None) -> None:
+        """`tls`: serve HTTPS (HTTP/2 by ALPN) with the gRPC listener's certificate, and
+        require client certificates when it does."""
         config = hypercorn.config.Config()
         config.errorlog = HYPERCORN_LOG
         config.accesslog = None
         config.graceful_timeout = SHUTDOWN_GRACE_SECONDS
         config.h2_max_concurrent_streams = MAX_STREAMS_PER_CONNECTION
-        sockets = hypercorn.config.Sockets([], [self._socket], [])
+        if tls is not None:
+            config.certfile, config.keyfile = str(tls.cert), str(tls.key)
+            if tls.client_ca is not None:
+                config.ca_certs = str(tls.client_ca)
+                config.verify_mode = ssl.CERT_REQUIRED
+            sockets = hypercorn.config.Sockets([self._socket], [], [])
+        else:
+            sockets = hypercorn.config.Sockets([], [self._socket], [])
         wrapped = hypercorn.utils.wrap_app(app, config.wsgi_max_body_size, "asgi")
         self._task = asyncio.create_task(
             hypercorn.asyncio.run.worker_serve(
