@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
 import struct
 import subprocess
 import threading
@@ -552,11 +553,18 @@ def test_http_calls_and_streams_are_counted_like_grpc_ones(tmp_path: Path):
 
     def sample(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))
-        return read_metrics(address).get(key, 0.0)
+        return read_metrics(address).get(key, -1.0)  # -1: no such sample
 
     try:
         curl(http.url("GetJob"), json.dumps({"job_id": "0190c6f2-0000-7000-8000-000000000000"}))
+        curl(http.url("GetJob"), '{"job_id": ')  # refused by the JSON codec
+        curl(http.url("GetJob"), b"\xff", content_type="application/proto")
+        submit(http)
         assert sample("jobcontrol_rpcs_total", method="GetJob", code="NOT_FOUND") == 1
+        assert sample("jobcontrol_rpcs_total", method="GetJob", code="INVALID_ARGUMENT") == 2
+        assert sample("jobcontrol_rpcs_total", method="SubmitJob", code="OK") == 1
+        assert sample("jobcontrol_unary_rpcs_in_flight") == 0
+        assert sample("jobcontrol_request_bytes_in_flight") == 0
 
         stream = open_stream(http, "WatchJobs", {})
         try:
@@ -723,5 +731,35 @@ def test_with_mtls_the_http_listener_requires_a_client_certificate(tmp_path: Pat
         assert b"job" not in other.stdout
         assert with_cert.status == 200
         assert with_cert.json()["job"]["type"] == "t.mtls"
+    finally:
+        http.process.stop()
+
+
+def test_a_call_past_the_load_limit_is_refused_before_its_body_is_read(tmp_path: Path):
+    """Admission comes before connectrpc reads the body, as on the gRPC listener: a call
+    whose body is still arriving holds the one slot, and the next is refused at once."""
+    http = start_http_server(tmp_path, "--max-concurrent-rpcs", "1", metrics=True)
+    assert http.process.metrics_address is not None
+    address = http.process.metrics_address
+
+    def in_flight() -> float:
+        return read_metrics(address).get(("jobcontrol_unary_rpcs_in_flight", ()), -1.0)
+
+    host, _, port = http.base.removeprefix("http://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=30) as slow:
+            slow.sendall(
+                f"POST /{SERVICE}/GetJob HTTP/1.1\r\nHost: {host}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+            )
+            wait_until(lambda: in_flight() == 1, what="the slow call to be admitted")
+
+            refused = curl(http.url("SubmitJob"), json.dumps({"type": "t.refused"}))
+
+            assert refused.status == 429
+            assert refused.json()["code"] == "resource_exhausted"
+            assert "--max-concurrent-rpcs" in refused.json()["message"]
+        wait_until(lambda: in_flight() == 0, what="the slow call's slot to be freed")
+        assert submit(http)["state"] == "JOB_STATE_PENDING"
     finally:
         http.process.stop()

@@ -17,10 +17,13 @@ a preflight from any other is refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +43,7 @@ from protobuf.wkt import Any as ConnectAny
 from jobcontrol.server.auth import DENIED, Tokens
 from jobcontrol.server.calls import SERVICE, CallFailed, Calls
 from jobcontrol.server.listen import ListenAddress, ListenError
+from jobcontrol.server.status import CallError
 from jobcontrol.v1 import job_control_pb2 as api
 
 # Hypercorn's own errors only: the server says where it listens itself.
@@ -65,11 +69,13 @@ _IDEMPOTENCY = {
     descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS: IdempotencyLevel.NO_SIDE_EFFECTS,
     descriptor_pb2.MethodOptions.IDEMPOTENT: IdempotencyLevel.IDEMPOTENT,
 }
-_CONNECT_CODES = {
-    code.value[0]: Code[code.name.replace("CANCELLED", "CANCELED")]
+_CODES = [
+    (code, Code[code.name.replace("CANCELLED", "CANCELED")])
     for code in grpc.StatusCode
     if code is not grpc.StatusCode.OK
-}
+]
+_CONNECT_CODES = {grpc_code.value[0]: connect for grpc_code, connect in _CODES}
+_GRPC_CODES = {connect: grpc_code for grpc_code, connect in _CODES}
 
 
 # ---- codecs --------------------------------------------------------------------------
@@ -130,15 +136,78 @@ def _connect_error(failed: CallFailed) -> ConnectError:
     )
 
 
+@dataclass(slots=True)
+class _UnaryCall:
+    """A unary call taken into `Calls.unary` before connectrpc reads its body: admitted,
+    holding a read slot, waiting for the request."""
+
+    request: asyncio.Future[Any]
+    outcome: asyncio.Task[Any]
+
+
+_CALL: contextvars.ContextVar[_UnaryCall | None] = contextvars.ContextVar(
+    "jobcontrol_http_call", default=None
+)
+
+
+class _Admit:
+    """Starts each unary call in `Calls.unary` before its body is read (a leading
+    metadata interceptor, which connectrpc runs first): a call past a load limit is
+    refused without reading its body, and bodies are read under the same gate as gRPC
+    requests (a few at once, each within a time limit)."""
+
+    def __init__(self, calls: Calls) -> None:
+        self._calls = calls
+
+    async def on_start(self, ctx: RequestContext[Any, Any]) -> None:
+        if ctx.method.stream_type is not StreamType.UNARY:
+            _CALL.set(None)
+            return
+        loop = asyncio.get_running_loop()
+        request: asyncio.Future[Any] = loop.create_future()
+        reading: asyncio.Future[None] = loop.create_future()
+
+        async def receive() -> Any:
+            reading.set_result(None)
+            return await request
+
+        outcome = asyncio.create_task(self._calls.unary(ctx.method.name, receive))
+        await asyncio.wait((outcome, reading), return_when=asyncio.FIRST_COMPLETED)
+        if outcome.done():  # refused
+            await _outcome(outcome)
+        _CALL.set(_UnaryCall(request, outcome))
+
+    async def on_end(
+        self, token: None, ctx: RequestContext[Any, Any], error: Exception | None, /
+    ) -> None:
+        call = _CALL.get()
+        if call is None or call.outcome.done():
+            return
+        # The request never reached the handler: its body could not be read or decoded
+        # (the call ends with that error, counted as such), or the client went away.
+        if isinstance(error, ConnectError):
+            call.request.set_exception(CallError(_GRPC_CODES[error.code], error.message))
+            with contextlib.suppress(CallFailed):
+                await call.outcome
+        else:
+            call.outcome.cancel()
+            with contextlib.suppress(asyncio.CancelledError, CallFailed):
+                await call.outcome
+
+
+async def _outcome(outcome: asyncio.Task[Any]) -> Any:
+    try:
+        return await outcome
+    except CallFailed as failed:
+        raise _connect_error(failed) from None
+
+
 def _unary(calls: Calls, name: str) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
     async def handle(request: Any, ctx: RequestContext[Any, Any]) -> Any:
-        async def receive() -> Any:
-            return request
-
-        try:
-            return await calls.unary(name, receive)
-        except CallFailed as failed:
-            raise _connect_error(failed) from None
+        call = _CALL.get()
+        assert call is not None, "_Admit runs before every unary call"
+        call.request.set_result(request)
+        return await _outcome(call.outcome)
 
     return handle
 
@@ -200,7 +269,8 @@ class JobControlApp(ConnectASGIApplication[Calls]):
         super().__init__(
             service=calls,
             endpoints=endpoints,
-            interceptors=[_BearerToken(tokens)] if tokens else [],
+            # Both before the body is read: the token first, then admission.
+            interceptors=[*([_BearerToken(tokens)] if tokens else []), _Admit(calls)],
             read_max_bytes=MAX_MESSAGE_BYTES,
             codecs=[_ProtoCodec(), _JsonCodec()],
         )
