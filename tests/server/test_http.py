@@ -517,7 +517,7 @@ def test_a_taken_http_port_stops_the_server_before_it_listens(http: HttpServer, 
     )
 
     assert done.returncode == 1
-    assert f"cannot listen on {taken}" in done.stderr
+    assert f"--http-listen: cannot listen on {taken}: the port is already in use" in done.stderr
     assert "listening on" not in done.stderr
     assert not (tmp_path / "other.db").exists()
 

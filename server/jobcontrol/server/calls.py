@@ -12,8 +12,9 @@ called them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -89,7 +90,7 @@ class Calls:
 
     async def stream(
         self, name: str, received: bytes | protobuf_message.Message
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncGenerator[Any, None]:
         """The responses of server-streaming method `name` (messages, or events already
         serialized once for every watcher); raises CallFailed."""
         admission = self._admission
@@ -100,8 +101,12 @@ class Calls:
             admission.enter_stream(name)
             metrics.open_streams.labels(name).inc()
             try:
-                async for response in getattr(self._service, name)(_parse(name, received)):
-                    yield response
+                # Closed here, not by the garbage collector, when the client goes away:
+                # the handler's own cleanup (its hub subscription) runs at once.
+                handler = getattr(self._service, name)
+                async with contextlib.aclosing(handler(_parse(name, received))) as responses:
+                    async for response in responses:
+                        yield response
             finally:
                 metrics.open_streams.labels(name).dec()
                 admission.leave_stream()

@@ -217,8 +217,9 @@ def _streaming(
 ) -> Callable[[Any, RequestContext[Any, Any]], AsyncIterator[Any]]:
     async def handle(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
         try:
-            async for response in calls.stream(name, request):
-                yield response
+            async with contextlib.aclosing(calls.stream(name, request)) as responses:
+                async for response in responses:
+                    yield response
         except CallFailed as failed:
             raise _connect_error(failed) from None
 
@@ -363,7 +364,8 @@ class TlsFiles(Protocol):
 
 class HttpListener:
     """Hypercorn serving `app` on a socket bound at construction (so a taken port is
-    refused before the store is opened), in the running event loop."""
+    refused before the store is opened), in the running event loop. It runs Hypercorn's
+    `worker_serve`, which its public `serve` wraps, to hand it that socket."""
 
     def __init__(self, address: ListenAddress) -> None:
         self.address = address
@@ -414,18 +416,25 @@ def _report_failure(task: asyncio.Task[None]) -> None:
 
 
 def _bind(address: ListenAddress) -> socket.socket:
-    address.check_free()
     try:
+        address.check_free()
         family, kind, proto, _, sockaddr = socket.getaddrinfo(
             address.host or None, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
-        sock = socket.socket(family, kind, proto)
+    except (ListenError, OSError) as error:
+        raise ListenError(f"--http-listen: {error}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # No Nagle delay for the small messages of watch streams (as Hypercorn sets on
+        # the sockets it binds itself); accepted connections inherit it.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(sockaddr)
         sock.listen(1024)
         sock.setblocking(False)
     except OSError as error:
-        raise ListenError(f"cannot listen on {address} (--http-listen): {error}") from None
+        sock.close()
+        raise ListenError(f"--http-listen: cannot listen on {address}: {error}") from None
     return sock
 
 

@@ -17,6 +17,7 @@ read at once.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -93,8 +94,9 @@ async def _one_message(requests: AsyncIterator[bytes], name: str) -> bytes:
 def _streaming(calls: Calls, name: str) -> Callable[[bytes, Context], AsyncIterator[Any]]:
     async def handle(raw: bytes, context: Context) -> AsyncIterator[Any]:
         try:
-            async for response in calls.stream(name, raw):
-                yield response
+            async with contextlib.aclosing(calls.stream(name, raw)) as responses:
+                async for response in responses:
+                    yield response
         except CallFailed as failed:
             _fail(context, failed)
 
