@@ -763,3 +763,41 @@ def test_a_call_past_the_load_limit_is_refused_before_its_body_is_read(tmp_path:
         assert submit(http)["state"] == "JOB_STATE_PENDING"
     finally:
         http.process.stop()
+
+
+def decode_text_chunks(body: bytes) -> bytes:
+    """gRPC-Web text: base64 whose chunks may each be padded, so 4 characters at a time."""
+    text = body.translate(None, b"\r\n")
+    return b"".join(base64.b64decode(text[i : i + 4]) for i in range(0, len(text), 4))
+
+
+def test_grpc_web_text_mode_serves_unary_calls_and_streams(tmp_path: Path):
+    """The base64 mode Google's grpc-web client uses for server streams."""
+    http = start_http_server(tmp_path, "--with-worker")
+    try:
+        job = submit(http, "demo.sleep", payload={"seconds": 0.3, "steps": 3})
+        get = base64.b64encode(envelope(api.GetJobRequest(job_id=job["id"]).SerializeToString()))
+        watch = base64.b64encode(
+            envelope(api.WatchJobRequest(job_id=job["id"]).SerializeToString())
+        )
+
+        unary = curl(http.url("GetJob"), get, content_type="application/grpc-web-text")
+        stream = curl(http.url("WatchJob"), watch, content_type="application/grpc-web-text")
+        bad = curl(http.url("GetJob"), b"AAA", content_type="application/grpc-web-text")
+
+        assert unary.headers["content-type"] == "application/grpc-web-text+proto"
+        (_, message), (trailer_flags, trailers) = frames(decode_text_chunks(unary.body))
+        assert trailer_flags == GRPC_WEB_TRAILERS
+        assert api.GetJobResponse.FromString(message).job.id == job["id"]
+        assert grpc_web_trailers(trailers)["grpc-status"] == "0"
+        *messages, (_, trailers) = frames(decode_text_chunks(stream.body))
+        events = [api.WatchJobResponse.FromString(m).event for _, m in messages]
+        assert events[0].kind == pb.EVENT_KIND_SNAPSHOT
+        assert events[-1].job.state == pb.JOB_STATE_SUCCEEDED
+        assert grpc_web_trailers(trailers)["grpc-status"] == "0"
+        ((_, trailers),) = frames(decode_text_chunks(bad.body))
+        status = grpc_web_trailers(trailers)
+        assert status["grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        assert "base64" in status["grpc-message"]
+    finally:
+        http.process.stop()

@@ -17,6 +17,8 @@ a preflight from any other is refused.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import contextvars
 import logging
@@ -348,6 +350,81 @@ class Cors:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+# ---- gRPC-Web's text mode --------------------------------------------------------------
+
+GRPC_WEB_TEXT = "application/grpc-web-text"
+
+
+class GrpcWebText:
+    """gRPC-Web's base64 "text" mode (`application/grpc-web-text`), which connectrpc does
+    not speak and Google's grpc-web client needs for server streams: the request is
+    decoded to the binary mode for the app, and each chunk of the response encoded on
+    its way out, padded on its own (the mode's readers decode 4 characters at a time,
+    so a stream's messages go out as they come instead of waiting for the next)."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = _header(scope, b"content-type") if scope["type"] == "http" else b""
+        if not content_type.startswith(GRPC_WEB_TEXT.encode()):
+            await self._app(scope, receive, send)
+            return
+        codec = content_type[len(GRPC_WEB_TEXT) :] or b"+proto"
+        headers = [
+            (name, value)
+            for name, value in scope["headers"]
+            if name.lower() not in (b"content-type", b"content-length")
+        ]
+        binary_scope = {
+            **scope,
+            "headers": [*headers, (b"content-type", b"application/grpc-web" + codec)],
+        }
+        text = bytearray()
+
+        async def receive_binary() -> Any:
+            """The whole request, decoded (one message: a few bytes of JSON or protobuf
+            for these methods)."""
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return message
+                text.extend(message.get("body", b""))
+                if not message.get("more_body", False):
+                    try:
+                        body = base64.b64decode(bytes(text).translate(None, b" \r\n\t"))
+                    except binascii.Error as error:
+                        raise ConnectError(
+                            Code.INVALID_ARGUMENT, f"the request is not valid base64: {error}"
+                        ) from None
+                    return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send_text(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {
+                    **message,
+                    "headers": [
+                        (name, GRPC_WEB_TEXT.encode() + codec)
+                        if name.lower() == b"content-type"
+                        else (name, value)
+                        for name, value in message.get("headers", [])
+                        if name.lower() != b"content-length"
+                    ],
+                }
+            elif message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": base64.b64encode(message["body"])}
+            await send(message)
+
+        await self._app(binary_scope, receive_binary, send_text)
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value).lower()
+    return b""
+
+
 # ---- the listener --------------------------------------------------------------------
 
 
@@ -440,4 +517,4 @@ def _bind(address: ListenAddress) -> socket.socket:
 
 def http_app(calls: Calls, tokens: Tokens | None, cors_origins: Sequence[str]) -> App:
     app: App = JobControlApp(calls, tokens)
-    return Cors(app, cors_origins)
+    return Cors(GrpcWebText(app), cors_origins)
