@@ -801,3 +801,29 @@ def test_grpc_web_text_mode_serves_unary_calls_and_streams(tmp_path: Path):
         assert "base64" in status["grpc-message"]
     finally:
         http.process.stop()
+
+
+def test_the_http_listener_and_cors_origins_come_from_the_environment_too(tmp_path: Path):
+    process = start_server(
+        tmp_path,
+        env={
+            "JOBCONTROL_HTTP_LISTEN": "127.0.0.1:0",
+            "JOBCONTROL_HTTP_CORS_ORIGINS": "http://a.example, http://b.example",
+        },
+    )
+    try:
+        found = _HTTP_LINE.search(process.log)
+        assert found, process.log
+        http = HttpServer(process, found.group(1))
+
+        reply = curl(http.url("SubmitJob"), '{"type": "t.env"}', "-H", "Origin: http://b.example")
+
+        assert reply.status == 200
+        assert reply.headers["access-control-allow-origin"] == "http://b.example"
+        assert "CORS for http://a.example, http://b.example" in process.log
+    finally:
+        process.stop()
+
+
+def test_without_http_listen_there_is_no_http_listener(server: ServerProcess):
+    assert "HTTP API on" not in server.log
