@@ -827,3 +827,20 @@ def test_the_http_listener_and_cors_origins_come_from_the_environment_too(tmp_pa
 
 def test_without_http_listen_there_is_no_http_listener(server: ServerProcess):
     assert "HTTP API on" not in server.log
+
+
+@pytest.mark.parametrize("origin", ["localhost:3000", "http://app.example/page", "*"])
+def test_a_cors_origin_that_is_not_an_origin_is_refused_at_start(tmp_path: Path, origin: str):
+    done = run_cli(
+        "jobcontrol-server",
+        "--store-path",
+        str(tmp_path / "jobs.db"),
+        "--http-listen",
+        "127.0.0.1:0",
+        "--http-cors-origin",
+        origin,
+    )
+
+    assert done.returncode != 0
+    assert f"--http-cors-origin {origin!r} is not an origin like" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -298,7 +298,7 @@ class Cors:
 
     def __init__(self, app: App, origins: Iterable[str]) -> None:
         self._app = app
-        self._origins = frozenset(origin.rstrip("/") for origin in origins)
+        self._origins = frozenset(origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
