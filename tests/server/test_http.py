@@ -62,6 +62,8 @@ def http(tmp_path: Path) -> Iterator[HttpServer]:
         yield started
     finally:
         started.process.stop()
+    # Whatever a test sent, the server logged no traceback: bad input is the client's.
+    assert "Traceback" not in started.process.log
 
 
 @dataclass
@@ -844,3 +846,20 @@ def test_a_cors_origin_that_is_not_an_origin_is_refused_at_start(tmp_path: Path,
     assert done.returncode != 0
     assert f"--http-cors-origin {origin!r} is not an origin like" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_grpc_answers_on_http2_and_is_refused_over_http1_with_a_reason(http: HttpServer):
+    job = submit(http)
+    request = envelope(api.GetJobRequest(job_id=job["id"]).SerializeToString())
+    address = http.base.removeprefix("http://")
+
+    with grpc.insecure_channel(address) as channel:
+        over_grpc = job_control_pb2_grpc.JobControlStub(channel).GetJob(
+            api.GetJobRequest(job_id=job["id"]), timeout=30
+        )
+    over_http1 = curl(http.url("GetJob"), request, content_type="application/grpc")
+
+    assert over_grpc.job.id == job["id"]
+    assert over_http1.status == 415
+    assert b"gRPC needs HTTP/2" in over_http1.body
+    assert "Traceback" not in http.process.log

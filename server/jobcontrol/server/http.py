@@ -425,6 +425,36 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return b""
 
 
+class GrpcNeedsHttp2:
+    """gRPC itself (not gRPC-Web) over HTTP/1.1 is refused here with a status that says
+    why (415): connectrpc would fail on it with a traceback, for want of trailers."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("http_version") not in ("2", "3"):
+            content_type = _header(scope, b"content-type")
+            if content_type.startswith(b"application/grpc") and not content_type.startswith(
+                b"application/grpc-web"
+            ):
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 415,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                    }
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"gRPC needs HTTP/2; over HTTP/1.1 use gRPC-Web or Connect\n",
+                    }
+                )
+                return
+        await self._app(scope, receive, send)
+
+
 # ---- the listener --------------------------------------------------------------------
 
 
@@ -517,4 +547,4 @@ def _bind(address: ListenAddress) -> socket.socket:
 
 def http_app(calls: Calls, tokens: Tokens | None, cors_origins: Sequence[str]) -> App:
     app: App = JobControlApp(calls, tokens)
-    return Cors(GrpcWebText(app), cors_origins)
+    return Cors(GrpcNeedsHttp2(GrpcWebText(app)), cors_origins)
