@@ -863,3 +863,12 @@ def test_grpc_answers_on_http2_and_is_refused_over_http1_with_a_reason(http: Htt
     assert over_http1.status == 415
     assert b"gRPC needs HTTP/2" in over_http1.body
     assert "Traceback" not in http.process.log
+
+
+def test_a_stream_called_as_a_unary_call_is_told_how_to_call_it(http: HttpServer):
+    reply = curl(http.url("WatchJob"), '{"job_id": "x"}')
+
+    assert reply.status == 415
+    assert b"WatchJob is a server stream: send Content-Type application/connect+json" in (
+        reply.body
+    )

@@ -425,19 +425,24 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return b""
 
 
-class GrpcNeedsHttp2:
-    """gRPC itself (not gRPC-Web) over HTTP/1.1 is refused here with a status that says
-    why (415): connectrpc would fail on it with a traceback, for want of trailers."""
+_STREAMS = frozenset(
+    f"/{SERVICE.full_name}/{method.name}" for method in SERVICE.methods if method.server_streaming
+)
+
+
+class PlainRefusals:
+    """Two requests that connectrpc refuses without saying why (or with a traceback in
+    the log) get a 415 that says what to send instead: gRPC itself over HTTP/1.1 (it
+    needs HTTP/2's trailers), and a server stream called with a unary content type
+    (as `curl -H 'Content-Type: application/json'` does)."""
 
     def __init__(self, app: App) -> None:
         self._app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("http_version") not in ("2", "3"):
-            content_type = _header(scope, b"content-type")
-            if content_type.startswith(b"application/grpc") and not content_type.startswith(
-                b"application/grpc-web"
-            ):
+        if scope["type"] == "http":
+            reason = _refusal(scope)
+            if reason is not None:
                 await send(
                     {
                         "type": "http.response.start",
@@ -445,14 +450,27 @@ class GrpcNeedsHttp2:
                         "headers": [(b"content-type", b"text/plain; charset=utf-8")],
                     }
                 )
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": b"gRPC needs HTTP/2; over HTTP/1.1 use gRPC-Web or Connect\n",
-                    }
-                )
+                await send({"type": "http.response.body", "body": reason.encode() + b"\n"})
                 return
         await self._app(scope, receive, send)
+
+
+def _refusal(scope: Scope) -> str | None:
+    content_type = _header(scope, b"content-type").partition(b";")[0].strip()
+    if (
+        content_type.startswith(b"application/grpc")
+        and not content_type.startswith(b"application/grpc-web")
+        and scope.get("http_version") not in ("2", "3")
+    ):
+        return "gRPC needs HTTP/2; over HTTP/1.1 use gRPC-Web or Connect"
+    if scope["path"] in _STREAMS and content_type in (b"application/json", b"application/proto"):
+        kind = content_type.removeprefix(b"application/").decode()
+        return (
+            f"{scope['path'].rsplit('/', 1)[-1]} is a server stream: send Content-Type "
+            f"application/connect+{kind}, the request in a Connect envelope (a flags byte 0, "
+            "its length in 4 bytes big-endian, then the message)"
+        )
+    return None
 
 
 # ---- the listener --------------------------------------------------------------------
@@ -547,4 +565,4 @@ def _bind(address: ListenAddress) -> socket.socket:
 
 def http_app(calls: Calls, tokens: Tokens | None, cors_origins: Sequence[str]) -> App:
     app: App = JobControlApp(calls, tokens)
-    return Cors(GrpcNeedsHttp2(GrpcWebText(app)), cors_origins)
+    return Cors(PlainRefusals(GrpcWebText(app)), cors_origins)
