@@ -174,7 +174,11 @@ class _Admit:
             return await request
 
         outcome = asyncio.create_task(self._calls.unary(ctx.method.name, receive))
-        await asyncio.wait((outcome, reading), return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait((outcome, reading), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled (the client went away) while waiting to read
+            outcome.cancel()
+            raise
         if outcome.done():  # refused
             await _outcome(outcome)
         _CALL.set(_UnaryCall(request, outcome))
@@ -183,18 +187,20 @@ class _Admit:
         self, token: None, ctx: RequestContext[Any, Any], error: Exception | None, /
     ) -> None:
         call = _CALL.get()
-        if call is None or call.outcome.done():
+        if call is None:
+            return
+        if call.outcome.done():
+            if not call.outcome.cancelled():
+                call.outcome.exception()  # seen: sent, or ended before its body came
             return
         # The request never reached the handler: its body could not be read or decoded
         # (the call ends with that error, counted as such), or the client went away.
         if isinstance(error, ConnectError):
             call.request.set_exception(CallError(_GRPC_CODES[error.code], error.message))
-            with contextlib.suppress(CallFailed):
-                await call.outcome
         else:
             call.outcome.cancel()
-            with contextlib.suppress(asyncio.CancelledError, CallFailed):
-                await call.outcome
+        with contextlib.suppress(asyncio.CancelledError, CallFailed):
+            await call.outcome
 
 
 async def _outcome(outcome: asyncio.Task[Any]) -> Any:
