@@ -872,3 +872,31 @@ def test_a_stream_called_as_a_unary_call_is_told_how_to_call_it(http: HttpServer
     assert b"WatchJob is a server stream: send Content-Type application/connect+json" in (
         reply.body
     )
+
+
+def test_an_http_watch_sees_a_change_made_over_grpc(http: HttpServer):
+    """One store and one EventHub behind both listeners."""
+    job = submit(http, "t.nobody-serves")
+    stream = open_stream(http, "WatchJob", {"job_id": job["id"]})
+    try:
+        assert stream.stdout is not None
+        header = stream.stdout.read(5)
+        snapshot = json.loads(stream.stdout.read(struct.unpack(">I", header[1:])[0]))["event"]
+        assert snapshot["kind"] == "EVENT_KIND_SNAPSHOT"
+
+        with http.process.channel() as channel:
+            job_control_pb2_grpc.JobControlStub(channel).CancelJob(
+                api.CancelJobRequest(job_id=job["id"], reason="from gRPC"), timeout=30
+            )
+        rest = frames(stream.stdout.read())  # the stream ends after the terminal event
+
+        *changes, (end_flags, _) = rest
+        last = json.loads(changes[-1][1])["event"]
+        assert last["kind"] == "EVENT_KIND_CANCELLED"
+        assert last["job"]["cancelReason"] == "from gRPC"
+        assert end_flags == END_STREAM
+    finally:
+        stream.kill()
+        stream.wait(10)
+        assert stream.stdout is not None
+        stream.stdout.close()
