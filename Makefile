@@ -42,7 +42,7 @@ clients/typescript/node_modules/.installed: clients/typescript/package.json clie
 install: system-deps $(STAMP) node_modules/.installed clients/typescript/node_modules/.installed
 
 run: $(STAMP)
-	$(VENV)/bin/jobcontrol-server --with-worker
+	$(VENV)/bin/jobcontrol-server --with-worker --http-listen 127.0.0.1:8080
 
 # sqld, two servers and two workers on loopback, as on separate machines (README);
 # `make cluster STORE=postgres` runs them on a throwaway PostgreSQL instead of sqld.

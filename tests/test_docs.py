@@ -57,6 +57,8 @@ DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 # Documents a reader follows from top to bottom against `make run`.
 WALKTHROUGHS = [README, JOB_TYPES]
 MAKE_RUN_ADDRESS = "127.0.0.1:50051"
+MAKE_RUN_HTTP_ADDRESS = "127.0.0.1:8080"
+_HTTP_LINE = re.compile(r"HTTP API on http://(\S+:\d+)")
 
 
 def clean_env(home: Path, **extra: str) -> dict[str, str]:
@@ -176,7 +178,10 @@ def test_a_shell_session_keeps_variables_and_stops_at_the_first_failure():
 @pytest.fixture(scope="module")
 def make_run_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """What `make run` starts, on a free port and a fresh store."""
-    server = start_server(tmp_path_factory.mktemp("make-run"), args=["--with-worker"])
+    server = start_server(
+        tmp_path_factory.mktemp("make-run"),
+        args=["--with-worker", "--http-listen", "127.0.0.1:0"],
+    )
     try:
         yield server
     finally:
@@ -218,7 +223,9 @@ def test_make_run_starts_the_server_the_walkthroughs_run_against():
         check=False,
     )
 
-    assert dry_run.stdout.splitlines()[-1] == ".venv/bin/jobcontrol-server --with-worker"
+    assert dry_run.stdout.splitlines()[-1] == (
+        f".venv/bin/jobcontrol-server --with-worker --http-listen {MAKE_RUN_HTTP_ADDRESS}"
+    )
 
 
 def test_the_readme_shows_jobctl_and_both_python_clients():
@@ -230,6 +237,7 @@ def test_the_readme_shows_jobctl_and_both_python_clients():
     assert "--watch" in shell
     assert "jobctl top --once" in shell
     assert "grpcurl" in shell
+    assert "curl -s -H 'Content-Type: application/json'" in shell
     assert "JobControlClient(" in python
     assert "AsyncJobControlClient(" in python
     assert "jobcontrol.worker.testing" in python
@@ -242,6 +250,8 @@ def test_walkthrough_runs_as_written(
     chosen = walkthrough(document)
     assert chosen, f"{document.name} has no block to run"
     env = clean_env(tmp_path, JOBCONTROL_ADDR=make_run_server.address)
+    http = _HTTP_LINE.search(make_run_server.log)
+    assert http, make_run_server.log
     project = tmp_path / "project"
     project.mkdir()
     # The reader's own project, with the virtualenv holding jobcontrol activated.
@@ -252,7 +262,9 @@ def test_walkthrough_runs_as_written(
             if block.file is not None:
                 block.write_into(project)
                 continue
-            code = block.code.replace(MAKE_RUN_ADDRESS, make_run_server.address)
+            code = block.code.replace(MAKE_RUN_ADDRESS, make_run_server.address).replace(
+                MAKE_RUN_HTTP_ADDRESS, http.group(1)
+            )
             ran: Ran
             if where_it_runs(block) == "project":
                 assert block.lang in SHELL, f"{block.where}: run=project is for shell blocks"

@@ -36,8 +36,7 @@ async def test_retention_prunes_batch_after_batch_until_the_backlog_is_gone(
         clock.advance(timedelta(days=8))
         keeper = Housekeeper(
             store,
-            hub=None,  # type: ignore[arg-type]  # prune touches neither hub nor health
-            health_servicer=None,  # type: ignore[arg-type]
+            health_servicer=None,  # type: ignore[arg-type]  # prune does not touch health
             metrics=None,  # type: ignore[arg-type]
             config=HousekeepingConfig(retention=timedelta(days=7)),
         )

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from jobcontrol.jobs import EventKind, Job, JobEvent, JobSpec, JobState, Progress
-from jobcontrol.server.hub import OVERFLOW, Delivery, EventHub, Subscription, WatchEnded
+from jobcontrol.server.hub import (
+    OVERFLOW,
+    Delivery,
+    EventHub,
+    Subscription,
+    WatchEnded,
+    waking,
+)
 from jobcontrol.server.metrics import Metrics, metered
 from jobcontrol.store.sqlite import SqliteJobStore
 
@@ -276,3 +283,49 @@ async def test_a_running_watched_job_is_read_at_the_hot_interval(tmp_path: Path)
     finally:
         await hub.close()
         await store.close()
+
+
+class CountingHub:
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+async def test_the_waking_store_wakes_the_hub_after_writes_that_changed_something(
+    tmp_path: Path,
+):
+    """The one place the process's own writes wake its hub: a new job, a claim, progress
+    and an outcome do; reads, a repeated submit and an empty claim or reap do not."""
+    hub = CountingHub()
+    inner = await SqliteJobStore.open(tmp_path / "jobs.db")
+    store = waking(inner, hub)  # type: ignore[arg-type]
+    try:
+        spec = JobSpec(type="t.wake", idempotency_key="k")
+        job = (await store.create_job(spec)).job
+        assert hub.wakes == 1
+        await store.create_job(spec)  # the same key: nothing new
+        await store.get_job(job.id)
+        await store.list_events(after_sequence=0, limit=10)
+        await store.reap()
+        assert (
+            await store.claim_jobs(
+                worker_id="w", types=["t.other"], limit=1, lease_timeout=timedelta(minutes=1)
+            )
+            == []
+        )
+        assert hub.wakes == 1
+
+        (claimed,) = await store.claim_jobs(
+            worker_id="w", types=["t.wake"], limit=1, lease_timeout=timedelta(minutes=1)
+        )
+        assert claimed.lease_id is not None
+        await store.report_progress(
+            job_id=job.id, lease_id=claimed.lease_id, progress=Progress(50.0, "half")
+        )
+        await store.complete_job(job_id=job.id, lease_id=claimed.lease_id, result={})
+        assert hub.wakes == 4
+        assert store.changes is inner.changes  # everything else is the store's own
+    finally:
+        await inner.close()

@@ -16,6 +16,8 @@ import pytest
 from jobcontrol import convert
 from jobcontrol.jobs import EventKind, JobEvent, JobSpec, Progress
 from jobcontrol.server import registration
+from jobcontrol.server.admission import Admission, LoadLimits
+from jobcontrol.server.calls import Calls
 from jobcontrol.server.hub import EventHub
 from jobcontrol.server.metrics import Metrics
 from jobcontrol.server.service import JobControlService
@@ -43,7 +45,8 @@ async def test_watchers_of_one_event_share_one_conversion_and_the_same_bytes(
     store = await SqliteJobStore.open(tmp_path / "jobs.db")
     hub = EventHub(store, metrics=metrics, tail_interval=0.01)
     server = grpc.aio.server()
-    registration.register(server, JobControlService(store, hub, metrics), metrics)
+    service = JobControlService(store, hub, metrics)
+    registration.register(server, Calls(service, metrics, Admission(LoadLimits(), metrics)))
     port = server.add_insecure_port("127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:

@@ -153,7 +153,6 @@ class Admission:
 
     def _refuse(self, method: str, limit: str, message: str) -> None:
         self._metrics.refused.labels(method, limit).inc()
-        self._metrics.observe_rpc(method, Refused.code, 0.0)
         raise Refused(limit, message)
 
 

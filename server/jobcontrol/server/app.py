@@ -1,5 +1,6 @@
 """Assembles one server process: store, EventHub, gRPC service, health, reflection,
-auth, TLS, metrics and housekeeping; runs until SIGTERM/SIGINT.
+auth, TLS, metrics, housekeeping and the optional HTTP listener (Connect and gRPC-Web
+for browsers, the same service); runs until SIGTERM/SIGINT.
 
 Start-up binds the port first and opens the store second, so a taken port leaves the
 database untouched; a store that cannot be written stops the server before it says
@@ -24,9 +25,11 @@ from grpc_reflection.v1alpha import reflection
 from jobcontrol.durations import format_duration
 from jobcontrol.server import registration
 from jobcontrol.server.admission import Admission, LoadLimits
-from jobcontrol.server.auth import BearerTokenAuth
+from jobcontrol.server.auth import BearerTokenAuth, Tokens
+from jobcontrol.server.calls import Calls
 from jobcontrol.server.housekeeping import Housekeeper, HousekeepingConfig
-from jobcontrol.server.hub import EventHub
+from jobcontrol.server.http import HttpListener, http_app
+from jobcontrol.server.hub import EventHub, waking
 from jobcontrol.server.listen import ListenAddress, ListenError
 from jobcontrol.server.metrics import Metrics, metered
 from jobcontrol.server.served import ServedTypes
@@ -59,9 +62,10 @@ class TlsConfig:
 @dataclass(frozen=True, slots=True)
 class Replica:
     """This process is one of `--processes N` sharing one port (processes.py). The
-    primary (index 0) alone runs the reaper, retention, job counts, metrics and the
-    in-process worker: they are safe in many replicas, but N copies on one machine only
-    add work (and N /metrics endpoints would each need a port)."""
+    primary (index 0) alone runs the reaper, retention, job counts, metrics, the HTTP
+    listener and the in-process worker: they are safe in many replicas, but N copies on
+    one machine only add work (and N /metrics or HTTP endpoints would each need a
+    port)."""
 
     index: int
     count: int
@@ -78,6 +82,10 @@ class ServerConfig:
     tokens: tuple[str, ...] = ()
     tls: TlsConfig | None = None
     metrics_listen: ListenAddress | None = None
+    # The API over HTTP for browsers (Connect, gRPC-Web); off when None.
+    http_listen: ListenAddress | None = None
+    # Origins whose pages may call the HTTP listener (CORS), e.g. http://localhost:3000.
+    http_cors_origins: tuple[str, ...] = ()
     limits: LoadLimits = field(default_factory=LoadLimits)
     tail_interval: float = 0.05
     housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
@@ -145,16 +153,17 @@ async def serve(
     if the server cannot start."""
     stop = stop or asyncio.Event()
     metrics = Metrics()
-    interceptors = []
-    if config.tokens:
-        interceptors.append(
-            BearerTokenAuth(
-                config.tokens,
-                on_denied=lambda method: metrics.observe_rpc(
-                    method, grpc.StatusCode.UNAUTHENTICATED, 0.0
-                ),
-            )
+    tokens = (
+        Tokens(
+            config.tokens,
+            on_denied=lambda method: metrics.observe_rpc(
+                method, grpc.StatusCode.UNAUTHENTICATED, 0.0
+            ),
         )
+        if config.tokens
+        else None
+    )
+    interceptors = [BearerTokenAuth(tokens)] if tokens else []
     server = grpc.aio.server(
         interceptors=interceptors,
         options=GRPC_OPTIONS if config.replica is None else SHARED_PORT_GRPC_OPTIONS,
@@ -162,16 +171,22 @@ async def serve(
     if config.metrics_listen:
         config.metrics_listen.check_free()
     port = _bind(server, config)
+    http: HttpListener | None = None
     try:
+        if config.http_listen:
+            http = HttpListener(config.http_listen)
         store = metered(await open_writable_store(config.store), metrics)
     except BaseException:
+        if http is not None:
+            http.close()
         await server.stop(None)
         raise
     served = ServedTypes(store)
     hub = EventHub(store, metrics=metrics, tail_interval=config.tail_interval, served=served)
     await hub.start()
+    # Every writer below gets the store that wakes the hub after its writes.
+    store = waking(store, hub)
 
-    admission = Admission(config.limits, metrics)
     service = JobControlService(
         store,
         hub,
@@ -179,7 +194,8 @@ async def serve(
         served=served,
         reject_unserved_types=config.reject_unserved_types,
     )
-    registration.register(server, service, metrics, admission)
+    calls = Calls(service, metrics, Admission(config.limits, metrics))
+    registration.register(server, calls)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -192,7 +208,6 @@ async def serve(
     )
     housekeeper = Housekeeper(
         store,
-        hub,
         health_servicer,
         metrics,
         config.housekeeping,
@@ -200,6 +215,14 @@ async def serve(
     )
     await housekeeper.check_health()  # health answers SERVING from the first call
     await server.start()
+    if http is not None:
+        http.start(http_app(calls, tokens, config.http_cors_origins), config.tls)
+        log.info(
+            "HTTP API on %s://%s (Connect, gRPC-Web and gRPC; HTTP/1.1 and HTTP/2)%s",
+            "https" if config.tls else "http",
+            http.address.with_port(http.port),
+            f", CORS for {', '.join(config.http_cors_origins)}" if config.http_cors_origins else "",
+        )
     if config.replica is None:
         log.info("listening on %s (%s)", config.listen.with_port(port), describe(config))
     else:  # the supervisor says "listening on" once every process serves
@@ -225,9 +248,7 @@ async def serve(
     lag_sampler = asyncio.create_task(metrics.sample_loop_lag(), name="loop-lag")
     worker_stop, worker_stop_now = asyncio.Event(), asyncio.Event()
     worker_task = (
-        _start_worker(store, hub, config, worker_stop, worker_stop_now)
-        if config.with_worker
-        else None
+        _start_worker(store, config, worker_stop, worker_stop_now) if config.with_worker else None
     )
 
     def on_signal() -> None:
@@ -256,7 +277,9 @@ async def serve(
         lag_sampler.cancel()
         await housekeeper.stop()
         await hub.close()
-        await server.stop(SHUTDOWN_GRACE_SECONDS)
+        await asyncio.gather(
+            server.stop(SHUTDOWN_GRACE_SECONDS), *([http.stop()] if http is not None else [])
+        )
         await store.close()
         log.info("stopped")
 
@@ -280,12 +303,11 @@ def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
 
 def _start_worker(
     store: JobStore,
-    hub: EventHub,
     config: ServerConfig,
     stop: asyncio.Event,
     stop_now: asyncio.Event,
 ) -> asyncio.Task[None]:
-    """The in-process worker of `--with-worker`: same store, and its writes wake the hub."""
+    """The in-process worker of `--with-worker`: the same store, which wakes the hub."""
     from jobcontrol.worker.cli import load_handler_modules
     from jobcontrol.worker.handlers import default_registry
     from jobcontrol.worker.runtime import Worker, WorkerConfig
@@ -295,6 +317,5 @@ def _start_worker(
         store,
         default_registry,
         WorkerConfig(drain_grace=config.worker_drain_grace, fetch_allow=config.worker_fetch_allow),
-        on_write=hub.wake,
     )
     return asyncio.create_task(worker.run(stop, stop_now), name="in-process-worker")

@@ -1,4 +1,5 @@
-"""Bearer-token authentication for every RPC except health checks.
+"""Bearer-token authentication for every RPC except health checks, on the gRPC
+listener (an interceptor) and the HTTP one (`http`) alike.
 
 Tokens come from `JOBCONTROL_AUTH_TOKEN` and/or a tokens file (one per line), never
 from a flag, so they do not show in process listings. Comparison is constant-time and
@@ -29,19 +30,21 @@ def load_tokens(env_token: str | None, tokens_file: str | None) -> list[str]:
     return tokens
 
 
-class BearerTokenAuth(grpc.aio.ServerInterceptor):
+DENIED = "missing or invalid token: send header 'authorization: Bearer <token>'"
+
+
+class Tokens:
+    """The accepted tokens; `on_denied` gets the method of each call refused."""
+
     def __init__(self, tokens: Sequence[str], on_denied: Callable[[str], None]) -> None:
         if not tokens:
             raise ValueError("at least one token is required")
         self._tokens = [t.encode() for t in tokens]
-        self._on_denied = on_denied
+        self.on_denied = on_denied
 
-    def _authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
-        header = b""
-        for key, value in metadata or ():
-            if key.lower() == "authorization":
-                header = value if isinstance(value, bytes) else value.encode()
-                break
+    def accept(self, header: str | bytes | None) -> bool:
+        """Whether an `authorization` header value carries one of the tokens."""
+        header = header.encode() if isinstance(header, str) else header or b""
         scheme, _, presented = header.partition(b" ")
         if scheme.lower() != b"bearer":
             presented = b""
@@ -49,6 +52,20 @@ class BearerTokenAuth(grpc.aio.ServerInterceptor):
         for token in self._tokens:
             ok |= hmac.compare_digest(presented.strip(), token)
         return ok
+
+
+class BearerTokenAuth(grpc.aio.ServerInterceptor):
+    def __init__(self, tokens: Tokens) -> None:
+        self._tokens = tokens
+        self._on_denied = tokens.on_denied
+
+    def _authorized(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> bool:
+        header: str | bytes | None = None
+        for key, value in metadata or ():
+            if key.lower() == "authorization":
+                header = value
+                break
+        return self._tokens.accept(header)
 
     async def intercept_service(
         self,
@@ -66,10 +83,7 @@ class BearerTokenAuth(grpc.aio.ServerInterceptor):
 
 
 async def _deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED,
-        "missing or invalid token: send metadata 'authorization: Bearer <token>'",
-    )
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
 
 
 def _denying(handler: MethodHandler) -> MethodHandler:

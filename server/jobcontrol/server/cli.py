@@ -96,6 +96,21 @@ def parser() -> argparse.ArgumentParser:
         help="address for the Prometheus /metrics endpoint (env JOBCONTROL_METRICS_LISTEN)",
     )
     p.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        default=env.get("JOBCONTROL_HTTP_LISTEN"),
+        help="also serve the API over HTTP for browsers and curl (Connect and gRPC-Web, "
+        "HTTP/1.1 and HTTP/2), with the same tokens and TLS; off by default "
+        "(env JOBCONTROL_HTTP_LISTEN)",
+    )
+    p.add_argument(
+        "--http-cors-origin",
+        metavar="ORIGIN",
+        action="append",
+        help="an origin whose web pages may call --http-listen, e.g. http://localhost:3000; "
+        "repeatable (env JOBCONTROL_HTTP_CORS_ORIGINS, comma-separated)",
+    )
+    p.add_argument(
         "--auth-tokens-file",
         metavar="FILE",
         default=env.get("JOBCONTROL_AUTH_TOKENS_FILE"),
@@ -210,6 +225,23 @@ def _worker_fetch_allow(args: argparse.Namespace) -> FetchAllowList:
         raise SystemExit(f"jobcontrol-server: env {FETCH_ALLOW_ENV}: {error}") from None
 
 
+_ORIGIN = re.compile(r"https?://[^/\s]+")
+
+
+def _cors_origins(flags: list[str] | None) -> tuple[str, ...]:
+    """The flags' origins, or else the environment's; each `scheme://host[:port]`, as a
+    browser sends it in `Origin`."""
+    given = flags or os.environ.get("JOBCONTROL_HTTP_CORS_ORIGINS", "").split(",")
+    origins = tuple(origin.strip().rstrip("/") for origin in given if origin.strip())
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise SystemExit(
+                f"jobcontrol-server: --http-cors-origin {origin!r} is not an origin like "
+                "http://localhost:3000 (scheme, host and port, no path)"
+            )
+    return origins
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("jobcontrol-server: --tls-cert and --tls-key go together")
@@ -232,6 +264,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             if args.metrics_listen
             else None
         )
+        http_listen = (
+            ListenAddress.parse(args.http_listen, flag="--http-listen")
+            if args.http_listen
+            else None
+        )
     except ListenError as error:
         raise SystemExit(f"jobcontrol-server: {error}") from None
     store = StoreConfig.from_args(args)
@@ -241,6 +278,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tokens=tuple(tokens),
         tls=TlsConfig(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None,
         metrics_listen=metrics_listen,
+        http_listen=http_listen,
+        http_cors_origins=_cors_origins(args.http_cors_origin),
         limits=LoadLimits(
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             max_streams=args.max_streams,

@@ -16,7 +16,6 @@ from datetime import timedelta
 from grpc_health.v1 import health, health_pb2
 
 from jobcontrol.errors import StoreUnavailable
-from jobcontrol.server.hub import EventHub
 from jobcontrol.server.metrics import Metrics
 from jobcontrol.store import JobStore
 
@@ -45,7 +44,6 @@ class Housekeeper:
     def __init__(
         self,
         store: JobStore,
-        hub: EventHub,
         health_servicer: health.aio.HealthServicer,
         metrics: Metrics,
         config: HousekeepingConfig,
@@ -57,7 +55,6 @@ class Housekeeper:
         would repeat its work, and serve no /metrics."""
         self._store = store
         self._primary = primary
-        self._hub = hub
         self._health = health_servicer
         self._metrics = metrics
         self._config = config
@@ -124,7 +121,6 @@ class Housekeeper:
                 len(result.failed),
                 len(result.cancelled),
             )
-            self._hub.wake()
         if lost:
             log.warning("marked %d silent workers LOST", len(lost), extra={"worker_ids": lost})
 

@@ -29,18 +29,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.jobs import EventKind, Job, JobEvent, JobState
 from jobcontrol.server.metrics import Metrics
 from jobcontrol.server.served import ServedTypes, is_unserved, mark_event
-from jobcontrol.store import JobFilter, JobStore
+from jobcontrol.store import JobFilter, JobStore, ReapResult, Submitted
 
 log = logging.getLogger(__name__)
 
@@ -547,3 +549,66 @@ class EventHub:
                         job=dataclasses.replace(job, queue_position=position, unserved=unserved),
                     )
                     sub.push(Delivery(event), self._batch)
+
+
+# The store calls that append job events: after one that changed something, the hub
+# tails at once instead of at its next interval.
+EVENT_WRITES = frozenset(
+    {
+        "create_job",
+        "create_jobs",
+        "cancel_job",
+        "retry_job",
+        "claim_jobs",
+        "report_progress",
+        "complete_job",
+        "complete_jobs",
+        "fail_job",
+        "record_cancelled",
+        "time_out_job",
+        "release_job",
+        "reap",
+    }
+)
+
+
+def _changed(result: object) -> bool:
+    """False for a write that did nothing: a repeated submit, an empty claim or reap, a
+    batch of completions whose leases were all lost."""
+    if isinstance(result, bool):
+        return result
+    if isinstance(result, Submitted):
+        return result.created
+    if isinstance(result, ReapResult):
+        return result.total > 0
+    if isinstance(result, list):
+        return bool(result) and any(_changed(item) for item in result)
+    return True
+
+
+class _WakingStore:
+    def __init__(self, inner: JobStore, hub: EventHub) -> None:
+        self._inner = inner
+        self._hub = hub
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if name not in EVENT_WRITES:
+            return attribute
+        hub = self._hub
+
+        @functools.wraps(attribute)
+        async def write(*args: Any, **kwargs: Any) -> Any:
+            result = await attribute(*args, **kwargs)
+            if _changed(result):
+                hub.wake()
+            return result
+
+        return write
+
+
+def waking(store: JobStore, hub: EventHub) -> JobStore:
+    """The same store, waking `hub` after every write that added job events: the one
+    place where this process's own writes (its RPCs, reaper and in-process worker)
+    reach its watchers without waiting for the tail interval."""
+    return cast(JobStore, _WakingStore(store, hub))

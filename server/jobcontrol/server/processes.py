@@ -182,7 +182,7 @@ class Supervisor:
         config = replace(self._config, replica=Replica(index, self._count))
         if index == 0:
             return config
-        return replace(config, metrics_listen=None, with_worker=False)
+        return replace(config, metrics_listen=None, http_listen=None, with_worker=False)
 
     def _start(self, index: int, *, wait_ready: bool = True) -> None:
         child = _Child(index, self._child_config(index), self._logs)

@@ -1,9 +1,10 @@
-"""The `jobcontrol.v1.JobControl` service on grpc.aio.
+"""The `jobcontrol.v1.JobControl` service, behind the gRPC and the HTTP listener alike.
 
-Handlers convert the request, call the store, and convert the answer back; the
-`unary`/`streaming` wrappers turn domain errors into status codes. Writes made here
-wake the EventHub so watchers in this process see them at once. Watch streams send the
-hub's events as bytes encoded once for all streams (see `registration`).
+Handlers convert the request, call the store, and convert the answer back; they raise
+domain errors, which `calls` turns into statuses for whichever protocol carried the
+call. The store they get wakes the EventHub after each write (`hub.waking`), so
+watchers in this process see it at once. Watch streams send the hub's events as bytes
+encoded once for all streams (see `registration` and `http`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
@@ -23,14 +24,12 @@ from jobcontrol.jobs import EventKind, Job, JobEvent
 from jobcontrol.server.hub import OVERFLOW, Delivery, EventHub, Subscription, WatchEnded
 from jobcontrol.server.metrics import Metrics
 from jobcontrol.server.served import ServedTypes, mark, mark_event, warnings
-from jobcontrol.server.status import StreamEnded, streaming, unary
+from jobcontrol.server.status import CallError
 from jobcontrol.store import JobFilter, JobStore
 from jobcontrol.v1 import job_control_pb2 as api
-from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
 from jobcontrol.validation import validate_labels, validate_type
 
-Context = grpc.aio.ServicerContext[Any, Any]
 REPLAY_PAGE = 1000
 # Converting a batch of 1,000 jobs holds the event loop for several milliseconds each
 # way; in slices this big, streams and other calls get a turn in between.
@@ -50,7 +49,7 @@ async def _in_slices(items: Sequence[T], convert_one: Callable[[int, T], R]) -> 
     return converted
 
 
-class JobControlService(job_control_pb2_grpc.JobControlServicer):
+class JobControlService:
     """`reject_unserved_types`: refuse submits of types no ACTIVE worker serves
     (FAILED_PRECONDITION) instead of accepting them with a warning."""
 
@@ -79,13 +78,10 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
                 raise UnservedJobType(unserved, served)
         return served
 
-    @unary
-    async def SubmitJob(self, request: api.SubmitJobRequest, context: Context) -> Any:
+    async def SubmitJob(self, request: api.SubmitJobRequest) -> api.SubmitJobResponse:
         spec = convert.spec_from_proto(request)
         served = await self._served_for([spec.type])
         submitted = await self.store.create_job(spec)
-        if submitted.created:
-            self.hub.wake()
         job = mark(submitted.job, served)
         return api.SubmitJobResponse(
             job=_answer(job, request.payload),
@@ -93,15 +89,13 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
             warnings=warnings([job]),
         )
 
-    @unary
-    async def SubmitJobs(self, request: api.SubmitJobsRequest, context: Context) -> Any:
+    async def SubmitJobs(self, request: api.SubmitJobsRequest) -> api.SubmitJobsResponse:
         specs = await _in_slices(
             request.requests,
             lambda i, r: convert.spec_from_proto(r, field_prefix=f"requests[{i}]."),
         )
         served = await self._served_for([spec.type for spec in specs])
         results = await self.store.create_jobs(specs)
-        self.hub.wake()
         jobs = [mark(r.job, served) for r in results]
         return api.SubmitJobsResponse(
             jobs=await _in_slices(jobs, lambda i, job: _answer(job, request.requests[i].payload)),
@@ -109,13 +103,11 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
             warnings=warnings(jobs),
         )
 
-    @unary
-    async def GetJob(self, request: api.GetJobRequest, context: Context) -> Any:
+    async def GetJob(self, request: api.GetJobRequest) -> api.GetJobResponse:
         job = await self.store.get_job(request.job_id)
         return api.GetJobResponse(job=await self._to_proto(job))
 
-    @unary
-    async def ListJobs(self, request: api.ListJobsRequest, context: Context) -> Any:
+    async def ListJobs(self, request: api.ListJobsRequest) -> api.ListJobsResponse:
         page = await self.store.list_jobs(
             job_filter=convert.filter_from_proto(request.filter),
             page_size=request.page_size,
@@ -127,28 +119,24 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
             next_page_token=page.next_page_token,
         )
 
-    @unary
-    async def CancelJob(self, request: api.CancelJobRequest, context: Context) -> Any:
+    async def CancelJob(self, request: api.CancelJobRequest) -> api.CancelJobResponse:
         job = await self.store.cancel_job(request.job_id, reason=request.reason)
-        self.hub.wake()
         return api.CancelJobResponse(job=await self._to_proto(job))
 
-    @unary
-    async def RetryJob(self, request: api.RetryJobRequest, context: Context) -> Any:
+    async def RetryJob(self, request: api.RetryJobRequest) -> api.RetryJobResponse:
         job = await self.store.retry_job(request.job_id)
-        self.hub.wake()
         return api.RetryJobResponse(job=await self._to_proto(job))
 
     async def _to_proto(self, job: Job) -> pb.Job:
         return convert.job_to_proto(mark(job, await self.served.get()))
 
-    @unary
-    async def ListWorkers(self, request: api.ListWorkersRequest, context: Context) -> Any:
+    async def ListWorkers(self, request: api.ListWorkersRequest) -> api.ListWorkersResponse:
         workers = await self.store.list_workers(include_stopped=request.show_stopped)
         return api.ListWorkersResponse(workers=[convert.worker_to_proto(w) for w in workers])
 
-    @streaming
-    async def WatchJob(self, request: api.WatchJobRequest, context: Context) -> AsyncIterator[Any]:
+    async def WatchJob(
+        self, request: api.WatchJobRequest
+    ) -> AsyncIterator[api.WatchJobResponse | bytes]:
         job_id = parse_id(request.job_id)
         resume = request.HasField("after_sequence")
         if resume:
@@ -191,10 +179,9 @@ class JobControlService(job_control_pb2_grpc.JobControlServicer):
         finally:
             self.hub.unsubscribe(sub)
 
-    @streaming
     async def WatchJobs(
-        self, request: api.WatchJobsRequest, context: Context
-    ) -> AsyncIterator[Any]:
+        self, request: api.WatchJobsRequest
+    ) -> AsyncIterator[api.WatchJobsResponse | bytes]:
         job_filter = convert.filter_from_proto(request.filter)
         for job_type in job_filter.types:
             validate_type(job_type, field="filter.types")
@@ -273,18 +260,18 @@ def _ends_watch(event: JobEvent) -> bool:
     return event.job.is_terminal and event.kind is not EventKind.QUEUE_POSITION
 
 
-def _stream_ended(ended: WatchEnded, last: int, *, backlog_jobs: int = 0) -> StreamEnded:
+def _stream_ended(ended: WatchEnded, last: int, *, backlog_jobs: int = 0) -> CallError:
     """`backlog_jobs`: the WatchJobs bound, to name in its overflow message."""
     resume = f"resume with after_sequence={last}"
     if ended.reason == OVERFLOW and backlog_jobs:
-        return StreamEnded(
+        return CallError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"the watcher fell too far behind: changes to more than {backlog_jobs:,} jobs "
             f"were waiting for it; {resume}",
         )
     if ended.reason == OVERFLOW:
-        return StreamEnded(
+        return CallError(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"the watcher fell too far behind and its buffer overflowed; {resume}",
         )
-    return StreamEnded(grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; {resume}")
+    return CallError(grpc.StatusCode.UNAVAILABLE, f"the server is shutting down; {resume}")

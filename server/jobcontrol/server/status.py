@@ -1,5 +1,5 @@
-"""Domain errors to gRPC status codes (AIP-193): one table, one place that ends a
-call with an error.
+"""Domain errors to status codes (AIP-193): one table, for gRPC and for HTTP (Connect
+and gRPC-Web use the same codes), and one place that turns any error into a status.
 
 Field errors carry google.rpc.BadRequest details, refused job types
 google.rpc.PreconditionFailure details. Anything unexpected becomes INTERNAL
@@ -8,12 +8,8 @@ with a generic message; the traceback goes to the server log only.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -31,7 +27,7 @@ from jobcontrol.errors import (
     UnservedJobType,
     WorkerNotFound,
 )
-from jobcontrol.server.metrics import Metrics
+from jobcontrol.server.admission import Refused
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +47,9 @@ STATUS_CODES: dict[type[JobControlError], grpc.StatusCode] = {
 }
 
 
-class StreamEnded(Exception):
-    """A server-side reason to end a stream with a status (overflow, shutdown)."""
+class CallError(Exception):
+    """A reason to end a call with a status that is not a domain error: a request that
+    cannot be read, a stream that overflowed, a server shutting down."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
@@ -68,6 +65,11 @@ def status_code_for(error: JobControlError) -> grpc.StatusCode:
 
 
 def rich_status(error: JobControlError) -> grpc.Status:
+    return rpc_status.to_status(status_message(error))
+
+
+def status_message(error: JobControlError) -> status_pb2.Status:
+    """The error as a google.rpc.Status, with its details; every protocol sends this."""
     code = status_code_for(error)
     details = []
     if isinstance(error, InvalidArgument):
@@ -95,10 +97,28 @@ def rich_status(error: JobControlError) -> grpc.Status:
         packed = any_pb2.Any()
         packed.Pack(failure)
         details.append(packed)
-    message = status_pb2.Status(
+    return status_pb2.Status(
         code=getattr(code_pb2, code.name), message=error.message, details=details
     )
-    return rpc_status.to_status(message)
+
+
+def failure_status(method: str, error: Exception) -> status_pb2.Status:
+    """The status a call that raised `error` ends with."""
+    if isinstance(error, JobControlError):
+        if isinstance(error, StoreUnavailable):
+            log.warning("%s: %s", method, error.message)
+        return status_message(error)
+    if isinstance(error, CallError | Refused):
+        return status_pb2.Status(code=getattr(code_pb2, error.code.name), message=str(error))
+    log.exception("%s failed", method, exc_info=error)
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; see the server log")
+
+
+def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:
+    return _GRPC_CODES[status.code]
+
+
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def end_call(
@@ -118,90 +138,3 @@ def end_call(
     context.set_details(details)
     if trailing_metadata:
         context.set_trailing_metadata(trailing_metadata)
-
-
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-StreamHandler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
-H = TypeVar("H", bound=Handler)
-S = TypeVar("S", bound=StreamHandler)
-
-
-def _outcome(error: BaseException | None) -> grpc.StatusCode:
-    if error is None:
-        return grpc.StatusCode.OK
-    if isinstance(error, JobControlError):
-        return status_code_for(error)
-    if isinstance(error, StreamEnded):
-        return error.code
-    if isinstance(error, asyncio.CancelledError):
-        return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.INTERNAL
-
-
-def _fail(context: grpc.aio.ServicerContext[Any, Any], method: str, error: Exception) -> None:
-    if isinstance(error, JobControlError):
-        if isinstance(error, StoreUnavailable):
-            log.warning("%s: %s", method, error.message)
-        status = rich_status(error)
-        end_call(context, status.code, status.details, status.trailing_metadata)
-    elif isinstance(error, StreamEnded):
-        end_call(context, error.code, str(error))
-    else:
-        log.exception("%s failed", method, exc_info=error)
-        end_call(context, grpc.StatusCode.INTERNAL, "internal error; see the server log")
-
-
-class HasMetrics(Protocol):
-    metrics: Metrics
-
-
-def unary(fn: H) -> H:
-    """Wrap a unary RPC: map domain errors to statuses and record the outcome."""
-    method = fn.__name__
-
-    @functools.wraps(fn)
-    async def wrapper(self: HasMetrics, request: Any, context: Any) -> Any:
-        metrics = self.metrics
-        started = time.perf_counter()
-        error: BaseException | None = None
-        try:
-            return await fn(self, request, context)
-        except Exception as caught:
-            error = caught
-            _fail(context, method, caught)
-            return None
-        except BaseException as caught:
-            error = caught
-            raise
-        finally:
-            metrics.observe_rpc(method, _outcome(error), time.perf_counter() - started)
-            error = None  # its traceback holds this frame, which holds the request
-
-    return wrapper  # type: ignore[return-value]
-
-
-def streaming(fn: S) -> S:
-    """Wrap a server-streaming RPC the same way; counts it as an open stream meanwhile."""
-    method = fn.__name__
-
-    @functools.wraps(fn)
-    async def wrapper(self: HasMetrics, request: Any, context: Any) -> AsyncIterator[Any]:
-        metrics = self.metrics
-        started = time.perf_counter()
-        error: BaseException | None = None
-        metrics.open_streams.labels(method).inc()
-        try:
-            async for message in fn(self, request, context):
-                yield message
-        except Exception as caught:
-            error = caught
-            _fail(context, method, caught)
-        except BaseException as caught:
-            error = caught
-            raise
-        finally:
-            metrics.open_streams.labels(method).dec()
-            metrics.observe_rpc(method, _outcome(error), time.perf_counter() - started)
-            error = None
-
-    return wrapper  # type: ignore[return-value]

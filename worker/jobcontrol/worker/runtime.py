@@ -31,7 +31,7 @@ import random
 import socket
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -118,13 +118,10 @@ class Worker:
         store: JobStore,
         registry: Registry,
         config: WorkerConfig,
-        *,
-        on_write: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._config = config
-        self._on_write = on_write or (lambda: None)
         self._types = list(config.types or registry.types())
         unknown = [t for t in self._types if registry.get(t) is None]
         if unknown:
@@ -258,8 +255,6 @@ class Worker:
             lease_timeout=self._config.lease_timeout,
         )
         self._claim_episode.succeeded()
-        if jobs:
-            self._on_write()
         for job in jobs:
             self._start(job, claimed_at)
         self._idle = len(jobs) < free
@@ -468,7 +463,6 @@ class Worker:
                     retry_policy=retry_policy,
                     max_attempts=max_attempts,
                 )
-        self._on_write()
         return stored
 
     # ---- heartbeats and cancellation -----------------------------------------------
