@@ -224,3 +224,16 @@ async def test_poll_only_through_pgbouncer_in_transaction_mode(
         assert kinds.count(EventKind.SUCCEEDED) == 11
     finally:
         await store.close()
+
+
+async def test_the_churning_tables_carry_their_autovacuum_thresholds(
+    store: PostgresJobStore, postgres_url: str
+):
+    with psycopg.connect(postgres_url) as conn:
+        options = dict(
+            conn.execute(
+                "SELECT relname, reloptions FROM pg_class WHERE relname IN ('jobs', 'job_events')"
+            ).fetchall()
+        )
+    assert "autovacuum_vacuum_scale_factor=0.01" in options["jobs"]
+    assert "autovacuum_vacuum_insert_threshold=10000" in options["job_events"]

@@ -176,6 +176,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # Both tables churn: at PostgreSQL's defaults autovacuum comes after 20% of a
+    # table has changed, which with a week's retention is hours of jobs for `jobs` and
+    # some 34 hourly prunes for `job_events` (BENCHMARKS.md, "PostgreSQL churn").
+    # These only change when autovacuum runs; how fast it runs is left to operators.
+    Migration(
+        7,
+        "autovacuum thresholds for the churning jobs and job_events",
+        (
+            """
+            ALTER TABLE jobs SET (
+                autovacuum_vacuum_scale_factor = 0.01,
+                autovacuum_vacuum_threshold = 1000,
+                autovacuum_vacuum_insert_scale_factor = 0.05
+            )
+            """,
+            """
+            ALTER TABLE job_events SET (
+                autovacuum_vacuum_scale_factor = 0.02,
+                autovacuum_vacuum_threshold = 10000,
+                autovacuum_vacuum_insert_scale_factor = 0.05,
+                autovacuum_vacuum_insert_threshold = 10000
+            )
+            """,
+        ),
+    ),
 )
 
 _TERMINAL = "('SUCCEEDED', 'FAILED', 'CANCELLED')"
