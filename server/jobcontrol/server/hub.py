@@ -296,7 +296,7 @@ class EventHub:
         self._last = await self._store.last_sequence()
         changes = self._store.changes
         if changes is not None:
-            self._unsubscribe_changes = changes.subscribe(lambda _: self._woken.set())
+            self._unsubscribe_changes = changes.subscribe(self._on_change)
         self._tasks = [
             asyncio.create_task(self._tail(), name="event-hub-tail"),
             asyncio.create_task(self._refresh_positions(), name="event-hub-positions"),
@@ -314,6 +314,13 @@ class EventHub:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def _on_change(self, _: object) -> None:
+        """A notification wakes the tailer only while someone watches: with nobody
+        watching it follows the newest sequence once a second, and the first watcher
+        wakes it anyway (a busy store sends one notification per commit)."""
+        if self.watching:
+            self._woken.set()
 
     def wake(self) -> None:
         """This process just wrote: tail now instead of at the next interval."""
