@@ -11,7 +11,7 @@ from jobcontrol.store import core
 from jobcontrol.store.sql import postgres, sqlite
 
 # Constants only one engine has a use for.
-_ENGINE_ONLY = {"CHANNEL", "EVENT_LOCK"}
+_ENGINE_ONLY = {"CHANNEL", "EVENT_LOCK", "JOB_COLUMNS"}  # JOB_COLUMNS: imported by one
 
 
 def _statement_names(dialect: ModuleType) -> set[str]:

@@ -24,8 +24,8 @@ sends one notification per channel and payload per transaction, however many row
 from __future__ import annotations
 
 from jobcontrol.store import schema
-from jobcontrol.store.rows import JOB_COLUMNS
 from jobcontrol.store.schema import Migration
+from jobcontrol.store.sql import sqlite
 
 # The channel the event trigger notifies.
 CHANNEL = "jobcontrol"
@@ -211,13 +211,28 @@ def _elements(param: str) -> str:
     return f"(SELECT json_array_elements_text(:{param}::json))"
 
 
-SELECT_JOB = "SELECT * FROM jobs WHERE id = :id"
+# The same text on both engines.
+SELECT_JOB = sqlite.SELECT_JOB
+INSERT_JOBS_COLUMNS = sqlite.INSERT_JOBS_COLUMNS
+UPDATE_JOB = sqlite.UPDATE_JOB
+REPORT_PROGRESS = sqlite.REPORT_PROGRESS
+REAPABLE_JOBS = sqlite.REAPABLE_JOBS
+SELECT_EVENTS = sqlite.SELECT_EVENTS
+SELECT_JOB_EVENTS = sqlite.SELECT_JOB_EVENTS
+COUNT_JOBS_BY_STATE = sqlite.COUNT_JOBS_BY_STATE
+LAST_JOB_SEQUENCE = sqlite.LAST_JOB_SEQUENCE
+PRUNABLE_JOB_IDS = sqlite.PRUNABLE_JOB_IDS
+DELETE_OLD_WORKERS = sqlite.DELETE_OLD_WORKERS
+INSERT_WORKER = sqlite.INSERT_WORKER
+HEARTBEAT_WORKER = sqlite.HEARTBEAT_WORKER
+MARK_LOST_WORKERS = sqlite.MARK_LOST_WORKERS
+CANCEL_REQUESTS = sqlite.CANCEL_REQUESTS
+PING = sqlite.PING
 
 SELECT_JOBS_BY_IDEMPOTENCY_KEYS = f"SELECT * FROM jobs WHERE idempotency_key IN {_elements('keys')}"
 
 # New jobs, in order. jsonb, not json: each row is parsed once, where `json` would parse
 # its text again for each of the 31 fields read out of it (52 -> 22 ms for 1,000 jobs).
-INSERT_JOBS_COLUMNS = (*JOB_COLUMNS, "request_hash", "event_kind")
 INSERT_JOBS = (
     f"INSERT INTO jobs ({', '.join(INSERT_JOBS_COLUMNS)}, version) SELECT "
     + ", ".join(
@@ -225,13 +240,6 @@ INSERT_JOBS = (
         for i, column in enumerate(INSERT_JOBS_COLUMNS)
     )
     + ", 1 FROM jsonb_array_elements(:jobs::jsonb) WITH ORDINALITY AS r(value, n) ORDER BY r.n"
-)
-
-UPDATE_JOB = (
-    "UPDATE jobs SET "
-    + ", ".join(f"{c} = :{c}" for c in JOB_COLUMNS if c != "id")
-    + ", version = version + 1, event_kind = :event_kind"
-    + " WHERE id = :id AND version = :expected_version RETURNING version"
 )
 
 # The claim: the best claimable jobs, skipping rows another claim has locked (so claims
@@ -316,18 +324,6 @@ COMPLETE_JOB = _COMPLETE.format(
     completions="SELECT :job_id::text AS id, :lease_id::text AS lease_id, :result::text AS result",
 )
 
-REPORT_PROGRESS = """
-UPDATE jobs SET
-    progress_percent = :percent,
-    progress_stage = :stage,
-    progress_message = :message,
-    update_us = :now_us,
-    version = version + 1,
-    event_kind = 'PROGRESS'
-WHERE id = :id AND lease_id = :lease_id AND state = 'RUNNING'
-RETURNING *
-"""
-
 HEARTBEAT_JOBS = """
 UPDATE jobs SET lease_expire_us = :lease_expire_us
 FROM (
@@ -360,30 +356,6 @@ FROM jobs AS t
 WHERE t.id IN {_elements("ids")} AND t.state = 'PENDING'
 """
 
-REAPABLE_JOBS = """
-SELECT *, worker_id IN (SELECT id FROM workers WHERE state IN ('STOPPED', 'LOST'))
-    AS worker_gone
-FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE state = 'RUNNING' AND lease_expire_us < :now_us
-    UNION
-    SELECT id FROM jobs WHERE state = 'RUNNING' AND deadline_us < :now_us
-    UNION
-    SELECT id FROM jobs WHERE state = 'RUNNING' AND cancel_requested = 1
-        AND worker_id IN (SELECT id FROM workers WHERE state IN ('STOPPED', 'LOST'))
-)
-LIMIT :limit
-"""
-
-SELECT_EVENTS = """
-SELECT seq, job_id, kind, time_us, job FROM job_events
-WHERE seq > :after_seq ORDER BY seq LIMIT :limit
-"""
-
-SELECT_JOB_EVENTS = """
-SELECT seq, job_id, kind, time_us, job FROM job_events
-WHERE job_id = :job_id AND seq > :after_seq ORDER BY seq LIMIT :limit
-"""
-
 SELECT_EVENTS_OF_JOBS = f"""
 SELECT seq, job_id, kind, time_us, job FROM job_events
 WHERE job_id IN {_elements("ids")}
@@ -400,8 +372,6 @@ JOIN (
 ) AS latest ON e.seq = latest.seq
 """
 
-COUNT_JOBS_BY_STATE = "SELECT state, count(*) AS jobs FROM jobs GROUP BY state"
-
 # The highest sequence committed, even if retention deleted that event since. Not the
 # identity's last value: that may be a number drawn by a transaction still in flight,
 # and a reader that went up to it would skip that event. Events commit in order, so
@@ -411,13 +381,6 @@ SELECT greatest(
     (SELECT coalesce(max(seq), 0) FROM job_events),
     (SELECT through_seq FROM job_events_pruned)
 ) AS seq
-"""
-
-LAST_JOB_SEQUENCE = "SELECT coalesce(max(seq), 0) AS seq FROM job_events WHERE job_id = :job_id"
-
-PRUNABLE_JOB_IDS = f"""
-SELECT id FROM jobs WHERE end_us < :cutoff_us AND state IN {_TERMINAL}
-ORDER BY end_us LIMIT :limit
 """
 
 DELETE_EVENTS_OF_JOBS = f"""
@@ -431,24 +394,6 @@ SELECT seq FROM deleted
 """
 
 DELETE_JOBS = f"DELETE FROM jobs WHERE id IN {_elements('ids')} RETURNING id"
-
-DELETE_OLD_WORKERS = (
-    "DELETE FROM workers WHERE state IN ('STOPPED', 'LOST') AND heartbeat_us < :cutoff_us"
-    " RETURNING id"
-)
-
-INSERT_WORKER = """
-INSERT INTO workers (id, name, host, pid, job_types, concurrency, state, start_us, heartbeat_us)
-VALUES (:id, :name, :host, :pid, :job_types, :concurrency, 'ACTIVE', :now_us, :now_us)
-RETURNING *
-"""
-
-HEARTBEAT_WORKER = """
-UPDATE workers SET heartbeat_us = :now_us,
-    state = CASE WHEN state = 'LOST' THEN 'ACTIVE' ELSE state END
-WHERE id = :id AND state != 'STOPPED'
-RETURNING *
-"""
 
 SET_WORKER_STATE = """
 UPDATE workers SET state = :state::text, heartbeat_us = :now_us,
@@ -473,16 +418,3 @@ SELECT worker_id, id FROM jobs
 WHERE state = 'RUNNING' AND worker_id IN {_elements("ids")}
 ORDER BY start_us, id
 """
-
-MARK_LOST_WORKERS = """
-UPDATE workers SET state = 'LOST'
-WHERE state IN ('ACTIVE', 'DRAINING') AND heartbeat_us < :cutoff_us
-RETURNING id
-"""
-
-CANCEL_REQUESTS = """
-SELECT id FROM jobs
-WHERE state = 'RUNNING' AND cancel_requested = 1 AND worker_id = :worker_id
-"""
-
-PING = "SELECT 1 AS ok"
