@@ -5,11 +5,10 @@ still answers, in threads, as a dashboard would."""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,9 @@ from jobcontrol.store.postgres import PostgresJobStore
 from jobcontrol.v1 import job_control_pb2 as api
 from jobcontrol.v1 import job_control_pb2_grpc
 from jobcontrol.v1 import job_pb2 as pb
-from jobcontrol.workers import Worker
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT
 from tests.e2e.counting_handlers import LOG_ENV
-from tests.worker.conftest import WorkerProcess
+from tests.worker.conftest import SyncStore
 
 Stub = job_control_pb2_grpc.JobControlStub
 PB_TERMINAL_KINDS = frozenset(
@@ -45,38 +43,10 @@ def times_in(log: str, text: str) -> int:
     return len(re.findall(re.escape(text), log))
 
 
-class PostgresSyncStore:
-    """The PostgreSQL store with blocking calls, as `SyncStore` is for SQLite. Poll-only:
-    a checker needs no LISTEN connection of its own (and has none to lose)."""
-
-    def __init__(self, url: str) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._store = self._loop.run_until_complete(PostgresJobStore.open(url, poll_only=True))
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._store, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return self._loop.run_until_complete(method(*args, **kwargs))
-
-        return call
-
-    def worker_of(self, process: WorkerProcess, timeout: float = 30.0) -> Worker:
-        """The store's record of a worker process, once it has registered."""
-
-        def registered() -> Worker | None:
-            if process.process.poll() is not None:
-                raise AssertionError(f"worker exited with {process.process.returncode}")
-            workers = self.list_workers(include_stopped=True)
-            return next((w for w in workers if w.pid == process.pid), None)
-
-        return wait_until(registered, timeout=timeout, interval=0.05, what="the worker to register")
-
-    def close(self) -> None:
-        try:
-            self._loop.run_until_complete(self._store.close())
-        finally:
-            self._loop.close()
+def postgres_sync_store(url: str) -> SyncStore:
+    """The PostgreSQL store with blocking calls. Poll-only: a checker needs no LISTEN
+    connection of its own (and has none to lose)."""
+    return SyncStore(opener=lambda: PostgresJobStore.open(url, poll_only=True))
 
 
 # ---- watchers that resume -------------------------------------------------------------

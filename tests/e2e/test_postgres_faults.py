@@ -30,10 +30,10 @@ from tests.conftest import ServerProcess, start_server, wait_until
 from tests.e2e.postgres_system import (
     LISTENING,
     PB_TERMINAL_KINDS,
-    PostgresSyncStore,
     Stub,
     Watcher,
     postgres_env,
+    postgres_sync_store,
     times_in,
 )
 from tests.postgres import PgBouncer, PostgresCluster
@@ -44,7 +44,7 @@ from tests.store_checks import (
     assert_no_partial_transitions,
     started_attempts,
 )
-from tests.worker.conftest import StartWorker, WorkerProcess
+from tests.worker.conftest import StartWorker, SyncStore, WorkerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -89,16 +89,16 @@ def start_worker(postgres_url: str, start_worker: StartWorker) -> StartWorker:
 
 
 @pytest.fixture
-def store(postgres_url: str) -> Iterator[PostgresSyncStore]:
+def store(postgres_url: str) -> Iterator[SyncStore]:
     """The test's database, read directly to check what the processes did."""
-    opened = PostgresSyncStore(postgres_url)
+    opened = postgres_sync_store(postgres_url)
     try:
         yield opened
     finally:
         opened.close()
 
 
-def wait_finished(store: PostgresSyncStore, job_ids: Sequence[str], timeout: float) -> list[Job]:
+def wait_finished(store: SyncStore, job_ids: Sequence[str], timeout: float) -> list[Job]:
     def finished() -> list[Job] | None:
         jobs = [store.get_job(job_id) for job_id in job_ids]
         return jobs if all(job.state in TERMINAL for job in jobs) else None
@@ -203,7 +203,7 @@ def submit_counted(stub: Stub, count: int, rng: random.Random) -> list[str]:
     return [job.id for job in reply.jobs]
 
 
-def succeeded_at_least(store: PostgresSyncStore, count: int) -> bool:
+def succeeded_at_least(store: SyncStore, count: int) -> bool:
     return bool(store.count_jobs_by_state()[JobState.SUCCEEDED] >= count)
 
 
@@ -216,7 +216,7 @@ def test_a_server_and_a_worker_killed_9_mid_run_lose_nothing_and_watchers_resume
     tmp_path: Path,
     start_worker: StartWorker,
     postgres_url: str,
-    store: PostgresSyncStore,
+    store: SyncStore,
 ) -> None:
     seed = random.randrange(2**32)
     print(f"\nseed {seed}")
@@ -314,7 +314,7 @@ def test_a_postgres_restart_mid_run_loses_nothing_and_runs_nothing_twice(
     start_worker: StartWorker,
     postgres_cluster: PostgresCluster,
     postgres_url: str,
-    store: PostgresSyncStore,
+    store: SyncStore,
 ) -> None:
     """The lease (20 s) outlasts the restart, so no job may run twice: a completion the
     worker could not record is held and retried, and one that was recorded but whose
@@ -414,7 +414,7 @@ def test_ended_listen_connections_come_back_and_idle_workers_still_get_their_job
     start_worker: StartWorker,
     postgres_cluster: PostgresCluster,
     postgres_url: str,
-    store: PostgresSyncStore,
+    store: SyncStore,
 ) -> None:
     """The worker polls once an hour, so a job it claims within the test came by a
     notification, or by the "anything may have changed" every reconnect hands its
@@ -489,7 +489,7 @@ def test_behind_pgbouncer_poll_only_jobs_run_watchers_see_progress_and_cancel_wo
     start_worker: StartWorker,
     postgres_url: str,
     pgbouncer: PgBouncer,
-    store: PostgresSyncStore,
+    store: SyncStore,
 ) -> None:
     dbname = database_name(postgres_url)
     finished_log = tmp_path / "finished.log"

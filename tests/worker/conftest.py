@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from jobcontrol.store import JobStore
 from jobcontrol.store.sqlite import SqliteJobStore
 from jobcontrol.workers import Worker
 from tests.conftest import BIN, wait_until
@@ -126,11 +128,20 @@ def processes_mentioning(text: str) -> list[tuple[int, str]]:
 
 
 class SyncStore:
-    """The SQLite store with blocking calls (tests here are plain functions that poll)."""
+    """A store with blocking calls (tests here are plain functions that poll): the
+    SQLite store at `path`, or the store `opener` opens."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path | None = None,
+        *,
+        opener: Callable[[], Coroutine[Any, Any, JobStore]] | None = None,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
-        self._store = self._loop.run_until_complete(SqliteJobStore.open(path))
+        if opener is None:
+            assert path is not None
+            opener = functools.partial(SqliteJobStore.open, path)
+        self._store = self._loop.run_until_complete(opener())
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         method = getattr(self._store, name)
