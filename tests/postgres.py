@@ -13,7 +13,6 @@ Everything started here is stopped and its directory removed by `stop_all_cluste
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import pwd
@@ -22,7 +21,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +29,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
+from tests.leftovers import Leftovers
 from tests.polling import wait_until
 from tests.sqld import _listening_ports
 
@@ -159,37 +158,19 @@ class _Removable(Protocol):
     def kill(self) -> None: ...
 
 
-_running: list[_Removable] = []
-_running_lock = threading.Lock()
+def _kill_and_remove(item: _Removable) -> None:
+    item.kill()
+    item.remove()
 
 
-def _track(item: _Removable) -> None:
-    with _running_lock:
-        if item not in _running:
-            _running.append(item)
-
-
-def _untrack(item: _Removable) -> None:
-    with _running_lock:
-        if item in _running:
-            _running.remove(item)
+_running: Leftovers[_Removable] = Leftovers(end=lambda item: item.remove(), kill=_kill_and_remove)
+_track = _running.track
+_untrack = _running.untrack
 
 
 def stop_all_clusters() -> None:
     """Stop every cluster and PgBouncer this process started and remove their directories."""
-    with _running_lock:
-        items = list(reversed(_running))
-    for item in items:
-        item.remove()
-
-
-@atexit.register
-def _kill_all() -> None:
-    with _running_lock:
-        items = list(reversed(_running))
-    for item in items:
-        item.kill()
-        item.remove()
+    _running.end_all()
 
 
 # ---- PostgreSQL -------------------------------------------------------------------------

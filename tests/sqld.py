@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import base64
 import collections
 import contextlib
@@ -41,6 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from tests.leftovers import Leftovers
 from tests.polling import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,36 +67,16 @@ class _Stoppable(Protocol):
     def kill(self) -> None: ...
 
 
-_running: list[_Stoppable] = []
-_running_lock = threading.Lock()
-
-
-def _track(item: _Stoppable) -> None:
-    with _running_lock:
-        if item not in _running:
-            _running.append(item)
-
-
-def _untrack(item: _Stoppable) -> None:
-    with _running_lock:
-        if item in _running:
-            _running.remove(item)
+_running: Leftovers[_Stoppable] = Leftovers(
+    end=lambda item: item.stop(), kill=lambda item: item.kill()
+)
+_track = _running.track
+_untrack = _running.untrack
 
 
 def stop_all() -> None:
     """Stop every sqld and proxy this process started and has not stopped yet."""
-    with _running_lock:
-        items = list(reversed(_running))
-    for item in items:
-        item.stop()
-
-
-@atexit.register
-def _kill_all() -> None:
-    with _running_lock:
-        items = list(reversed(_running))
-    for item in items:
-        item.kill()
+    _running.end_all()
 
 
 # ---- JWT ------------------------------------------------------------------------------
