@@ -152,6 +152,7 @@ async function followJobs(signal: AbortSignal): Promise<void> {
         // Watch first, then list: a change made while listing arrives on the stream.
         const first = stream[Symbol.asyncIterator]();
         const pending = first.next();
+        pending.catch(() => {}); // if the listing fails first, the stream's error is the same
         await loadJobs(signal);
         setConnection("live", true);
         let next = await pending;
