@@ -85,7 +85,9 @@ def test_the_files_are_served_with_their_types_and_unknown_paths_are_404(http: H
     assert missing.value.code == 404
 
 
-def test_a_job_submitted_from_the_page_shows_its_progress_to_succeeded(page: Page, http: HttpServer):
+def test_a_job_submitted_from_the_page_shows_its_progress_to_succeeded(
+    page: Page, http: HttpServer
+):
     open_dashboard(page, http)
 
     job_id = submit_from_page(page, "demo.sleep", {"seconds": 4, "steps": 4})
@@ -163,9 +165,7 @@ def test_a_failed_job_shows_its_error_with_the_traceback_and_is_retried(
     page: Page, http: HttpServer
 ):
     open_dashboard(page, http)
-    job_id = submit_from_page(
-        page, "demo.sleep", {"seconds": 0, "steps": 1, "fail": "permanent"}
-    )
+    job_id = submit_from_page(page, "demo.sleep", {"seconds": 0, "steps": 1, "fail": "permanent"})
     page.locator("#submit-result a").click()
 
     expect(page.locator("#job-state")).to_have_text("FAILED", timeout=STREAM_TIMEOUT_MS)

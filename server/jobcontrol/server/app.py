@@ -224,7 +224,9 @@ async def serve(
             f", CORS for {', '.join(config.http_cors_origins)}" if config.http_cors_origins else "",
         )
         log.info(
-            "dashboard at %s://%s/", "https" if config.tls else "http", http.address.with_port(http.port)
+            "dashboard at %s://%s/",
+            "https" if config.tls else "http",
+            http.address.with_port(http.port),
         )
     if config.replica is None:
         log.info("listening on %s (%s)", config.listen.with_port(port), describe(config))
