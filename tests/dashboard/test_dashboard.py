@@ -194,6 +194,39 @@ def test_the_workers_view_lists_the_servers_worker(page: Page, http: HttpServer)
     screenshot(page, "workers")
 
 
+def test_the_workers_view_shows_a_silent_worker_as_lost(page: Page, tmp_path: Path):
+    http = start_http_server(tmp_path, "--worker-lost-after", "1s", "--reap-interval", "200ms")
+    worker = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "jobcontrol-worker"),
+            "--store-path",
+            str(http.process.store_path),
+            "--name",
+            "doomed",
+            "--types",
+            "demo.sleep",
+            "--heartbeat-interval",
+            "200ms",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        open_dashboard(page, http, "/#/workers")
+        row = page.locator("#workers tbody tr", has_text="doomed")
+        expect(row).to_have_attribute("data-state", "ACTIVE", timeout=STREAM_TIMEOUT_MS)
+
+        worker.kill()  # no goodbye: its heartbeats just stop
+
+        expect(row).to_have_attribute("data-state", "LOST", timeout=30_000)
+        expect(row.locator(".state")).to_have_text("LOST")
+        screenshot(page, "workers-lost")
+    finally:
+        worker.kill()
+        worker.wait(10)
+        http.process.stop()
+
+
 def test_with_auth_on_the_token_is_asked_once_for_the_tab(page: Page, tmp_path: Path):
     http = start_http_server(tmp_path, "--with-worker", env={"JOBCONTROL_AUTH_TOKEN": TOKEN})
     try:

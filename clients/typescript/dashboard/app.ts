@@ -57,7 +57,9 @@ function h(
 }
 
 function present(...children: Child[]): (Node | string)[] {
-  return children.filter((child): child is Node | string => typeof child === "string" || child instanceof Node);
+  return children.filter(
+    (child): child is Node | string => typeof child === "string" || child instanceof Node,
+  );
 }
 
 function byId<T extends HTMLElement>(id: string): T {
@@ -326,8 +328,18 @@ function jobsView(main: HTMLElement): void {
       },
     },
     h("option", { value: "" }, "any"),
-    ...[JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED].map(
-      (state) => h("option", { value: stateName(state), selected: filters.state === stateName(state) }, stateName(state)),
+    ...[
+      JobState.PENDING,
+      JobState.RUNNING,
+      JobState.SUCCEEDED,
+      JobState.FAILED,
+      JobState.CANCELLED,
+    ].map((state) =>
+      h(
+        "option",
+        { value: stateName(state), selected: filters.state === stateName(state) },
+        stateName(state),
+      ),
     ),
   );
   const textFilter = (id: string, key: "type" | "label", placeholder: string) =>
@@ -360,7 +372,17 @@ function jobsView(main: HTMLElement): void {
     h(
       "table",
       { id: "queue" },
-      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Type"), h("th", { scope: "col" }, "Pending"), h("th", { scope: "col" }, "Running"))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          h("th", { scope: "col" }, "Type"),
+          h("th", { scope: "col" }, "Pending"),
+          h("th", { scope: "col" }, "Running"),
+        ),
+      ),
       queueBody,
     ),
   );
@@ -382,8 +404,8 @@ function jobsView(main: HTMLElement): void {
         h(
           "tr",
           {},
-          ...["Job", "Type", "State", "Progress", "Stage", "Attempts", "Updated", "Actions"].map((name) =>
-            h("th", { scope: "col" }, name),
+          ...["Job", "Type", "State", "Progress", "Stage", "Attempts", "Updated", "Actions"].map(
+            (name) => h("th", { scope: "col" }, name),
           ),
         ),
       ),
@@ -407,7 +429,13 @@ function jobsView(main: HTMLElement): void {
       ...[...depth.entries()]
         .sort(([a], [b]) => a.localeCompare(b))
         .map(([type, [pending, running]]) =>
-          h("tr", { "data-type": type }, h("th", { scope: "row" }, type), h("td", {}, String(pending)), h("td", {}, String(running))),
+          h(
+            "tr",
+            { "data-type": type },
+            h("th", { scope: "row" }, type),
+            h("td", {}, String(pending)),
+            h("td", {}, String(running)),
+          ),
         ),
     );
     if (depth.size === 0) {
@@ -416,7 +444,9 @@ function jobsView(main: HTMLElement): void {
 
     const shown = [...jobs.values()]
       .filter(matches)
-      .sort((a, b) => jobTime(b, "createTime") - jobTime(a, "createTime") || b.id.localeCompare(a.id));
+      .sort(
+        (a, b) => jobTime(b, "createTime") - jobTime(a, "createTime") || b.id.localeCompare(a.id),
+      );
     count.textContent = `${shown.length} job${shown.length === 1 ? "" : "s"}${shown.length > SHOWN_JOBS ? `, newest ${SHOWN_JOBS} shown` : ""}`;
     const ordered = shown.slice(0, SHOWN_JOBS).map((job) => {
       const row = rows.get(job.id) ?? h("tr", { "data-job-id": job.id });
@@ -494,7 +524,17 @@ function jobView(main: HTMLElement, jobId: string, signal: AbortSignal): void {
       h(
         "table",
         { id: "history" },
-        h("thead", {}, h("tr", {}, ...["Sequence", "Time", "Event", "State", "Progress", "Message"].map((name) => h("th", { scope: "col" }, name)))),
+        h(
+          "thead",
+          {},
+          h(
+            "tr",
+            {},
+            ...["Sequence", "Time", "Event", "State", "Progress", "Message"].map((name) =>
+              h("th", { scope: "col" }, name),
+            ),
+          ),
+        ),
         history,
       ),
     ),
@@ -526,49 +566,67 @@ function jobView(main: HTMLElement, jobId: string, signal: AbortSignal): void {
     const error = current.error;
     body.replaceChildren(
       ...present(
-      h(
-        "dl",
-        { class: "job" },
-        h("dt", {}, "Type"),
-        h("dd", {}, current.type),
-        h("dt", {}, "State"),
-        h("dd", { id: "job-state" }, stateBadge(current)),
-        h("dt", {}, "Progress"),
-        h("dd", {}, progressBar(current, "Job progress")),
-        h("dt", {}, "Stage"),
-        h("dd", { id: "job-stage" }, current.progress?.stage ?? ""),
-        h("dt", {}, "Message"),
-        h("dd", { id: "job-message" }, current.progress?.message ?? ""),
-        h("dt", {}, "Attempts"),
-        h("dd", {}, `${current.attempt} of ${current.maxAttempts}`),
-        h("dt", {}, "Worker"),
-        h("dd", {}, current.workerId),
-        h("dt", {}, "Created"),
-        h("dd", {}, when(current.createTime)),
-        h("dt", {}, "Started"),
-        h("dd", {}, when(current.startTime)),
-        h("dt", {}, "Ended"),
-        h("dd", {}, when(current.endTime)),
-        h("dt", {}, "Labels"),
-        h("dd", {}, Object.entries(current.labels).map(([k, v]) => `${k}=${v}`).join(", ")),
-        h("dt", {}, "Actions"),
-        h("dd", {}, actions(current, () => {
-          if (!isTerminalState(current.state)) return;
-          void follow(); // a retried job's stream had ended: follow it again
-        })),
-      ),
-      h("h3", {}, "Payload"),
-      h("pre", { id: "job-payload" }, json(current.payload)),
-      error !== undefined &&
         h(
-          "section",
-          { class: "error", "aria-labelledby": "error-heading" },
-          h("h3", { id: "error-heading" }, "Error"),
-          h("p", { id: "job-error" }, h("code", {}, error.code), " ", error.message, error.retryable ? " (retryable)" : ""),
-          error.details !== "" && h("pre", { id: "job-traceback" }, error.details),
+          "dl",
+          { class: "job" },
+          h("dt", {}, "Type"),
+          h("dd", {}, current.type),
+          h("dt", {}, "State"),
+          h("dd", { id: "job-state" }, stateBadge(current)),
+          h("dt", {}, "Progress"),
+          h("dd", {}, progressBar(current, "Job progress")),
+          h("dt", {}, "Stage"),
+          h("dd", { id: "job-stage" }, current.progress?.stage ?? ""),
+          h("dt", {}, "Message"),
+          h("dd", { id: "job-message" }, current.progress?.message ?? ""),
+          h("dt", {}, "Attempts"),
+          h("dd", {}, `${current.attempt} of ${current.maxAttempts}`),
+          h("dt", {}, "Worker"),
+          h("dd", {}, current.workerId),
+          h("dt", {}, "Created"),
+          h("dd", {}, when(current.createTime)),
+          h("dt", {}, "Started"),
+          h("dd", {}, when(current.startTime)),
+          h("dt", {}, "Ended"),
+          h("dd", {}, when(current.endTime)),
+          h("dt", {}, "Labels"),
+          h(
+            "dd",
+            {},
+            Object.entries(current.labels)
+              .map(([k, v]) => `${k}=${v}`)
+              .join(", "),
+          ),
+          h("dt", {}, "Actions"),
+          h(
+            "dd",
+            {},
+            actions(current, () => {
+              if (!isTerminalState(current.state)) return;
+              void follow(); // a retried job's stream had ended: follow it again
+            }),
+          ),
         ),
-      current.state === JobState.SUCCEEDED && h("h3", {}, "Result"),
-      current.state === JobState.SUCCEEDED && h("pre", { id: "job-result" }, json(current.result)),
+        h("h3", {}, "Payload"),
+        h("pre", { id: "job-payload" }, json(current.payload)),
+        error !== undefined &&
+          h(
+            "section",
+            { class: "error", "aria-labelledby": "error-heading" },
+            h("h3", { id: "error-heading" }, "Error"),
+            h(
+              "p",
+              { id: "job-error" },
+              h("code", {}, error.code),
+              " ",
+              error.message,
+              error.retryable ? " (retryable)" : "",
+            ),
+            error.details !== "" && h("pre", { id: "job-traceback" }, error.details),
+          ),
+        current.state === JobState.SUCCEEDED && h("h3", {}, "Result"),
+        current.state === JobState.SUCCEEDED &&
+          h("pre", { id: "job-result" }, json(current.result)),
       ),
     );
     history.replaceChildren(
@@ -596,12 +654,26 @@ function workersView(main: HTMLElement, signal: AbortSignal): void {
   const status = h("p", { class: "count", role: "status" });
   main.replaceChildren(
     h("h2", {}, "Workers"),
-    h("p", { class: "note" }, `Re-read every ${WORKERS_REFRESH_MS / 1000} s (workers have no stream).`),
+    h(
+      "p",
+      { class: "note" },
+      `Re-read every ${WORKERS_REFRESH_MS / 1000} s (workers have no stream).`,
+    ),
     status,
     h(
       "table",
       { id: "workers" },
-      h("thead", {}, h("tr", {}, ...["Worker", "Host", "State", "Types", "Slots", "Last heartbeat"].map((name) => h("th", { scope: "col" }, name)))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ...["Worker", "Host", "State", "Types", "Slots", "Last heartbeat"].map((name) =>
+            h("th", { scope: "col" }, name),
+          ),
+        ),
+      ),
       rows,
     ),
   );
@@ -609,7 +681,8 @@ function workersView(main: HTMLElement, signal: AbortSignal): void {
     try {
       const { workers } = await client.raw.listWorkers({ showStopped: true }, { signal });
       rows.replaceChildren(...workers.map(workerRow));
-      if (workers.length === 0) rows.replaceChildren(h("tr", {}, h("td", { colspan: 6 }, "No workers.")));
+      if (workers.length === 0)
+        rows.replaceChildren(h("tr", {}, h("td", { colspan: 6 }, "No workers.")));
       status.textContent = `${workers.length} worker${workers.length === 1 ? "" : "s"}, read ${new Date().toLocaleTimeString()}`;
     } catch (error) {
       if (signal.aborted) return;
@@ -624,8 +697,12 @@ function workersView(main: HTMLElement, signal: AbortSignal): void {
 
 function workerRow(worker: Worker): HTMLElement {
   const state = (WorkerState[worker.state] ?? String(worker.state)) as string;
-  const heartbeat = worker.heartbeatTime === undefined ? undefined : timestampDate(worker.heartbeatTime);
-  const ago = heartbeat === undefined ? "" : `${Math.max(0, Math.round((Date.now() - heartbeat.getTime()) / 1000))} s ago`;
+  const heartbeat =
+    worker.heartbeatTime === undefined ? undefined : timestampDate(worker.heartbeatTime);
+  const ago =
+    heartbeat === undefined
+      ? ""
+      : `${Math.max(0, Math.round((Date.now() - heartbeat.getTime()) / 1000))} s ago`;
   return h(
     "tr",
     { "data-worker-id": worker.id, "data-state": state },
@@ -634,7 +711,13 @@ function workerRow(worker: Worker): HTMLElement {
     h("td", {}, h("span", { class: `state worker-${state.toLowerCase()}` }, state)),
     h("td", {}, worker.jobTypes.join(", ")),
     h("td", {}, `${worker.currentJobIds.length}/${worker.concurrency} busy`),
-    h("td", {}, heartbeat === undefined ? "" : h("time", { datetime: heartbeat.toISOString(), title: heartbeat.toLocaleString() }, ago)),
+    h(
+      "td",
+      {},
+      heartbeat === undefined
+        ? ""
+        : h("time", { datetime: heartbeat.toISOString(), title: heartbeat.toLocaleString() }, ago),
+    ),
   );
 }
 

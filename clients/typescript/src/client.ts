@@ -242,4 +242,3 @@ function toSequence(value: bigint | number | string): bigint {
     Code.InvalidArgument,
   );
 }
-
