@@ -55,6 +55,13 @@ def job_row(page: Page, job_id: str):  # type: ignore[no-untyped-def]
     return page.locator(f'#jobs tr[data-job-id="{job_id}"]')
 
 
+def submit_grpc(http: HttpServer, job_type: str, payload: dict[str, object]) -> str:
+    request = api.SubmitJobRequest(type=job_type, labels={"team": "web"})
+    request.payload.update(payload)
+    with http.process.channel() as channel:
+        return job_control_pb2_grpc.JobControlStub(channel).SubmitJob(request).job.id
+
+
 def get_job(http: HttpServer, job_id: str) -> pb.Job:
     with http.process.channel() as channel:
         stub = job_control_pb2_grpc.JobControlStub(channel)
@@ -113,6 +120,17 @@ def test_a_job_submitted_from_the_page_shows_its_progress_to_succeeded(
 
     page.get_by_role("link", name="Jobs", exact=True).click()
     expect(job_row(page, job_id)).to_have_attribute("data-state", "SUCCEEDED")
+    # A few more, for a screenshot of a list with something in each state.
+    others = {
+        "RUNNING": submit_grpc(http, "demo.sleep", {"seconds": 60, "steps": 60}),
+        "FAILED": submit_grpc(http, "demo.sleep", {"seconds": 0, "steps": 1, "fail": "permanent"}),
+        "PENDING": submit_grpc(http, "report.render", {"month": "2026-11"}),
+    }
+    for state, other in others.items():
+        expect(job_row(page, other)).to_have_attribute(
+            "data-state", state, timeout=STREAM_TIMEOUT_MS
+        )
+    expect(page.locator("#queue tr[data-type='report.render'] td").first).to_have_text("1")
     screenshot(page, "jobs")
 
 
