@@ -201,6 +201,44 @@ def test_a_failed_job_shows_its_error_with_the_traceback_and_is_retried(
     assert job.attempt == 2
 
 
+def set_visibility(page: Page, state: str) -> None:
+    """What switching tabs does to a page (headless tabs all count as visible)."""
+    page.evaluate(
+        """(state) => {
+            Object.defineProperty(document, "visibilityState", {
+                configurable: true, get: () => state,
+            });
+            document.dispatchEvent(new Event("visibilitychange"));
+        }""",
+        state,
+    )
+
+
+def test_many_tabs_share_the_browsers_six_connections_by_pausing_hidden_ones(
+    page: Page, http: HttpServer
+):
+    """Over HTTP/1.1 Chromium opens at most 6 connections to one origin; each open tab
+    holds the job list's stream, so the seventh tab would never load. A hidden tab
+    gives its stream back, and resumes it (missing nothing) when shown again."""
+    tabs = [page, *(page.context.new_page() for _ in range(7))]
+    for tab in tabs:
+        open_dashboard(tab, http)
+        set_visibility(tab, "hidden")
+        expect(tab.locator("#connection")).to_have_text("paused while the tab is hidden")
+    with http.process.channel() as channel:
+        stub = job_control_pb2_grpc.JobControlStub(channel)
+        missed = stub.SubmitJob(api.SubmitJobRequest(type="t.while-hidden")).job.id
+
+    set_visibility(page, "visible")
+
+    expect(page.locator("#connection")).to_have_text("live", timeout=STREAM_TIMEOUT_MS)
+    expect(job_row(page, missed)).to_have_attribute("data-state", "PENDING")
+    with http.process.channel() as channel:
+        stub = job_control_pb2_grpc.JobControlStub(channel)
+        live = stub.SubmitJob(api.SubmitJobRequest(type="t.after")).job.id
+    expect(job_row(page, live)).to_be_visible(timeout=STREAM_TIMEOUT_MS)
+
+
 def test_the_workers_view_lists_the_servers_worker(page: Page, http: HttpServer):
     open_dashboard(page, http, "/#/workers")
 

@@ -76,6 +76,7 @@ let lastSequence: bigint | undefined;
 let jobsStream: AbortController | undefined;
 let viewStream: AbortController | undefined;
 let viewTimer: number | undefined;
+let viewStreams = false; // whether the view reads anything besides the job list
 let render: () => void = () => {};
 let renderQueued = false;
 
@@ -736,6 +737,7 @@ function route(): void {
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
+  viewStreams = jobMatch !== null || path === "/workers";
   if (jobMatch) {
     document.title = "Job · JobControl";
     jobView(main, decodeURIComponent(jobMatch[1]!), controller.signal);
@@ -748,15 +750,44 @@ function route(): void {
   }
 }
 
+// ---- hidden tabs ---------------------------------------------------------------------
+
+/**
+ * A hidden tab gives its streams back: over HTTP/1.1 a browser opens at most 6
+ * connections to one origin, and every open tab would otherwise hold one or two, so
+ * the fourth tab would wait for a connection. Shown again, the tab resumes the job list
+ * from the last sequence it saw (the server replays what it missed) and reopens its
+ * view's stream.
+ */
+function pause(): void {
+  jobsStream?.abort();
+  jobsStream = undefined;
+  viewStream?.abort();
+  window.clearInterval(viewTimer);
+  setConnection("paused while the tab is hidden", false);
+}
+
+function onVisibilityChange(): void {
+  if (document.visibilityState === "hidden") {
+    pause();
+  } else if (jobsStream === undefined) {
+    setConnection("connecting…", false);
+    startJobsStream();
+    if (viewStreams) route(); // the jobs view has none: its form and filters stay as they are
+  }
+}
+
 function start(): void {
   byId<HTMLFormElement>("auth").addEventListener("submit", signIn);
   byId("message").addEventListener("click", (event) => {
     (event.currentTarget as HTMLElement).hidden = true;
   });
   window.addEventListener("hashchange", route);
+  document.addEventListener("visibilitychange", onVisibilityChange);
   setConnection("connecting…", false);
   startJobsStream();
   route();
+  if (document.visibilityState === "hidden") pause();
 }
 
 start();
