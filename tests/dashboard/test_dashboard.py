@@ -134,6 +134,27 @@ def test_a_job_submitted_from_the_page_shows_its_progress_to_succeeded(
     screenshot(page, "jobs")
 
 
+def test_bad_input_in_the_submit_form_is_refused_with_a_reason(page: Page, http: HttpServer):
+    open_dashboard(page, http)
+    result = page.locator("#submit-result")
+
+    page.get_by_label("Payload (JSON)").fill('{"seconds": ')
+    page.get_by_role("button", name="Submit").click()
+    expect(result).to_contain_text("Not submitted: ")
+    expect(result).to_contain_text("JSON")
+
+    page.get_by_label("Payload (JSON)").fill("[1, 2]")
+    page.get_by_role("button", name="Submit").click()
+    expect(result).to_have_text("Not submitted: the payload must be a JSON object")
+
+    page.get_by_label("Type", exact=True).first.fill("no spaces allowed")
+    page.get_by_label("Payload (JSON)").fill("{}")
+    page.get_by_role("button", name="Submit").click()
+    expect(result).to_contain_text("Not submitted: ")
+    expect(result).to_contain_text("type")
+    assert page.locator("#jobs tbody tr").count() == 0
+
+
 def test_a_running_job_is_cancelled_from_the_page(page: Page, http: HttpServer):
     open_dashboard(page, http)
     job_id = submit_from_page(page, "demo.sleep", {"seconds": 120, "steps": 120})
