@@ -195,6 +195,7 @@ def test_a_job_submitted_by_grpcurl_appears_without_a_reload(page: Page, http: H
 
     row = job_row(page, job_id)
     expect(row).to_have_attribute("data-state", "PENDING", timeout=STREAM_TIMEOUT_MS)
+    expect(row.locator(".labels")).to_have_text("from=grpcurl")
     expect(page.locator("#queue tr[data-type='t.other'] td").first).to_have_text("1")
     assert page.locator("#jobs tbody tr").count() == 1
     assert page.evaluate("window.notReloaded") is True

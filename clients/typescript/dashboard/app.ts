@@ -455,7 +455,7 @@ function jobsView(main: HTMLElement): void {
       row.dataset.state = stateName(job.state);
       row.replaceChildren(
         h("td", {}, h("a", { href: `#/jobs/${job.id}`, class: "id" }, job.id)),
-        h("td", {}, job.type),
+        h("td", {}, job.type, labelsOf(job)),
         h("td", {}, stateBadge(job)),
         h("td", {}, progressBar(job, `Progress of job ${job.id}`)),
         h("td", {}, job.progress?.stage ?? ""),
@@ -468,6 +468,12 @@ function jobsView(main: HTMLElement): void {
     jobsBody.replaceChildren(...ordered);
   };
   render();
+}
+
+function labelsOf(job: Job): HTMLElement | null {
+  const labels = Object.entries(job.labels);
+  if (labels.length === 0) return null;
+  return h("small", { class: "labels" }, labels.map(([key, value]) => `${key}=${value}`).join(" "));
 }
 
 function matches(job: Job): boolean {
