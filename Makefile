@@ -23,10 +23,12 @@ node_modules/.installed: package.json package-lock.json
 
 # ffmpeg for audio.transcode and its tests; Node.js for buf and the TypeScript client;
 # PostgreSQL 15 and PgBouncer (in /usr/sbin, off a non-root PATH) for the postgres store's
-# tests, which start their own cluster (not the `main` one the package may create).
+# tests, which start their own cluster (not the `main` one the package may create);
+# Chromium for the dashboard's browser tests (Playwright drives it; it downloads no browser).
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	test -x /usr/lib/postgresql/15/bin/postgres || missing="$$missing postgresql-15"; \
 	command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || missing="$$missing pgbouncer"; \

@@ -145,9 +145,14 @@ def spawn(command: Sequence[str], log_path: Path, env: dict[str, str]) -> subpro
             stdout=log,
             stderr=subprocess.STDOUT,
             # The root on the path: handler modules under bench/ import from there.
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+            env={**os.environ, "PYTHONPATH": _python_path(), **env},
             cwd=ROOT,
         )
+
+
+def _python_path() -> str:
+    """The root first, then whatever PYTHONPATH this process was given."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
 
 def wait_for_log(process: Process, pattern: re.Pattern[str], what: str) -> re.Match[str]:

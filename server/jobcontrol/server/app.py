@@ -223,6 +223,11 @@ async def serve(
             http.address.with_port(http.port),
             f", CORS for {', '.join(config.http_cors_origins)}" if config.http_cors_origins else "",
         )
+        log.info(
+            "dashboard at %s://%s/",
+            "https" if config.tls else "http",
+            http.address.with_port(http.port),
+        )
     if config.replica is None:
         log.info("listening on %s (%s)", config.listen.with_port(port), describe(config))
     else:  # the supervisor says "listening on" once every process serves

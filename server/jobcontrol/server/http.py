@@ -11,7 +11,7 @@ same for both listeners. The service description is built from the proto descrip
 google.protobuf messages the rest of the server uses, in binary or JSON.
 
 Browsers on other origins are let in only from the origins given (`--http-cors-origin`);
-a preflight from any other is refused.
+a preflight from any other is refused. `/` serves the live dashboard (`dashboard`).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from protobuf.wkt import Any as ConnectAny
 
 from jobcontrol.server.auth import DENIED, Tokens
 from jobcontrol.server.calls import SERVICE, CallFailed, Calls
+from jobcontrol.server.dashboard import Dashboard
 from jobcontrol.server.listen import ListenAddress, ListenError
 from jobcontrol.server.status import CallError
 from jobcontrol.v1 import job_control_pb2 as api
@@ -571,4 +572,4 @@ def _bind(address: ListenAddress) -> socket.socket:
 
 def http_app(calls: Calls, tokens: Tokens | None, cors_origins: Sequence[str]) -> App:
     app: App = JobControlApp(calls, tokens)
-    return Cors(PlainRefusals(GrpcWebText(app)), cors_origins)
+    return Cors(Dashboard(PlainRefusals(GrpcWebText(app))), cors_origins)
