@@ -16,8 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    """One browser for this package's tests, stopped after its last one: Playwright's
+    sync API keeps an event loop running on the main thread until stopped, and every
+    later test that runs a loop of its own would fail."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt chromium)")
     with sync_playwright() as playwright:
