@@ -111,6 +111,28 @@ def curl(url: str, body: bytes | str, *extra: str, content_type: str = "applicat
     return Reply(int(status), headers, payload, version)
 
 
+def curl_refused(url: str, body: str, *extra: str) -> subprocess.CompletedProcess[bytes]:
+    """A JSON POST with the real curl that may fail at the TLS or HTTP level: its exit
+    code and output, for a test to show nothing got through."""
+    return subprocess.run(
+        [
+            "curl",
+            "--silent",
+            "--max-time",
+            "10",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            *extra,
+            url,
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def envelope(message: bytes, flags: int = 0) -> bytes:
     return bytes([flags]) + struct.pack(">I", len(message)) + message
 
@@ -638,20 +660,7 @@ def test_with_tls_the_http_listener_serves_https_with_the_same_certificate(
 
         http1 = curl(http.url("SubmitJob"), body, "--cacert", str(certs.ca), "--http1.1")
         http2 = curl(http.url("SubmitJob"), body, "--cacert", str(certs.ca), "--http2")
-        plaintext = subprocess.run(
-            [
-                "curl",
-                "--silent",
-                "--max-time",
-                "10",
-                "-d",
-                body,
-                http.url("SubmitJob").replace("https://", "http://"),
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        plaintext = curl_refused(http.url("SubmitJob").replace("https://", "http://"), body)
 
         assert http1.status == 200
         assert http2.status == 200
@@ -676,45 +685,16 @@ def test_with_mtls_the_http_listener_requires_a_client_certificate(tmp_path: Pat
     )
     try:
         body = json.dumps({"type": "t.mtls"})
-        without = subprocess.run(
-            [
-                "curl",
-                "--silent",
-                "--max-time",
-                "10",
-                "--cacert",
-                str(certs.ca),
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                body,
-                http.url("SubmitJob"),
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        other = subprocess.run(
-            [
-                "curl",
-                "--silent",
-                "--max-time",
-                "10",
-                "--cacert",
-                str(certs.ca),
-                "--cert",
-                str(certs.other_client_cert),
-                "--key",
-                str(certs.other_client_key),
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                body,
-                http.url("SubmitJob"),
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
+        without = curl_refused(http.url("SubmitJob"), body, "--cacert", str(certs.ca))
+        other = curl_refused(
+            http.url("SubmitJob"),
+            body,
+            "--cacert",
+            str(certs.ca),
+            "--cert",
+            str(certs.other_client_cert),
+            "--key",
+            str(certs.other_client_key),
         )
         with_cert = curl(
             http.url("SubmitJob"),
