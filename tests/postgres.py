@@ -102,12 +102,15 @@ class _RunAs:
             ) from None
         return cls(user.pw_uid, user.pw_gid)
 
-    def popen_args(self) -> dict[str, Any]:
-        """subprocess arguments that drop root for the child: its pid is then the server's
-        own (no runuser in between), so signals and wait() reach it directly."""
+    def command(self, argv: list[str]) -> list[str]:
+        """`argv` run as that user. setpriv drops root and then execs, so the child's pid is
+        the server's own (signals and wait() reach it directly). Not Popen's `user=`: that
+        makes Python fork() rather than vfork(), which runs gRPC's at-fork handlers in the
+        child, and with channels open in this process they can crash it before the exec."""
         if self.uid is None:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+            return argv
+        ids = [f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
+        return ["setpriv", *ids, "--", *argv]
 
     def own(self, path: Path) -> None:
         if self.uid is not None and self.gid is not None:
@@ -257,14 +260,13 @@ class PostgresCluster:
             "--no-sync",
         ]
         done = subprocess.run(
-            command,
+            self._run_as.command(command),
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
             cwd=self.directory,
             env=_environment(),
-            **self._run_as.popen_args(),
         )
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed ({done.returncode}):\n{done.stdout}{done.stderr}")
@@ -286,13 +288,12 @@ class PostgresCluster:
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                command,
+                self._run_as.command(command),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
                 env=_environment(),
-                **self._run_as.popen_args(),
             )
 
         def ready() -> bool:
@@ -542,13 +543,12 @@ class PgBouncer:
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [str(self.binary), str(ini)],
+                self._run_as.command([str(self.binary), str(ini)]),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.directory,
                 env=_environment(),
-                **self._run_as.popen_args(),
             )
         try:
             wait_until(
