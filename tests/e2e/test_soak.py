@@ -5,7 +5,10 @@ soak's own checks find no violation, and the run did exercise every fault."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,16 +25,14 @@ def test_a_minute_of_mixed_load_with_kills_and_outages_loses_nothing_and_runs_no
     tmp_path: Path,
 ):
     figures_path = tmp_path / "soak.json"
-    command = [sys.executable, "-m", "bench.soak", "--seconds", str(SECONDS)]
-    command += ["--json", str(figures_path), "--logs", str(tmp_path / "logs")]
-    done = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=SECONDS + 240, check=False
-    )
-    print(done.stdout[-6000:], done.stderr[-3000:])
+    command = [sys.executable, "-X", "faulthandler", "-m", "bench.soak"]
+    command += ["--seconds", str(SECONDS), "--json", str(figures_path)]
+    command += ["--logs", str(tmp_path / "logs")]
+    stdout, stderr = run_or_dump(command, tmp_path, timeout=SECONDS + 240)
+    print(stdout[-6000:], stderr[-3000:])
     document = json.loads(figures_path.read_text())
     figures = document["figures"]
     assert document["violations"] == {}, document["violation_examples"]
-    assert done.returncode == 0, done.stderr[-3000:]
     # The run did what it claims: jobs of every outcome, kills, outages and watchers.
     assert figures["jobs_submitted"] >= 300
     assert min(figures[f"jobs_{end}"] for end in ("succeeded", "failed", "cancelled")) > 0
@@ -39,3 +40,31 @@ def test_a_minute_of_mixed_load_with_kills_and_outages_loses_nothing_and_runs_no
     assert figures["store_outages"] >= 4
     assert figures["watchers"] >= 20
     assert figures["subscriber_connects"] >= 2
+
+
+def run_or_dump(command: list[str], directory: Path, timeout: float) -> tuple[str, str]:
+    """Run the soak; if it outlives `timeout`, fail with where each of its threads was
+    (faulthandler prints them on SIGABRT) and with its seed, instead of a bare timeout.
+    It runs in its own process group, so its servers, workers and sqld go with it."""
+    out_path, err_path = directory / "soak.out", directory / "soak.err"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=out, stderr=err, text=True, start_new_session=True
+        )
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            process.wait(30)
+            code = None
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    stdout, stderr = out_path.read_text(), err_path.read_text()
+    if code is None:
+        pytest.fail(
+            f"the soak did not finish within {timeout:.0f} s. Its output:\n{stdout[-4000:]}\n"
+            f"Its threads when stopped:\n{stderr[-12000:]}"
+        )
+    assert code == 0, f"the soak exited {code}:\n{stdout[-3000:]}\n{stderr[-3000:]}"
+    return stdout, stderr
