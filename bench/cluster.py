@@ -62,7 +62,8 @@ server B <= 50 ms, claim p50 <= 10 ms (a pushed wake-up, not a poll), throughput
 the SQLite store's in the same invocation.
 
 Run: `.venv/bin/python -m bench.cluster [--runs N] [--stores sqlite,sqld,postgres]
-[--concurrency C] [--jobs N] [--batch N] [--rtts 0,20] [--sweep 16,64,128] [--profile]`.
+[--concurrency C] [--jobs N] [--batch N] [--rtts 0,20] [--dashboards] [--sweep 16,64,128]
+[--profile]`.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import (
@@ -608,6 +610,22 @@ class Settings:
     jobs: int = JOBS  # in the throughput phase
     concurrency: int = CONCURRENCY  # slots per worker
     batch: int = BATCH  # jobs per SubmitJobs call
+    dashboards: bool = False  # a WatchJobs reader on each server in the throughput phase
+
+
+async def _dashboard(stub: rpc.Stub, read: list[int]) -> None:
+    """WatchJobs from now on, reading every message until cancelled (resuming where it
+    was if the server ends the stream), as an open dashboard does."""
+    after: int | None = None
+    while True:
+        stream = stub.WatchJobs(api.WatchJobsRequest(after_sequence=after))
+        try:
+            async for message in stream:
+                read[0] += 1
+                after = message.event.sequence
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
 
 
 async def throughput_phase(
@@ -616,13 +634,24 @@ async def throughput_phase(
     jobs = how.jobs
     requests = [rpc.request(seconds=0, steps=0) for _ in range(jobs)]
     batches = [requests[i : i + how.batch] for i in range(0, jobs, how.batch)]
-    async with rpc.stubs(c.a) as (a,), rpc.stubs(c.b) as (b,):
+    async with (
+        rpc.stubs(c.a) as (a,),
+        rpc.stubs(c.b) as (b,),
+        rpc.stubs(c.a) as (a_dashboard,),
+        rpc.stubs(c.b) as (b_dashboard,),
+    ):
         await a.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)
         await b.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)
 
         async def submitter(stub: rpc.Stub, mine: Sequence[list[api.SubmitJobRequest]]) -> None:
             for batch in mine:
                 await rpc.submit(stub, batch)
+
+        read = [0]
+        dashboards = [
+            asyncio.create_task(_dashboard(stub, read))
+            for stub in ((a_dashboard, b_dashboard) if how.dashboards else ())
+        ]
 
         async def body() -> throughput.Outcome:
             started = time.time()
@@ -640,7 +669,9 @@ async def throughput_phase(
                 return bool(count == jobs)
 
             await _until(drained, f"{jobs:,} jobs to succeed", interval=0.1)
-            return throughput.Outcome(jobs, last_end[0] - started, submitted - started)
+            return throughput.Outcome(
+                jobs, last_end[0] - started, submitted - started, watched=read[0]
+            )
 
         pids = c.pids if profile else {}
         with contextlib.ExitStack() as stack:
@@ -648,7 +679,12 @@ async def throughput_phase(
                 if name in pids:
                     label = f"cluster-{profile}-{name.replace(' ', '-')}"
                     stack.enter_context(profiling.profile(pids[name], label))
-            return await c.measure("throughput", body())
+            try:
+                return await c.measure("throughput", body())
+            finally:
+                for task in dashboards:
+                    task.cancel()
+                await asyncio.gather(*dashboards, return_exceptions=True)
 
 
 # ---- one run ------------------------------------------------------------------------------
@@ -674,7 +710,8 @@ async def _phases(c: Cluster, how: Settings, profile: str | None) -> RunResult:
     cancel = await cancel_phase(c)
     print(" throughput", end="", flush=True)
     drained = await throughput_phase(c, how, profile)
-    print(f" {drained.rate:,.0f} jobs/s;", end="", flush=True)
+    read = f" ({drained.watched:,} read by the dashboards)" if how.dashboards else ""
+    print(f" {drained.rate:,.0f} jobs/s{read};", end="", flush=True)
     return RunResult({}, claim, progress, cancel, drained, c.deltas)
 
 
@@ -928,7 +965,8 @@ def render(figures: Figures, shapes: Sequence[Shape], runs: int, how: Settings) 
         "percentiles pool one run's samples.",
         f"throughput: {how.jobs:,} demo.sleep {{seconds: 0, steps: 0}} jobs, SubmitJobs "
         f"batches of {how.batch:,} alternating between servers A and B; 2 workers x "
-        f"{how.concurrency} slots.",
+        f"{how.concurrency} slots"
+        + ("; one WatchJobs reader of every event on each server." if how.dashboards else "."),
         f"progress: {PROGRESS_JOBS} probes x {PROGRESS_UPDATES} updates "
         f"{PROGRESS_SPACING * 1000:.0f}-{PROGRESS_SPACING * 1500:.0f} ms apart; goal on sqld: "
         f"the server's tail interval ({TAIL_MS:.0f} ms) plus two round trips; on postgres at "
@@ -1192,6 +1230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="added round trips, ms, for sqld and postgres (default 0,20)",
     )
     parser.add_argument(
+        "--dashboards",
+        action="store_true",
+        help="a WatchJobs reader of every event on each server during the throughput phase",
+    )
+    parser.add_argument(
         "--sweep",
         type=_ints,
         default=None,
@@ -1222,7 +1265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 profile = (
                     f"{shape.store}-{shape.rtt_ms}ms" if args.profile and run == runs else None
                 )
-                how = Settings(args.jobs, concurrency, args.batch)
+                how = Settings(args.jobs, concurrency, args.batch, args.dashboards)
                 try:
                     result = one_run(shape_dir, shape, how, profile)
                 except Exception as error:
@@ -1270,7 +1313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         return 0
-    print(render(figures, shapes, args.runs, Settings(args.jobs, args.concurrency, args.batch)))
+    how = Settings(args.jobs, args.concurrency, args.batch, args.dashboards)
+    print(render(figures, shapes, args.runs, how))
     found = headlines(figures, shapes)
     if failures:
         found.append(
