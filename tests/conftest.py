@@ -35,6 +35,13 @@ from tests.postgres import (
 )
 from tests.sqld import DelayProxy, JwtKey, SqldMissing, SqldProcess, sqld_binary, stop_all
 
+# A shell without job control starts background commands (`make test &` in a script) with
+# SIGINT ignored, and every process started from there inherits that: the tests that
+# press Ctrl-C in `jobctl top` or a server would then wait for nothing. Python's own
+# handler here means the processes the tests start get the default disposition again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 class ManualClock:
     """A clock tests move by hand, so leases, backoff and reaping need no sleeping."""
