@@ -40,6 +40,8 @@ The checks, each counted as violations:
 
 Prints a figures table, writes them as JSON (`--json PATH`), keeps every log under
 `--logs` (default bench/results/soak/<time>-<backend>/), and exits 1 on any violation.
+SIGUSR1 while the load or the drain runs prints where each of this process's asyncio
+tasks is waiting, to stderr (a stuck soak's threads show on SIGABRT, `-X faulthandler`).
 
 Run: `.venv/bin/python -m bench.soak --minutes 30 [--backend remote|sqlite] [--json P]`.
 """
@@ -444,6 +446,7 @@ class Soak:
             lambda: self.monitor(every),
         ]
         tasks = [asyncio.create_task(job()) for job in jobs]
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, print_tasks)
         try:
             done, _ = await asyncio.wait(tasks, timeout=self.settings.seconds)
             for task in done:  # a task that ended early is a bug of the soak itself
@@ -474,6 +477,23 @@ class Soak:
             if left[0][0] == 0 or time.monotonic() > deadline:
                 return
             await asyncio.sleep(0.5)
+
+
+TASKS_PRINTED = "end of asyncio tasks"
+
+
+def print_tasks() -> None:
+    """Where each asyncio task waits, for a soak that seems stuck."""
+    tasks = asyncio.all_tasks()
+    print(f"asyncio tasks ({len(tasks)}):", file=sys.stderr)
+    for task in tasks:
+        # By hand: Task.print_stack fails on frames without a line number (gRPC's).
+        print(f"{task.get_name()}:", file=sys.stderr)
+        for frame in task.get_stack(limit=8):
+            code = frame.f_code
+            where = f"{code.co_filename}:{frame.f_lineno}"
+            print(f"  {code.co_name} ({where})", file=sys.stderr)
+    print(TASKS_PRINTED, file=sys.stderr, flush=True)
 
 
 def hold_write_lock(path: Path, seconds: float) -> float:

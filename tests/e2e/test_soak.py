@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from bench.soak import TASKS_PRINTED
+from tests.conftest import ROOT, wait_until
 
 SECONDS = 60
 
@@ -43,8 +44,9 @@ def test_a_minute_of_mixed_load_with_kills_and_outages_loses_nothing_and_runs_no
 
 
 def run_or_dump(command: list[str], directory: Path, timeout: float) -> tuple[str, str]:
-    """Run the soak; if it outlives `timeout`, fail with where each of its threads was
-    (faulthandler prints them on SIGABRT) and with its seed, instead of a bare timeout.
+    """Run the soak; if it outlives `timeout`, fail with where each of its asyncio tasks
+    and threads was (it prints the tasks on SIGUSR1, faulthandler the threads on
+    SIGABRT) and with its seed, instead of a bare timeout.
     It runs in its own process group, so its servers, workers and sqld go with it."""
     out_path, err_path = directory / "soak.out", directory / "soak.err"
     with out_path.open("w") as out, err_path.open("w") as err:
@@ -54,7 +56,10 @@ def run_or_dump(command: list[str], directory: Path, timeout: float) -> tuple[st
         try:
             code = process.wait(timeout)
         except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGABRT)
+            process.send_signal(signal.SIGUSR1)  # its asyncio tasks, if the loop runs
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: TASKS_PRINTED in err_path.read_text(), timeout=10)
+            process.send_signal(signal.SIGABRT)  # its threads
             process.wait(30)
             code = None
         finally:
@@ -64,7 +69,7 @@ def run_or_dump(command: list[str], directory: Path, timeout: float) -> tuple[st
     if code is None:
         pytest.fail(
             f"the soak did not finish within {timeout:.0f} s. Its output:\n{stdout[-4000:]}\n"
-            f"Its threads when stopped:\n{stderr[-12000:]}"
+            f"Its tasks and threads when stopped:\n{stderr[-20000:]}"
         )
     assert code == 0, f"the soak exited {code}:\n{stdout[-3000:]}\n{stderr[-3000:]}"
     return stdout, stderr
