@@ -613,19 +613,21 @@ class Settings:
     dashboards: bool = False  # a WatchJobs reader on each server in the throughput phase
 
 
-async def _dashboard(stub: rpc.Stub, read: list[int]) -> None:
-    """WatchJobs from now on, reading every message until cancelled (resuming where it
-    was if the server ends the stream), as an open dashboard does."""
+async def _dashboard(address: str, read: list[int]) -> None:
+    """WatchJobs from now on, on a connection of its own, reading every message until
+    cancelled (resuming where it was if the server ends the stream), as an open
+    dashboard does."""
     after: int | None = None
-    while True:
-        stream = stub.WatchJobs(api.WatchJobsRequest(after_sequence=after))
-        try:
-            async for message in stream:
-                read[0] += 1
-                after = message.event.sequence
-        except grpc.aio.AioRpcError as error:
-            if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise
+    async with rpc.stubs(address) as (stub,):
+        while True:
+            stream = stub.WatchJobs(api.WatchJobsRequest(after_sequence=after))
+            try:
+                async for message in stream:
+                    read[0] += 1
+                    after = message.event.sequence
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
 
 
 async def throughput_phase(
@@ -634,12 +636,7 @@ async def throughput_phase(
     jobs = how.jobs
     requests = [rpc.request(seconds=0, steps=0) for _ in range(jobs)]
     batches = [requests[i : i + how.batch] for i in range(0, jobs, how.batch)]
-    async with (
-        rpc.stubs(c.a) as (a,),
-        rpc.stubs(c.b) as (b,),
-        rpc.stubs(c.a) as (a_dashboard,),
-        rpc.stubs(c.b) as (b_dashboard,),
-    ):
+    async with rpc.stubs(c.a) as (a,), rpc.stubs(c.b) as (b,):
         await a.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)
         await b.ListWorkers(api.ListWorkersRequest(), timeout=WAIT)
 
@@ -649,8 +646,8 @@ async def throughput_phase(
 
         read = [0]
         dashboards = [
-            asyncio.create_task(_dashboard(stub, read))
-            for stub in ((a_dashboard, b_dashboard) if how.dashboards else ())
+            asyncio.create_task(_dashboard(address, read))
+            for address in ((c.a, c.b) if how.dashboards else ())
         ]
 
         async def body() -> throughput.Outcome:
