@@ -106,28 +106,28 @@ async def test_a_change_whose_event_cannot_be_written_is_not_made(
     assert [e.kind for e in await store.list_events(after_sequence=0)] == [EventKind.SUBMITTED]
 
 
-def _break_event_log(tx: Tx) -> None:
+async def _break_event_log(tx: Tx) -> None:
     if tx.sql is postgres_sql:
-        tx.execute(
+        await tx.execute(
             "CREATE FUNCTION break_event_log() RETURNS trigger LANGUAGE plpgsql AS"
             " $$ BEGIN RAISE EXCEPTION 'event log is broken'; END $$"
         )
-        tx.execute(
+        await tx.execute(
             "CREATE TRIGGER break_event_log BEFORE INSERT ON job_events"
             " FOR EACH ROW EXECUTE FUNCTION break_event_log()"
         )
         return
-    tx.execute(
+    await tx.execute(
         "CREATE TRIGGER break_event_log BEFORE INSERT ON job_events"
         " BEGIN SELECT RAISE(ABORT, 'event log is broken'); END"
     )
 
 
-def _restore_event_log(tx: Tx) -> None:
+async def _restore_event_log(tx: Tx) -> None:
     if tx.sql is postgres_sql:
-        tx.execute("DROP TRIGGER break_event_log ON job_events")
+        await tx.execute("DROP TRIGGER break_event_log ON job_events")
         return
-    tx.execute("DROP TRIGGER break_event_log")
+    await tx.execute("DROP TRIGGER break_event_log")
 
 
 async def test_latest_events_snapshot_many_jobs_in_one_read(store: SqlJobStore):
@@ -160,15 +160,15 @@ async def test_an_event_carries_every_job_column(store: SqlJobStore):
     added to `jobs` but not there would silently be missing from every event."""
     await store.create_job(JobSpec(type="t"))
 
-    def columns_and_event(tx: Tx) -> tuple[set[str], list[Any]]:
+    async def columns_and_event(tx: Tx) -> tuple[set[str], list[Any]]:
         query = "SELECT name FROM pragma_table_info('jobs')"
         if tx.sql is postgres_sql:
             query = (
                 "SELECT column_name AS name FROM information_schema.columns"
                 " WHERE table_name = 'jobs'"
             )
-        columns = {row["name"] for row in tx.execute(query)}
-        (row,) = tx.execute("SELECT job FROM job_events")
+        columns = {row["name"] for row in await tx.execute(query)}
+        (row,) = await tx.execute("SELECT job FROM job_events")
         return columns, json.loads(row["job"])
 
     columns, (layout, *values) = await store._db.read(columns_and_event)

@@ -151,7 +151,7 @@ async def test_quick_calls_run_on_the_callers_thread_unless_they_would_wait(tmp_
     db = SqliteDatabase(path)
     blocker = sqlite3.connect(path, isolation_level=None)
 
-    def thread_name(tx: object) -> str:
+    async def thread_name(tx: object) -> str:
         return threading.current_thread().name
 
     try:
@@ -179,11 +179,11 @@ async def test_a_quick_call_waits_for_the_thread_even_if_the_caller_before_gave_
     db = SqliteDatabase(tmp_path / "jobs.db")
     started = threading.Event()
 
-    def slow(tx: object) -> None:
+    async def slow(tx: object) -> None:
         started.set()
-        time.sleep(0.3)
+        time.sleep(0.3)  # noqa: ASYNC251 - holds the driver thread, as a slow statement does
 
-    def thread_name(tx: object) -> str:
+    async def thread_name(tx: object) -> str:
         return threading.current_thread().name
 
     try:

@@ -9,6 +9,7 @@ across round trips.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -160,7 +161,9 @@ class SqlJobStore:
         """The store over `db` with its schema brought up to date in one write
         transaction; the driver is closed if that fails, so a failed open leaks nothing."""
         try:
-            applied = await db.transaction(lambda tx: apply_migrations(tx, now_us=to_us(clock())))
+            applied = await db.transaction(
+                functools.partial(apply_migrations, now_us=to_us(clock()))
+            )
         except BaseException:
             await db.close()
             raise
@@ -199,11 +202,13 @@ class SqlJobStore:
         # Escaping at most doubles a text inside the row's JSON.
         size = sum(2 * text_bytes + ROW_BYTES for _, _, text_bytes in prepared)
 
-        def create(tx: Tx) -> list[Submitted]:
+        async def create(tx: Tx) -> list[Submitted]:
             now = self._clock()
             known: dict[str, Row] = {}
             if keys:
-                rows = tx.execute(tx.sql.SELECT_JOBS_BY_IDEMPOTENCY_KEYS, {"keys": dump_json(keys)})
+                rows = await tx.execute(
+                    tx.sql.SELECT_JOBS_BY_IDEMPOTENCY_KEYS, {"keys": dump_json(keys)}
+                )
                 known = {row["idempotency_key"]: row for row in rows}
             out: list[Submitted] = []
 
@@ -227,7 +232,7 @@ class SqlJobStore:
                     yield dump_json([row[column] for column in tx.sql.INSERT_JOBS_COLUMNS])
 
             for chunk in json_arrays(new_rows(), max_bytes=MAX_ARGUMENT_BYTES):
-                tx.execute(tx.sql.INSERT_JOBS, {"jobs": chunk})
+                await tx.execute(tx.sql.INSERT_JOBS, {"jobs": chunk})
             return out
 
         if keys or (len(prepared) > 1 and size > MAX_ARGUMENT_BYTES):
@@ -237,10 +242,10 @@ class SqlJobStore:
     async def get_job(self, job_id: str) -> Job:
         job_id = parse_id(job_id)
 
-        def get(tx: Tx) -> Job:
-            job, _ = _load(tx, job_id)
+        async def get(tx: Tx) -> Job:
+            job, _ = await _load(tx, job_id)
             if job.state is JobState.PENDING:
-                positions = _queue_positions(tx, [job_id], to_us(self._clock()))
+                positions = await _queue_positions(tx, [job_id], to_us(self._clock()))
                 return _with_position(job, positions)
             return job
 
@@ -262,12 +267,12 @@ class SqlJobStore:
             "limit": limit + 1,
         }
 
-        def list_page(tx: Tx) -> JobPage:
-            rows = tx.execute(tx.sql.LIST_JOBS, params)
+        async def list_page(tx: Tx) -> JobPage:
+            rows = await tx.execute(tx.sql.LIST_JOBS, params)
             # Capped by count and by bytes; the token continues after the last job sent.
             taken = rows_on_page(rows, limit)
             page = [job_from_row(row) for row in rows[:taken]]
-            positions = _queue_positions(
+            positions = await _queue_positions(
                 tx, [j.id for j in page if j.state is JobState.PENDING], to_us(self._clock())
             )
             page = [_with_position(j, positions) for j in page]
@@ -282,19 +287,19 @@ class SqlJobStore:
         job_id = parse_id(job_id)
         validate_reason(reason)
 
-        def cancel(tx: Tx) -> Job:
-            job, version = _load(tx, job_id)
+        async def cancel(tx: Tx) -> Job:
+            job, version = await _load(tx, job_id)
             change = jobs.request_cancel(job, reason=reason, now=self._clock())
-            return job if change is None else _save(tx, change, version)
+            return job if change is None else await _save(tx, change, version)
 
         return await self._db.change(cancel, small=True)
 
     async def retry_job(self, job_id: str) -> Job:
         job_id = parse_id(job_id)
 
-        def retry(tx: Tx) -> Job:
-            job, version = _load(tx, job_id)
-            return _save(tx, jobs.retry(job, now=self._clock()), version)
+        async def retry(tx: Tx) -> Job:
+            job, version = await _load(tx, job_id)
+            return await _save(tx, jobs.retry(job, now=self._clock()), version)
 
         return await self._db.change(retry, small=True)
 
@@ -302,7 +307,11 @@ class SqlJobStore:
         ids = [parse_id(job_id) for job_id in job_ids]
         if not ids:
             return {}
-        return await self._db.read(lambda tx: _queue_positions(tx, ids, to_us(self._clock())))
+
+        async def positions(tx: Tx) -> dict[str, int]:
+            return await _queue_positions(tx, ids, to_us(self._clock()))
+
+        return await self._db.read(positions)
 
     # ---- workers -------------------------------------------------------------------
 
@@ -319,9 +328,9 @@ class SqlJobStore:
             return []
         types_json = dump_json(sorted(set(types)))
 
-        def claim(tx: Tx) -> list[Job]:
+        async def claim(tx: Tx) -> list[Job]:
             now_us = to_us(self._clock())
-            rows = tx.execute(
+            rows = await tx.execute(
                 tx.sql.CLAIM_JOBS,
                 {
                     "worker_id": worker_id,
@@ -345,8 +354,10 @@ class SqlJobStore:
             return False
         params = {"types": dump_json(sorted(set(types)))}
 
-        def probe(tx: Tx) -> bool:
-            rows = tx.execute(tx.sql.HAS_CLAIMABLE_JOBS, {**params, "now_us": to_us(self._clock())})
+        async def probe(tx: Tx) -> bool:
+            rows = await tx.execute(
+                tx.sql.HAS_CLAIMABLE_JOBS, {**params, "now_us": to_us(self._clock())}
+            )
             return bool(rows[0]["claimable"])
 
         return await self._db.read(probe, small=True)
@@ -370,9 +381,11 @@ class SqlJobStore:
             return {}
         held = dump_json([[job_id, lease_id] for job_id, lease_id in leases.items()])
 
-        def heartbeat(tx: Tx) -> dict[str, HeartbeatAck]:
+        async def heartbeat(tx: Tx) -> dict[str, HeartbeatAck]:
             expire_us = to_us(self._clock()) + lease_timeout // timedelta(microseconds=1)
-            rows = tx.execute(tx.sql.HEARTBEAT_JOBS, {"leases": held, "lease_expire_us": expire_us})
+            rows = await tx.execute(
+                tx.sql.HEARTBEAT_JOBS, {"leases": held, "lease_expire_us": expire_us}
+            )
             return {
                 row["id"]: HeartbeatAck(
                     cancel_requested=bool(row["cancel_requested"]),
@@ -395,8 +408,10 @@ class SqlJobStore:
             "message": progress.message,
         }
 
-        def report(tx: Tx) -> Job:
-            rows = tx.execute(tx.sql.REPORT_PROGRESS, {**params, "now_us": to_us(self._clock())})
+        async def report(tx: Tx) -> Job:
+            rows = await tx.execute(
+                tx.sql.REPORT_PROGRESS, {**params, "now_us": to_us(self._clock())}
+            )
             if not rows:
                 raise LeaseLost(job_id, lease_id)
             return job_from_row(rows[0])
@@ -429,8 +444,10 @@ class SqlJobStore:
                 ),
             }
 
-            def complete_one(tx: Tx) -> list[Row]:
-                return tx.execute(tx.sql.COMPLETE_JOB, {**params, "now_us": to_us(self._clock())})
+            async def complete_one(tx: Tx) -> list[Row]:
+                return await tx.execute(
+                    tx.sql.COMPLETE_JOB, {**params, "now_us": to_us(self._clock())}
+                )
 
             return await self._db.write(complete_one, small=True)
         batch = []
@@ -445,8 +462,8 @@ class SqlJobStore:
         # Each completion stands alone, so a batch too big for one statement is several.
         for chunk in json_arrays(batch, max_bytes=MAX_ARGUMENT_BYTES):
 
-            def complete(tx: Tx, chunk: str = chunk) -> list[Row]:
-                return tx.execute(
+            async def complete(tx: Tx, chunk: str = chunk) -> list[Row]:
+                return await tx.execute(
                     tx.sql.COMPLETE_JOBS, {"completions": chunk, "now_us": to_us(self._clock())}
                 )
 
@@ -510,24 +527,24 @@ class SqlJobStore:
         return await self._fenced(job_id, lease_id, lambda job, now: jobs.release(job, now=now))
 
     async def list_cancel_requests(self, *, worker_id: str) -> list[str]:
-        return await self._db.read(
-            lambda tx: [
-                row["id"] for row in tx.execute(tx.sql.CANCEL_REQUESTS, {"worker_id": worker_id})
-            ],
-            small=True,
-        )
+
+        async def requests(tx: Tx) -> list[str]:
+            rows = await tx.execute(tx.sql.CANCEL_REQUESTS, {"worker_id": worker_id})
+            return [row["id"] for row in rows]
+
+        return await self._db.read(requests, small=True)
 
     async def _fenced(
         self, job_id: str, lease_id: str, change: Callable[[Job, datetime], jobs.Change]
     ) -> Job:
         """Apply a worker's change only if it still holds the job's lease."""
 
-        def write(tx: Tx) -> Job:
-            rows = tx.execute(tx.sql.SELECT_JOB, {"id": job_id})
+        async def write(tx: Tx) -> Job:
+            rows = await tx.execute(tx.sql.SELECT_JOB, {"id": job_id})
             job = job_from_row(rows[0]) if rows else None
             if job is None or job.state is not JobState.RUNNING or job.lease_id != lease_id:
                 raise LeaseLost(job_id, lease_id)
-            return _save(tx, change(job, self._clock()), rows[0]["version"])
+            return await _save(tx, change(job, self._clock()), rows[0]["version"])
 
         return await self._db.change(write, small=True)
 
@@ -550,8 +567,10 @@ class SqlJobStore:
             "concurrency": info.concurrency,
         }
 
-        def register(tx: Tx) -> Worker:
-            rows = tx.execute(tx.sql.INSERT_WORKER, {**params, "now_us": to_us(self._clock())})
+        async def register(tx: Tx) -> Worker:
+            rows = await tx.execute(
+                tx.sql.INSERT_WORKER, {**params, "now_us": to_us(self._clock())}
+            )
             return worker_from_row(rows[0])
 
         return await self._db.write(register)
@@ -574,8 +593,8 @@ class SqlJobStore:
     ) -> Worker:
         """`statement` names the dialect's statement to run."""
 
-        def update(tx: Tx) -> Worker:
-            rows = tx.execute(
+        async def update(tx: Tx) -> Worker:
+            rows = await tx.execute(
                 getattr(tx.sql, statement),
                 {**params, "id": worker_id, "now_us": to_us(self._clock())},
             )
@@ -586,20 +605,24 @@ class SqlJobStore:
         return await self._db.write(update, small=True)
 
     async def list_workers(self, *, include_stopped: bool = False) -> list[Worker]:
-        def list_all(tx: Tx) -> list[Worker]:
-            rows = tx.execute(tx.sql.SELECT_WORKERS, {"include_stopped": int(include_stopped)})
+        async def list_all(tx: Tx) -> list[Worker]:
+            rows = await tx.execute(
+                tx.sql.SELECT_WORKERS, {"include_stopped": int(include_stopped)}
+            )
             ids = [row["id"] for row in rows]
             running: dict[str, list[str]] = {}
             if ids:
-                for job_row in tx.execute(tx.sql.RUNNING_JOBS_BY_WORKER, {"ids": dump_json(ids)}):
+                for job_row in await tx.execute(
+                    tx.sql.RUNNING_JOBS_BY_WORKER, {"ids": dump_json(ids)}
+                ):
                     running.setdefault(job_row["worker_id"], []).append(job_row["id"])
             return [worker_from_row(row, tuple(running.get(row["id"], ()))) for row in rows]
 
         return await self._db.read(list_all)
 
     async def served_job_types(self) -> frozenset[str]:
-        def served(tx: Tx) -> frozenset[str]:
-            return frozenset(row["job_type"] for row in tx.execute(tx.sql.SERVED_JOB_TYPES))
+        async def served(tx: Tx) -> frozenset[str]:
+            return frozenset(row["job_type"] for row in await tx.execute(tx.sql.SERVED_JOB_TYPES))
 
         return await self._db.read(served)
 
@@ -617,9 +640,9 @@ class SqlJobStore:
         if job_id is not None:
             params["job_id"] = parse_id(job_id)
 
-        def read(tx: Tx) -> list[JobEvent]:
+        async def read(tx: Tx) -> list[JobEvent]:
             statement = tx.sql.SELECT_EVENTS if job_id is None else tx.sql.SELECT_JOB_EVENTS
-            return [event_from_row(row) for row in tx.execute(statement, params)]
+            return [event_from_row(row) for row in await tx.execute(statement, params)]
 
         return await self._db.read(read)
 
@@ -642,32 +665,32 @@ class SqlJobStore:
             "through_seq": through_sequence,
             "limit": max(1, min(limit, MAX_EVENTS_PER_READ)),
         }
-        return await self._db.read(
-            lambda tx: [
-                event_from_row(row) for row in tx.execute(tx.sql.SELECT_EVENTS_OF_JOBS, params)
-            ]
-        )
+
+        async def read(tx: Tx) -> list[JobEvent]:
+            rows = await tx.execute(tx.sql.SELECT_EVENTS_OF_JOBS, params)
+            return [event_from_row(row) for row in rows]
+
+        return await self._db.read(read)
 
     async def last_sequence(self, *, job_id: str | None = None) -> int:
-        if job_id is None:
-            return await self._db.read(
-                lambda tx: int(tx.execute(tx.sql.LAST_SEQUENCE)[0]["seq"]), small=True
-            )
-        params = {"job_id": parse_id(job_id)}
-        return await self._db.read(
-            lambda tx: int(tx.execute(tx.sql.LAST_JOB_SEQUENCE, params)[0]["seq"])
-        )
+        params = {} if job_id is None else {"job_id": parse_id(job_id)}
+
+        async def last(tx: Tx) -> int:
+            statement = tx.sql.LAST_SEQUENCE if job_id is None else tx.sql.LAST_JOB_SEQUENCE
+            return int((await tx.execute(statement, params))[0]["seq"])
+
+        return await self._db.read(last, small=job_id is None)
 
     async def latest_events(self, job_ids: Sequence[str]) -> dict[str, JobEvent]:
         ids = sorted({parse_id(job_id) for job_id in job_ids})
         if not ids:
             return {}
 
-        def latest(tx: Tx) -> dict[str, JobEvent]:
-            rows = tx.execute(tx.sql.LATEST_JOB_EVENTS, {"ids": dump_json(ids)})
+        async def latest(tx: Tx) -> dict[str, JobEvent]:
+            rows = await tx.execute(tx.sql.LATEST_JOB_EVENTS, {"ids": dump_json(ids)})
             events = {row["job_id"]: event_from_row(row) for row in rows}
             pending = [i for i, e in events.items() if e.job.state is JobState.PENDING]
-            positions = _queue_positions(tx, pending, to_us(self._clock()))
+            positions = await _queue_positions(tx, pending, to_us(self._clock()))
             return {
                 job_id: dataclasses.replace(event, job=_with_position(event.job, positions))
                 for job_id, event in events.items()
@@ -676,9 +699,9 @@ class SqlJobStore:
         return await self._db.read(latest)
 
     async def count_jobs_by_state(self) -> dict[JobState, int]:
-        def count(tx: Tx) -> dict[JobState, int]:
+        async def count(tx: Tx) -> dict[JobState, int]:
             counts = dict.fromkeys(JobState, 0)
-            for row in tx.execute(tx.sql.COUNT_JOBS_BY_STATE):
+            for row in await tx.execute(tx.sql.COUNT_JOBS_BY_STATE):
                 counts[JobState(row["state"])] = int(row["jobs"])
             return counts
 
@@ -687,10 +710,10 @@ class SqlJobStore:
     # ---- housekeeping --------------------------------------------------------------
 
     async def reap(self, *, limit: int = 500) -> ReapResult:
-        def reap(tx: Tx) -> ReapResult:
+        async def reap(tx: Tx) -> ReapResult:
             now = self._clock()
             result = ReapResult()
-            rows = tx.execute(tx.sql.REAPABLE_JOBS, {"now_us": to_us(now), "limit": limit})
+            rows = await tx.execute(tx.sql.REAPABLE_JOBS, {"now_us": to_us(now), "limit": limit})
             for row in rows:
                 change = jobs.reap(
                     job_from_row(row),
@@ -701,7 +724,7 @@ class SqlJobStore:
                 if change is None:
                     continue
                 try:
-                    saved = _save(tx, change, row["version"])
+                    saved = await _save(tx, change, row["version"])
                 except Conflict:
                     # Another reaper, or the worker, moved it first: each row stands
                     # alone, and the next pass looks at it again.
@@ -717,35 +740,40 @@ class SqlJobStore:
         return await self._db.change(reap)
 
     async def mark_lost_workers(self, *, silent_for: timedelta) -> list[str]:
-        def mark(tx: Tx) -> list[str]:
+        async def mark(tx: Tx) -> list[str]:
             cutoff = to_us(self._clock() - silent_for)
             return [
-                row["id"] for row in tx.execute(tx.sql.MARK_LOST_WORKERS, {"cutoff_us": cutoff})
+                row["id"]
+                for row in await tx.execute(tx.sql.MARK_LOST_WORKERS, {"cutoff_us": cutoff})
             ]
 
         return await self._db.write(mark)
 
     async def prune(self, *, older_than: timedelta, limit: int = 1000) -> PruneResult:
-        def prune(tx: Tx) -> PruneResult:
+        async def prune(tx: Tx) -> PruneResult:
             cutoff = to_us(self._clock() - older_than)
             ids = [
                 row["id"]
-                for row in tx.execute(
+                for row in await tx.execute(
                     tx.sql.PRUNABLE_JOB_IDS, {"cutoff_us": cutoff, "limit": limit}
                 )
             ]
             events = jobs_deleted = 0
             if ids:
                 ids_json = dump_json(ids)
-                events = len(tx.execute(tx.sql.DELETE_EVENTS_OF_JOBS, {"ids": ids_json}))
-                jobs_deleted = len(tx.execute(tx.sql.DELETE_JOBS, {"ids": ids_json}))
-            workers = len(tx.execute(tx.sql.DELETE_OLD_WORKERS, {"cutoff_us": cutoff}))
+                events = len(await tx.execute(tx.sql.DELETE_EVENTS_OF_JOBS, {"ids": ids_json}))
+                jobs_deleted = len(await tx.execute(tx.sql.DELETE_JOBS, {"ids": ids_json}))
+            workers = len(await tx.execute(tx.sql.DELETE_OLD_WORKERS, {"cutoff_us": cutoff}))
             return PruneResult(jobs=jobs_deleted, events=events, workers=workers)
 
         return await self._db.transaction(prune)
 
     async def ping(self) -> None:
-        await self._db.read(lambda tx: tx.execute(tx.sql.PING), small=True)
+
+        async def ping(tx: Tx) -> None:
+            await tx.execute(tx.sql.PING)
+
+        await self._db.read(ping, small=True)
 
     async def close(self) -> None:
         await self._db.close()
@@ -756,18 +784,18 @@ def _text_bytes(spec: JobSpec, payload: str) -> int:
     return 4 * (len(payload) + len(dump_json(spec.labels)) + len(spec.idempotency_key or ""))
 
 
-def _load(tx: Tx, job_id: str) -> tuple[Job, int]:
+async def _load(tx: Tx, job_id: str) -> tuple[Job, int]:
     """The job and its row version, for an optimistic `_save`."""
-    rows = tx.execute(tx.sql.SELECT_JOB, {"id": job_id})
+    rows = await tx.execute(tx.sql.SELECT_JOB, {"id": job_id})
     if not rows:
         raise JobNotFound(job_id)
     return job_from_row(rows[0]), int(rows[0]["version"])
 
 
-def _save(tx: Tx, change: jobs.Change, version: int) -> Job:
+async def _save(tx: Tx, change: jobs.Change, version: int) -> Job:
     """Write a change (its event is appended by the trigger) if the row is unchanged."""
     job, kind = change
-    saved = tx.execute(
+    saved = await tx.execute(
         tx.sql.UPDATE_JOB,
         {**job_to_row(job), "event_kind": kind.value, "expected_version": version},
     )
@@ -776,10 +804,10 @@ def _save(tx: Tx, change: jobs.Change, version: int) -> Job:
     return job
 
 
-def _queue_positions(tx: Tx, ids: list[str], now_us: int) -> dict[str, int]:
+async def _queue_positions(tx: Tx, ids: list[str], now_us: int) -> dict[str, int]:
     if not ids:
         return {}
-    rows = tx.execute(tx.sql.QUEUE_POSITIONS, {"ids": dump_json(ids), "now_us": now_us})
+    rows = await tx.execute(tx.sql.QUEUE_POSITIONS, {"ids": dump_json(ids), "now_us": now_us})
     return {row["id"]: int(row["position"]) for row in rows}
 
 

@@ -9,9 +9,12 @@ The core says what an operation is; the driver decides how to run it:
   and the driver runs the whole function again on fresh data.
 - `transaction`: several writes that must commit or roll back together.
 
-`small=True` says the operation touches a few rows by index. Every operation is a plain
-function of a `Tx` and may run more than once (after a transient failure, or a
-conflict), so it must have no effects outside the `Tx`.
+`small=True` says the operation touches a few rows by index. Every operation is a
+coroutine function of a `Tx` and may run more than once (after a transient failure, or a
+conflict), so it must have no effects outside the `Tx`. A driver over a network awaits
+its statements on the event loop; a driver whose calls block (a local file, a
+synchronous client) runs the whole operation in its own thread with `run_blocking`,
+since its `Tx` never suspends.
 
 A local SQLite file runs every kind as a transaction (BEGIN/COMMIT cost nothing there
 and serialize writers). A remote server runs reads, writes and changes statement by
@@ -20,7 +23,7 @@ statement, one round trip each, and pays for BEGIN/COMMIT only for a `transactio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
@@ -40,12 +43,24 @@ class Tx(Protocol):
         """The statements in this database's dialect (a module of `jobcontrol.store.sql`)."""
         ...
 
-    def execute(self, sql: str, params: Params = ()) -> list[Row]:
+    async def execute(self, sql: str, params: Params = ()) -> list[Row]:
         """Run one statement; rows come back as mappings of column name to value."""
         ...
 
 
-Operation = Callable[[Tx], T]
+Operation = Callable[[Tx], Awaitable[T]]
+
+
+def run_blocking(operation: Awaitable[T]) -> T:
+    """Run an operation over a `Tx` whose `execute` never suspends, to its end, in the
+    calling thread (no event loop: a blocking driver calls this in its own thread)."""
+    assert isinstance(operation, Coroutine)
+    try:
+        operation.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    operation.close()
+    raise RuntimeError("an operation suspended on a blocking driver's Tx")
 
 
 class Database(Protocol):

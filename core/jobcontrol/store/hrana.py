@@ -36,7 +36,7 @@ from turso_serverless.protocol import ProtocolError, ServerError, decode_value, 
 from turso_serverless.session import Session
 
 from jobcontrol.errors import StoreUnavailable
-from jobcontrol.store.database import Conflict, Operation, Params, Row
+from jobcontrol.store.database import Conflict, Operation, Params, Row, run_blocking
 from jobcontrol.store.sql import sqlite as sqlite_sql
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class _Tx:
         self.begun = False
         self.committing = False
 
-    def execute(self, sql: str, params: Params = ()) -> list[Row]:
+    async def execute(self, sql: str, params: Params = ()) -> list[Row]:
         stmt = _stmt(sql, params)
         if not self._transaction:
             results = self._pipeline([{"type": "execute", "stmt": stmt}, {"type": "close"}], sql)
@@ -314,7 +314,7 @@ class HranaDatabase:
         while True:
             tx = _Tx(session, transaction=transaction)
             try:
-                result = fn(tx)
+                result = run_blocking(fn(tx))
                 tx.commit()
                 return result
             except Conflict:

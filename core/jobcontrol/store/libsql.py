@@ -24,7 +24,7 @@ import libsql
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.store.config import REMOTE_SCHEMES
 from jobcontrol.store.core import Clock, SqlJobStore, utc_now
-from jobcontrol.store.database import Database, Operation, Params, Row
+from jobcontrol.store.database import Database, Operation, Params, Row, run_blocking
 from jobcontrol.store.hrana import HranaDatabase
 from jobcontrol.store.sql import sqlite as sqlite_sql
 
@@ -88,7 +88,7 @@ class _LibsqlTx:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Params = ()) -> list[Row]:
+    async def execute(self, sql: str, params: Params = ()) -> list[Row]:
         cursor = _sdk(self._conn, sql, _positional(sql, params))
         rows = _fetchall(cursor)
         if not rows:
@@ -146,7 +146,7 @@ class LibsqlFileDatabase:
                 conn = self._connection()
                 _sdk(conn, "BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
-                    result = fn(_LibsqlTx(conn))
+                    result = run_blocking(fn(_LibsqlTx(conn)))
                     _sdk(conn, "COMMIT")
                 except BaseException:
                     self._rollback_quietly(conn)

@@ -1,8 +1,8 @@
-"""The PostgreSQL store (`JOB_STORE_BACKEND=postgres`), on psycopg 3 and its pool.
+"""The PostgreSQL store (`JOB_STORE_BACKEND=postgres`), on psycopg 3's asyncio pool.
 
-The SQL core's operations are plain functions of a `Tx`, so they run on pooled
-connections in worker threads (psycopg waits for the server with the GIL released);
-the one LISTEN connection per store is asynchronous, on the event loop (`listen.py`).
+Every statement is awaited on the event loop: no thread hop per call, which on this
+driver cost more than the statement itself (BENCHMARKS.md, "PostgreSQL on the event
+loop"). The one LISTEN connection per store is asynchronous too (`listen.py`).
 Reads, single-statement writes and changes run statement by statement in autocommit,
 one round trip each, as on a remote libSQL server; a change's fenced write raises
 `Conflict` when its row moved, and the change runs again. Only `transaction` pays for
@@ -14,12 +14,9 @@ session) and no server-side prepared statements (they live in one server session
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import re
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
@@ -59,18 +56,18 @@ def _pyformat(sql: str) -> str:
 class _PostgresTx:
     sql = postgres_sql
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Params = ()) -> list[Row]:
-        with self._conn.cursor(row_factory=dict_row) as cursor:
+    async def execute(self, sql: str, params: Params = ()) -> list[Row]:
+        async with self._conn.cursor(row_factory=dict_row) as cursor:
             if params:
-                cursor.execute(_pyformat(sql), params)
+                await cursor.execute(_pyformat(sql), params)
             else:
-                cursor.execute(sql)
+                await cursor.execute(sql)
             if cursor.description is None:
                 return []
-            return list(cursor.fetchall())
+            return list(await cursor.fetchall())
 
 
 class PostgresDatabase:
@@ -89,7 +86,7 @@ class PostgresDatabase:
         kwargs: dict[str, Any] = {"autocommit": True, "application_name": "jobcontrol"}
         if poll_only:
             kwargs["prepare_threshold"] = None
-        self._pool = psycopg_pool.ConnectionPool(
+        self._pool = psycopg_pool.AsyncConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
@@ -98,34 +95,34 @@ class PostgresDatabase:
             open=False,
             name="jobcontrol",
         )
-        self._executor = ThreadPoolExecutor(
-            max_workers=pool_size, thread_name_prefix="jobcontrol-postgres"
-        )
-        self._checking = threading.Lock()
+        self._checking = False
 
-    def open(self) -> None:
+    async def open(self) -> None:
         """Connect once directly first: the pool, failing, says only that it timed out,
         where the server's own answer names the cause (refused, no such database)."""
         try:
-            psycopg.connect(self.url, connect_timeout=round(self._pool.timeout)).close()
-            self._pool.open(wait=True, timeout=self._pool.timeout)
+            first = await psycopg.AsyncConnection.connect(
+                self.url, connect_timeout=round(self._pool.timeout)
+            )
+            await first.close()
+            await self._pool.open(wait=True, timeout=self._pool.timeout)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
-            self._pool.close()
+            await self._pool.close()
             cause = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise StoreUnavailable(
                 f"PostgreSQL at {_redacted(self.url)} is unavailable: {cause}"
             ) from error
 
-    def _run_sync(self, fn: Operation[T], kind: str) -> T:
+    async def _run(self, fn: Operation[T], kind: str) -> T:
         conflicts = 0
         attempts = 0
         while True:
             try:
-                with self._pool.connection() as conn:
+                async with self._pool.connection() as conn:
                     if kind == "transaction":
-                        with conn.transaction():
-                            return fn(_PostgresTx(conn))
-                    return fn(_PostgresTx(conn))
+                        async with conn.transaction():
+                            return await fn(_PostgresTx(conn))
+                    return await fn(_PostgresTx(conn))
             except Conflict:
                 conflicts += 1
                 if conflicts >= _CONFLICT_ATTEMPTS:
@@ -139,7 +136,7 @@ class PostgresDatabase:
                 # check its idle ones now rather than fail once per connection. A read
                 # is safe to run again at once; a write may have been applied, so its
                 # caller decides.
-                self._check_pool()
+                await self._check_pool()
                 attempts += 1
                 if kind == "read" and attempts < 2 and isinstance(error, psycopg.OperationalError):
                     continue
@@ -147,18 +144,16 @@ class PostgresDatabase:
                     f"PostgreSQL at {_redacted(self.url)} is unavailable: {error}"
                 ) from error
 
-    def _check_pool(self) -> None:
-        if self._checking.acquire(blocking=False):
-            try:
-                self._pool.check()
-            except Exception:  # the server is down: the next call will say so
-                log.debug("checking pooled PostgreSQL connections", exc_info=True)
-            finally:
-                self._checking.release()
-
-    async def _run(self, fn: Operation[T], kind: str) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run_sync, fn, kind)
+    async def _check_pool(self) -> None:
+        if self._checking:
+            return
+        self._checking = True
+        try:
+            await self._pool.check()
+        except Exception:  # the server is down: the next call will say so
+            log.debug("checking pooled PostgreSQL connections", exc_info=True)
+        finally:
+            self._checking = False
 
     async def read(self, fn: Operation[T], *, small: bool = False) -> T:
         return await self._run(fn, "read")
@@ -173,9 +168,7 @@ class PostgresDatabase:
         return await self._run(fn, "transaction")
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._pool.close)
-        self._executor.shutdown(wait=True)
+        await self._pool.close()
 
 
 def _redacted(url: str) -> str:
@@ -206,7 +199,7 @@ class PostgresJobStore(SqlJobStore):
     ) -> PostgresJobStore:
         """Connect and migrate. `poll_only` for a transaction-mode pooler (module doc)."""
         db = PostgresDatabase(url, pool_size=pool_size, poll_only=poll_only)
-        await asyncio.get_running_loop().run_in_executor(None, db.open)
+        await db.open()
         return await cls._migrated(db, _redacted(url), clock=clock, **options)
 
     async def close(self) -> None:

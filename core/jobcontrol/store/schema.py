@@ -298,20 +298,20 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-def apply_migrations(tx: Tx, *, now_us: int) -> list[int]:
+async def apply_migrations(tx: Tx, *, now_us: int) -> list[int]:
     """Apply the migrations of the database's dialect it lacks; returns their versions.
     Runs inside one write transaction, so concurrent starters apply each migration once."""
     for statement in tx.sql.BEFORE_MIGRATIONS:
-        tx.execute(statement)
-    tx.execute(tx.sql.CREATE_MIGRATIONS_TABLE)
-    done = {row["version"] for row in tx.execute("SELECT version FROM schema_migrations")}
+        await tx.execute(statement)
+    await tx.execute(tx.sql.CREATE_MIGRATIONS_TABLE)
+    done = {row["version"] for row in await tx.execute("SELECT version FROM schema_migrations")}
     applied = []
     for migration in tx.sql.MIGRATIONS:
         if migration.version in done:
             continue
         for statement in migration.statements:
-            tx.execute(statement)
-        tx.execute(
+            await tx.execute(statement)
+        await tx.execute(
             "INSERT INTO schema_migrations (version, name, applied_us)"
             " VALUES (:version, :name, :now_us)",
             {"version": migration.version, "name": migration.name, "now_us": now_us},

@@ -15,14 +15,13 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.store.core import Clock, SqlJobStore, utc_now
-from jobcontrol.store.database import Operation, Params, Row
+from jobcontrol.store.database import Operation, Params, Row, run_blocking
 from jobcontrol.store.sql import sqlite as sqlite_sql
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
-    def execute(self, sql: str, params: Params = ()) -> list[Row]:
+    async def execute(self, sql: str, params: Params = ()) -> list[Row]:
         """Rows as dicts, as the libSQL drivers return them: a decode reads a job's
         columns by name, and sqlite3.Row finds a name by comparing it with each column's."""
         cursor = self._conn.execute(sql, params)
@@ -104,7 +103,7 @@ class SqliteDatabase:
             self._waits = True
         return self._conn
 
-    def _run_sync(self, fn: Callable[[_SqliteTx], T], write: bool, *, wait: bool = True) -> T:
+    def _run_sync(self, fn: Operation[T], write: bool, *, wait: bool = True) -> T:
         """With `wait=False`, raise _WouldWait at once instead of waiting for a lock."""
         deadline = time.monotonic() + self._lock_wait
         delay = 0.002
@@ -126,7 +125,7 @@ class SqliteDatabase:
                     ) from error
                 raise
 
-    def _attempt(self, fn: Callable[[_SqliteTx], T], write: bool, wait: bool) -> T:
+    def _attempt(self, fn: Operation[T], write: bool, wait: bool) -> T:
         conn = self._connection()
         if wait is not self._waits:
             timeout_ms = round(self._busy_timeout * 1000) if wait else 0
@@ -134,7 +133,7 @@ class SqliteDatabase:
             self._waits = wait
         conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            result = fn(_SqliteTx(conn))
+            result = run_blocking(fn(_SqliteTx(conn)))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
