@@ -1,6 +1,6 @@
 """The SQL core: the JobStore operations, written once for every driver.
 
-Each operation is a function of one transaction (`Tx`). Changes to jobs go through the
+Each operation is a coroutine function of one transaction (`Tx`). Changes to jobs go through the
 pure state machine in `jobcontrol.jobs` and are saved together with their event; only
 the claim is a single SQL statement, because it must be atomic without a lock held
 across round trips.
