@@ -178,7 +178,7 @@ def fill_history(url: str, history: int, settings: Mapping[str, Mapping[str, str
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         with conn.transaction():
-            conn.execute("ALTER TABLE jobs DISABLE TRIGGER job_events_append")
+            conn.execute("ALTER TABLE jobs DISABLE TRIGGER job_events_append_inserted")
             conn.execute(
                 """
                 INSERT INTO jobs (id, type, payload, state, priority, labels, attempt,
@@ -203,7 +203,7 @@ def fill_history(url: str, history: int, settings: Mapping[str, Mapping[str, str
                 ORDER BY j.end_us, k.n
                 """
             )
-            conn.execute("ALTER TABLE jobs ENABLE TRIGGER job_events_append")
+            conn.execute("ALTER TABLE jobs ENABLE TRIGGER job_events_append_inserted")
         for statement in alter_statements(settings):
             conn.execute(statement)
         conn.execute("VACUUM (ANALYZE) jobs, job_events")

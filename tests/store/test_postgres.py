@@ -18,6 +18,7 @@ from jobcontrol.jobs import EventKind, JobSpec, Progress
 from jobcontrol.store.listen import APPLICATION_NAME
 from jobcontrol.store.postgres import PostgresJobStore
 from jobcontrol.store.protocol import ChangeKind
+from jobcontrol.store.sql import postgres as postgres_sql
 from tests.polling import wait_until, wait_until_async
 from tests.postgres import PgBouncer, PostgresCluster
 
@@ -242,3 +243,117 @@ async def test_the_churning_tables_carry_their_autovacuum_thresholds(
         )
     assert "autovacuum_vacuum_scale_factor=0.01" in options["jobs"]
     assert "autovacuum_vacuum_insert_threshold=10000" in options["job_events"]
+
+
+def _held_advisory_locks(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_heartbeat_appends_no_event_and_sends_no_notification(
+    store: PostgresJobStore, postgres_url: str
+):
+    """The UPDATE trigger fires for every UPDATE of `jobs` (a trigger with transition
+    tables takes no column list), so it is what must skip the rows whose version did not
+    change: a lease heartbeat writes no event, notifies nothing and leaves the event lock
+    to the writers of events. Progress, which changes the version, does all three."""
+    await store.create_job(JobSpec(type="t"))
+    (job,) = await store.claim_jobs(worker_id="w", types=["t"], limit=1, lease_timeout=LEASE)
+    assert job.lease_id is not None
+    with psycopg.connect(postgres_url, autocommit=True) as listener:
+        listener.execute("LISTEN jobcontrol")
+        start = await store.last_sequence()
+        acks = await store.heartbeat_jobs({job.id: job.lease_id}, lease_timeout=LEASE * 2)
+        assert set(acks) == {job.id}
+        assert await store.list_events(after_sequence=start) == []
+        assert await store.last_sequence() == start
+        await store.report_progress(job_id=job.id, lease_id=job.lease_id, progress=Progress(10))
+        # Notifications arrive in commit order: had the heartbeat sent one, it would
+        # come before the progress's.
+        heard = [n.payload for n in listener.notifies(timeout=10, stop_after=1)]
+        assert heard == ["event"]
+        assert list(listener.notifies(timeout=0.2)) == []
+    (event,) = await store.list_events(after_sequence=start)
+    assert (event.kind, event.job.id, event.job.progress.percent) == (
+        EventKind.PROGRESS,
+        job.id,
+        10,
+    )
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute(
+            "UPDATE jobs SET lease_expire_us = lease_expire_us + 1 WHERE id = %s", (job.id,)
+        )
+        conn.execute("UPDATE jobs SET version = version + 1 WHERE id = 'no such job'")
+        assert _held_advisory_locks(conn) == 0
+        _bump(conn, job.id)
+        assert _held_advisory_locks(conn) == 1
+        conn.rollback()
+
+
+async def test_a_database_with_the_per_row_trigger_is_migrated_to_the_statement_triggers(
+    postgres_url: str,
+):
+    """A database at version 7, whose events migration 6's per-row trigger wrote:
+    migration 8 replaces that trigger with the statement triggers, the old events read
+    as before, and new ones follow them in sequence, with their notifications."""
+    old_id = "01a22f78-0000-7000-8000-000000000003"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(postgres_sql.CREATE_MIGRATIONS_TABLE)
+        for migration in postgres_sql.MIGRATIONS:
+            if migration.version > 7:
+                break
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (%s, %s, 0)",
+                (migration.version, migration.name),
+            )
+        conn.execute(
+            "INSERT INTO jobs (id, type, payload, state, priority, labels, attempt,"
+            " max_attempts, create_us, update_us, run_after_us, progress_percent,"
+            " progress_stage, progress_message, cancel_requested, cancel_reason, version,"
+            " event_kind) VALUES (%s, 'old', '{}', 'PENDING', 0, '{}', 0, 1, 1, 1, 1, 0,"
+            " '', '', 0, '', 1, 'SUBMITTED')",
+            (old_id,),
+        )
+        _bump(conn, old_id)
+    store = await PostgresJobStore.open(postgres_url)
+    try:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            versions = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
+            triggers = conn.execute(
+                "SELECT tgname FROM pg_trigger"
+                " WHERE tgrelid = 'jobs'::regclass AND NOT tgisinternal ORDER BY tgname"
+            ).fetchall()
+            functions = conn.execute(
+                "SELECT proname FROM pg_proc WHERE proname LIKE 'jobcontrol%' ORDER BY 1"
+            ).fetchall()
+            assert versions == [(6,), (7,), (8,)]
+            assert triggers == [("job_events_append_inserted",), ("job_events_append_updated",)]
+            assert functions == [
+                ("jobcontrol_append_inserted_job_events",),
+                ("jobcontrol_append_updated_job_events",),
+            ]
+            conn.execute("LISTEN jobcontrol")
+            new = (await store.create_job(JobSpec(type="new"))).job
+            (claimed,) = await store.claim_jobs(
+                worker_id="w", types=["new"], limit=1, lease_timeout=LEASE
+            )
+            assert claimed.lease_id is not None
+            await store.complete_job(job_id=new.id, lease_id=claimed.lease_id, result={})
+            heard = [n.payload for n in conn.notifies(timeout=10, stop_after=3)]
+            assert heard == ["pending", "event", "event"]
+        events = await store.list_events(after_sequence=0)
+        assert [(e.sequence, e.job.id, e.kind) for e in events] == [
+            (1, old_id, EventKind.SUBMITTED),
+            (2, old_id, EventKind.PROGRESS),
+            (3, new.id, EventKind.SUBMITTED),
+            (4, new.id, EventKind.STARTED),
+            (5, new.id, EventKind.SUCCEEDED),
+        ]
+        assert events[1].job.type == "old"
+    finally:
+        await store.close()
