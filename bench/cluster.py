@@ -143,6 +143,8 @@ GOAL_LAG_P99_MS = {20: 5.0}  # on sqld
 GOAL_PG_PROGRESS_P99_MS = 50.0  # at 0 ms added RTT
 GOAL_PG_CLAIM_P50_MS = 10.0  # at 0 ms added RTT
 LATE = 0.005  # seconds: a bucket bound of the loop-lag histogram, the goal's p99
+# The store calls whose time the throughput table shows: a worker's cycle, and a submit.
+CALLS_TIMED = ("claim_jobs", "complete_jobs", "create_jobs")
 TAIL_MS = REMOTE_TAIL_INTERVAL * 1000
 
 
@@ -195,7 +197,7 @@ def loop_lag(address: str) -> dict[float, float]:
     return dict(sorted(buckets.items()))
 
 
-def lag_stats_ms(buckets: dict[float, float]) -> dict[str, float]:
+def histogram_stats_ms(buckets: dict[float, float]) -> dict[str, float]:
     """p50, p99 and max of a (diffed, cumulative) histogram, as bucket upper bounds in
     ms (inf: above the last bound), the number of samples, and the share of them (%)
     later than LATE (p99 <= LATE exactly when that share is at most 1%)."""
@@ -220,15 +222,24 @@ class Snapshot:
     calls: dict[str, float]  # store calls by operation, summed over servers and workers
     lag: dict[float, float]  # both servers' loop-lag buckets, summed
     cpu: dict[str, float]  # CPU seconds by process
+    # store call durations by operation, summed over servers and workers: buckets
+    call_time: dict[str, dict[float, float]] = field(default_factory=dict)
 
     def since(self, before: Snapshot) -> Delta:
+        def diff(now: dict[float, float], then: dict[float, float]) -> dict[float, float]:
+            return {le: n - then.get(le, 0.0) for le, n in now.items()}
+
         return Delta(
             start=before.at,
             end=self.at,
             requests=self.requests - before.requests,
             calls={op: n - before.calls.get(op, 0.0) for op, n in self.calls.items()},
-            lag={le: n - before.lag.get(le, 0.0) for le, n in self.lag.items()},
+            lag=diff(self.lag, before.lag),
             cpu={name: s - before.cpu.get(name, 0.0) for name, s in self.cpu.items()},
+            call_time={
+                op: diff(buckets, before.call_time.get(op, {}))
+                for op, buckets in self.call_time.items()
+            },
         )
 
 
@@ -242,6 +253,7 @@ class Delta:
     calls: dict[str, float]
     lag: dict[float, float]
     cpu: dict[str, float]
+    call_time: dict[str, dict[float, float]] = field(default_factory=dict)
     canary: list[float] = field(default_factory=list)  # the control loop's lags, s
 
     @property
@@ -266,9 +278,14 @@ class Cluster:
     def snapshot(self) -> Snapshot:
         requests = self.db.requests_so_far()
         calls: dict[str, float] = {}
+        call_time: dict[str, dict[float, float]] = {}
         for process in (*self.servers, *self.workers):
             for op, n in process.store_calls().items():
                 calls[op] = calls.get(op, 0.0) + n
+            for op, buckets in process.store_call_buckets().items():
+                summed = call_time.setdefault(op, {})
+                for le, n in buckets.items():
+                    summed[le] = summed.get(le, 0.0) + n
         lag: dict[float, float] = {}
         for server in self.servers:
             assert server.metrics_address is not None
@@ -279,7 +296,7 @@ class Cluster:
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):
                 tree = name == "postgres"
                 cpu[name] = cpu_seconds_with_children(pid) if tree else procs.cpu_seconds(pid)
-        return Snapshot(time.monotonic(), requests, calls, lag, cpu)
+        return Snapshot(time.monotonic(), requests, calls, lag, cpu, call_time)
 
     async def measure(self, phase: str, body: Awaitable[T]) -> T:
         """Run `body` between two snapshots (taken off the event loop: they block); what
@@ -753,8 +770,13 @@ def collect(figures: Figures, shape: Shape, run: RunResult) -> None:
     add("jobs_per_claim", drained.jobs / max(1.0, phase.calls.get("claim_jobs", 0.0)))
     add("jobs_per_completion", drained.jobs / max(1.0, phase.calls.get("complete_jobs", 0.0)))
     add_all("cpu", phase.cpu_percent())
+    for op in CALLS_TIMED:
+        if phase.call_time.get(op):
+            stats = histogram_stats_ms(phase.call_time[op])
+            add(f"call_ms.{op}.p50", stats["p50"])
+            add(f"call_ms.{op}.p99", stats["p99"])
     for name, delta in run.deltas.items():
-        add_all(f"lag.{name}", lag_stats_ms(delta.lag))
+        add_all(f"lag.{name}", histogram_stats_ms(delta.lag))
         if delta.canary:
             add(f"canary.{name}.p99", 1000 * percentile(delta.canary, 0.99))
             late = sum(1 for lag in delta.canary if lag > LATE)
@@ -767,8 +789,8 @@ def collect(figures: Figures, shape: Shape, run: RunResult) -> None:
     for delta in run.deltas.values():
         for le, n in delta.lag.items():
             everything[le] = everything.get(le, 0.0) + n
-    add_all("lag.all", lag_stats_ms(everything))
-    add("lag.worst_p99", max(lag_stats_ms(d.lag)["p99"] for d in run.deltas.values()))
+    add_all("lag.all", histogram_stats_ms(everything))
+    add("lag.worst_p99", max(histogram_stats_ms(d.lag)["p99"] for d in run.deltas.values()))
     add_all("claim", percentiles_ms(run.claim))
     expected = PROGRESS_JOBS * PROGRESS_UPDATES
     for server, latencies in run.progress.by_server.items():
@@ -1123,12 +1145,30 @@ def render_calls(figures: Figures, shapes: Sequence[Shape]) -> str:
             *(_fig(figures, s, "requests_per_job").cell(4) for s in shapes),
         )
     )
-    return report.table(
+    calls = report.table(
         "Throughput phase: store calls per job, by operation (all four processes)",
         ("operation", *(shape.label for shape in shapes)),
         rows,
         notes=["operations under 0.0001 calls per job everywhere are left out."],
     )
+
+    def timed(shape: Shape, op: str) -> str:
+        p50, p99 = (f"{shape.key}.call_ms.{op}.{p}" for p in ("p50", "p99"))
+        if p50 not in figures:
+            return "-"
+        return f"{figures[p50].cell(1)} / {figures[p99].cell(1)}"
+
+    times = report.table(
+        "Throughput phase: store call time, p50 / p99 ms, by operation (all four processes)",
+        ("operation", *(shape.label for shape in shapes)),
+        [(op, *(timed(shape, op) for shape in shapes)) for op in CALLS_TIMED],
+        notes=[
+            "from each process's jobcontrol_store_call_duration_seconds: a figure is its "
+            "bucket's upper bound (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250 ms, 1 s, 5 s); the "
+            "call's wait for a connection or the driver thread is in it."
+        ],
+    )
+    return f"{calls}\n\n{times}"
 
 
 def headlines(figures: Figures, shapes: Sequence[Shape]) -> list[Headline]:

@@ -101,6 +101,22 @@ def store_calls(metrics_address: str) -> dict[str, float]:
     }
 
 
+def store_call_buckets(metrics_address: str) -> dict[str, dict[float, float]]:
+    """`jobcontrol_store_call_duration_seconds` by operation: cumulative count by bucket
+    upper bound (inf last)."""
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, dict[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "jobcontrol_store_call_duration_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                buckets = found.setdefault(sample.labels["operation"], {})
+                buckets[float(sample.labels["le"])] = sample.value
+    return {op: dict(sorted(buckets.items())) for op, buckets in found.items()}
+
+
 @dataclass
 class Process:
     """A child process writing to `log_path` (and serving /metrics, if it does)."""
@@ -113,6 +129,11 @@ class Process:
         if self.metrics_address is None:
             raise RuntimeError("the process was started without metrics")
         return store_calls(self.metrics_address)
+
+    def store_call_buckets(self) -> dict[str, dict[float, float]]:
+        if self.metrics_address is None:
+            raise RuntimeError("the process was started without metrics")
+        return store_call_buckets(self.metrics_address)
 
     @property
     def pid(self) -> int:

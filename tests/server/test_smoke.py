@@ -51,3 +51,4 @@ def test_metrics_endpoint_reports_rpcs_streams_jobs_and_tail_lag(tmp_path: Path)
     assert "jobcontrol_event_tail_lag_seconds_bucket" in body
     assert "jobcontrol_event_loop_lag_seconds_bucket" in body
     assert 'jobcontrol_store_calls_total{operation="create_job"} 1.0' in body
+    assert 'jobcontrol_store_call_duration_seconds_count{operation="create_job"} 1.0' in body

@@ -1,15 +1,20 @@
-"""Prometheus metrics of one server process, and a store wrapper that counts its calls.
+"""Prometheus metrics of one server process, and a store wrapper that counts and times
+its calls.
 
 Counting store calls is how we show that watchers do not cost the store anything: the
-count of `list_events` calls depends on time, not on the number of open streams.
+count of `list_events` calls depends on time, not on the number of open streams. Timing
+them says what the store costs each caller, which on a remote store is most of a claim
+or a completion.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import time
-from typing import Any, cast
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
 
 import grpc
 import prometheus_client
@@ -19,6 +24,7 @@ from jobcontrol.jobs import JobState
 from jobcontrol.store import JobStore
 
 LOOP_LAG_INTERVAL = 0.02
+T = TypeVar("T")
 
 
 class Metrics:
@@ -52,6 +58,14 @@ class Metrics:
             "jobcontrol_store_calls",
             "Store operations issued by this server, by operation",
             ["operation"],
+            registry=self.registry,
+        )
+        self.store_call_seconds = Histogram(
+            "jobcontrol_store_call_duration_seconds",
+            "Time from a store call to its answer (its wait for a connection included), "
+            "by operation",
+            ["operation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=self.registry,
         )
         self.loop_lag = Histogram(
@@ -116,15 +130,28 @@ class _MeteredStore:
         if not callable(attribute) or name.startswith("_"):
             return attribute
         counter = self._metrics.store_calls.labels(name)
+        seconds = self._metrics.store_call_seconds.labels(name)
 
         @functools.wraps(attribute)
         def counted(*args: Any, **kwargs: Any) -> Any:
             counter.inc()
-            return attribute(*args, **kwargs)
+            result = attribute(*args, **kwargs)
+            if inspect.isawaitable(result):
+                return _timed(result, seconds)
+            return result
 
         return counted
 
 
+async def _timed(call: Awaitable[T], histogram: Histogram) -> T:
+    started = time.perf_counter()
+    try:
+        return await call
+    finally:
+        histogram.observe(time.perf_counter() - started)
+
+
 def metered(store: JobStore, metrics: Metrics) -> JobStore:
-    """The same store, counting every call in `jobcontrol_store_calls_total`."""
+    """The same store, counting every call in `jobcontrol_store_calls_total` and timing
+    it in `jobcontrol_store_call_duration_seconds`."""
     return cast(JobStore, _MeteredStore(store, metrics))
