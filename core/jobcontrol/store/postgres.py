@@ -1,8 +1,13 @@
-"""The PostgreSQL store (`JOB_STORE_BACKEND=postgres`), on psycopg 3's asyncio pool.
+"""The PostgreSQL store (`JOB_STORE_BACKEND=postgres`), on psycopg 3 and its pools.
 
-Every statement is awaited on the event loop: no thread hop per call, which on this
-driver cost more than the statement itself (BENCHMARKS.md, "PostgreSQL on the event
-loop"). The one LISTEN connection per store is asynchronous too (`listen.py`).
+A small operation (a few rows by index: a claim, a completion batch, progress, a
+heartbeat, a cancel) awaits its statements on the event loop, through psycopg's asyncio
+pool: a hand-off to a thread and back cost more than such a statement. A larger one (a
+submitted batch, the event tail, a listing, housekeeping) runs on a driver thread
+through the synchronous pool, as the SQLite store runs it: building or decoding
+thousands of rows on the loop held up every stream of the process for as long
+(BENCHMARKS.md, "PostgreSQL on the event loop"). The one LISTEN connection per store is
+asynchronous (`listen.py`).
 Reads, single-statement writes and changes run statement by statement in autocommit,
 one round trip each, as on a remote libSQL server; a change's fenced write raises
 `Conflict` when its row moved, and the change runs again. Only `transaction` pays for
@@ -14,9 +19,11 @@ session) and no server-side prepared statements (they live in one server session
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import psycopg
@@ -26,7 +33,7 @@ from psycopg.rows import dict_row
 
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.store.core import Clock, SqlJobStore, utc_now
-from jobcontrol.store.database import Conflict, Operation, Params, Row
+from jobcontrol.store.database import Conflict, Operation, Params, Row, run_blocking
 from jobcontrol.store.listen import PostgresListener
 from jobcontrol.store.sql import postgres as postgres_sql
 
@@ -70,6 +77,26 @@ class _PostgresTx:
             return list(await cursor.fetchall())
 
 
+class _BlockingPostgresTx:
+    """Statements on a driver thread: `execute` blocks there and never suspends, so the
+    operation runs to its end with `run_blocking`."""
+
+    sql = postgres_sql
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Params = ()) -> list[Row]:
+        with self._conn.cursor(row_factory=dict_row) as cursor:
+            if params:
+                cursor.execute(_pyformat(sql), params)
+            else:
+                cursor.execute(sql)
+            if cursor.description is None:
+                return []
+            return list(cursor.fetchall())
+
+
 class PostgresDatabase:
     """Connection and transaction plumbing for one PostgreSQL database."""
 
@@ -78,6 +105,7 @@ class PostgresDatabase:
         url: str,
         *,
         pool_size: int = 8,
+        threads: int = 4,
         connect_timeout: float = 10.0,
         poll_only: bool = False,
     ) -> None:
@@ -95,6 +123,18 @@ class PostgresDatabase:
             open=False,
             name="jobcontrol",
         )
+        self._blocking_pool = psycopg_pool.ConnectionPool(
+            url,
+            min_size=1,
+            max_size=threads,
+            kwargs=kwargs,
+            timeout=connect_timeout,
+            open=False,
+            name="jobcontrol-threads",
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="jobcontrol-postgres"
+        )
         self._checking = False
 
     async def open(self) -> None:
@@ -106,23 +146,39 @@ class PostgresDatabase:
             )
             await first.close()
             await self._pool.open(wait=True, timeout=self._pool.timeout)
+            await self._in_thread(
+                functools.partial(self._blocking_pool.open, wait=True, timeout=self._pool.timeout)
+            )
         except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
-            await self._pool.close()
+            await self.close()
             cause = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise StoreUnavailable(
                 f"PostgreSQL at {_redacted(self.url)} is unavailable: {cause}"
             ) from error
 
-    async def _run(self, fn: Operation[T], kind: str) -> T:
+    async def _in_thread(self, call: functools.partial[T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def _on_loop(self, fn: Operation[T]) -> T:
+        async with self._pool.connection() as conn:
+            return await fn(_PostgresTx(conn))
+
+    def _on_thread(self, fn: Operation[T], transaction: bool) -> T:
+        with self._blocking_pool.connection() as conn:
+            if transaction:
+                with conn.transaction():
+                    return run_blocking(fn(_BlockingPostgresTx(conn)))
+            return run_blocking(fn(_BlockingPostgresTx(conn)))
+
+    async def _run(self, fn: Operation[T], kind: str, *, small: bool = False) -> T:
         conflicts = 0
         attempts = 0
         while True:
             try:
-                async with self._pool.connection() as conn:
-                    if kind == "transaction":
-                        async with conn.transaction():
-                            return await fn(_PostgresTx(conn))
-                    return await fn(_PostgresTx(conn))
+                if small and kind != "transaction":
+                    return await self._on_loop(fn)
+                transaction = kind == "transaction"
+                return await self._in_thread(functools.partial(self._on_thread, fn, transaction))
             except Conflict:
                 conflicts += 1
                 if conflicts >= _CONFLICT_ATTEMPTS:
@@ -150,25 +206,28 @@ class PostgresDatabase:
         self._checking = True
         try:
             await self._pool.check()
+            await self._in_thread(functools.partial(self._blocking_pool.check))
         except Exception:  # the server is down: the next call will say so
             log.debug("checking pooled PostgreSQL connections", exc_info=True)
         finally:
             self._checking = False
 
     async def read(self, fn: Operation[T], *, small: bool = False) -> T:
-        return await self._run(fn, "read")
+        return await self._run(fn, "read", small=small)
 
     async def write(self, fn: Operation[T], *, small: bool = False) -> T:
-        return await self._run(fn, "write")
+        return await self._run(fn, "write", small=small)
 
     async def change(self, fn: Operation[T], *, small: bool = False) -> T:
-        return await self._run(fn, "change")
+        return await self._run(fn, "change", small=small)
 
     async def transaction(self, fn: Operation[T]) -> T:
         return await self._run(fn, "transaction")
 
     async def close(self) -> None:
         await self._pool.close()
+        await self._in_thread(functools.partial(self._blocking_pool.close))
+        self._executor.shutdown(wait=True)
 
 
 def _redacted(url: str) -> str:
