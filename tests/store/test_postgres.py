@@ -16,8 +16,9 @@ import pytest
 
 from jobcontrol.jobs import EventKind, JobSpec, Progress
 from jobcontrol.store.listen import APPLICATION_NAME
-from jobcontrol.store.postgres import PostgresJobStore
+from jobcontrol.store.postgres import PostgresJobStore, _pyformat
 from jobcontrol.store.protocol import ChangeKind
+from jobcontrol.store.rows import dump_json
 from jobcontrol.store.sql import postgres as postgres_sql
 from tests.polling import wait_until, wait_until_async
 from tests.postgres import PgBouncer, PostgresCluster
@@ -357,3 +358,35 @@ async def test_a_database_with_the_per_row_trigger_is_migrated_to_the_statement_
         assert events[1].job.type == "old"
     finally:
         await store.close()
+
+
+def _jobs_rows_read(conn: psycopg.Connection[Any], statement: str, params: dict[str, Any]) -> int:
+    """The most rows any scan of `jobs` returned while running `statement` (rolled back)."""
+    explained = "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, FORMAT JSON) " + _pyformat(statement)
+    with conn.transaction(force_rollback=True):
+        ((plan,),) = conn.execute(explained, params).fetchall()
+
+    def scans(node: dict[str, Any]) -> list[int]:
+        own = [node["Actual Rows"]] if node.get("Relation Name") == "jobs" else []
+        return own + [n for child in node.get("Plans", []) for n in scans(child)]
+
+    return max(scans(plan[0]["Plan"]))
+
+
+async def test_a_heartbeat_or_completion_reads_its_own_jobs_not_every_running_one(
+    store: PostgresJobStore, postgres_url: str
+):
+    """With 300 jobs running, a heartbeat of 1 and a completion batch of 2 read 1 and 2
+    rows of `jobs`: their cost must not grow with the whole cluster's running jobs."""
+    await store.create_jobs([JobSpec(type="t") for _ in range(300)])
+    running = await store.claim_jobs(worker_id="w", types=["t"], limit=300, lease_timeout=LEASE)
+    assert len(running) == 300
+    one, two = running[:1], running[1:3]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("ANALYZE jobs")
+        leases = dump_json([[j.id, j.lease_id] for j in one])
+        heartbeat = {"leases": leases, "lease_expire_us": 1}
+        assert _jobs_rows_read(conn, postgres_sql.HEARTBEAT_JOBS, heartbeat) == 1
+        completions = dump_json([[j.id, j.lease_id, "{}"] for j in two])
+        complete = {"completions": completions, "now_us": 1}
+        assert _jobs_rows_read(conn, postgres_sql.COMPLETE_JOBS, complete) == 2
