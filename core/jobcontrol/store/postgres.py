@@ -114,23 +114,17 @@ class PostgresDatabase:
         kwargs: dict[str, Any] = {"autocommit": True, "application_name": "jobcontrol"}
         if poll_only:
             kwargs["prepare_threshold"] = None
+        both: dict[str, Any] = {
+            "min_size": 1,
+            "kwargs": kwargs,
+            "timeout": connect_timeout,
+            "open": False,
+        }
         self._pool = psycopg_pool.AsyncConnectionPool(
-            url,
-            min_size=1,
-            max_size=pool_size,
-            kwargs=kwargs,
-            timeout=connect_timeout,
-            open=False,
-            name="jobcontrol",
+            url, max_size=pool_size, name="jobcontrol", **both
         )
         self._blocking_pool = psycopg_pool.ConnectionPool(
-            url,
-            min_size=1,
-            max_size=threads,
-            kwargs=kwargs,
-            timeout=connect_timeout,
-            open=False,
-            name="jobcontrol-threads",
+            url, max_size=threads, name="jobcontrol-threads", **both
         )
         self._executor = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="jobcontrol-postgres"
