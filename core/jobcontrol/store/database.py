@@ -11,10 +11,10 @@ The core says what an operation is; the driver decides how to run it:
 
 `small=True` says the operation touches a few rows by index. Every operation is a
 coroutine function of a `Tx` and may run more than once (after a transient failure, or a
-conflict), so it must have no effects outside the `Tx`. A driver over a network awaits
-its statements on the event loop; a driver whose calls block (a local file, a
-synchronous client) runs the whole operation in its own thread with `run_blocking`,
-since its `Tx` never suspends.
+conflict), so it must have no effects outside the `Tx`. A driver with an asynchronous
+client awaits its statements on the event loop; one whose calls block (a local file, a
+synchronous client) runs the whole operation on its own thread with `run_blocking`,
+since its `Tx` never suspends. PostgreSQL does either, by the operation's size.
 
 A local SQLite file runs every kind as a transaction (BEGIN/COMMIT cost nothing there
 and serialize writers). A remote server runs reads, writes and changes statement by
