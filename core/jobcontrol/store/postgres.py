@@ -23,6 +23,7 @@ import asyncio
 import functools
 import logging
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -141,7 +142,7 @@ class PostgresDatabase:
             await first.close()
             await self._pool.open(wait=True, timeout=self._pool.timeout)
             await self._in_thread(
-                functools.partial(self._blocking_pool.open, wait=True, timeout=self._pool.timeout)
+                lambda: self._blocking_pool.open(wait=True, timeout=self._pool.timeout)
             )
         except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
             await self.close()
@@ -150,7 +151,7 @@ class PostgresDatabase:
                 f"PostgreSQL at {_redacted(self.url)} is unavailable: {cause}"
             ) from error
 
-    async def _in_thread(self, call: functools.partial[T]) -> T:
+    async def _in_thread(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def _on_loop(self, fn: Operation[T]) -> T:
@@ -200,7 +201,7 @@ class PostgresDatabase:
         self._checking = True
         try:
             await self._pool.check()
-            await self._in_thread(functools.partial(self._blocking_pool.check))
+            await self._in_thread(self._blocking_pool.check)
         except Exception:  # the server is down: the next call will say so
             log.debug("checking pooled PostgreSQL connections", exc_info=True)
         finally:
@@ -220,7 +221,7 @@ class PostgresDatabase:
 
     async def close(self) -> None:
         await self._pool.close()
-        await self._in_thread(functools.partial(self._blocking_pool.close))
+        await self._in_thread(self._blocking_pool.close)
         self._executor.shutdown(wait=True)
 
 

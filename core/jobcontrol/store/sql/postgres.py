@@ -82,6 +82,32 @@ _NOTIFY_KIND = """CASE
 END"""
 _INSERTED_KIND = "CASE WHEN n.state = 'PENDING' THEN 'pending' ELSE 'event' END"
 
+
+def _append_events_function(name: str, kind: str, rows: str) -> str:
+    """A statement trigger's function (migration 8): the events of the changed `rows`
+    (`n` the row after the change), under the event lock, and one notification per
+    distinct `kind`; nothing, not even the lock, when no row changed."""
+    return f"""
+            CREATE FUNCTION {name}() RETURNS trigger
+            LANGUAGE plpgsql AS $$
+            DECLARE
+                kinds text[];
+            BEGIN
+                SELECT array_agg(DISTINCT {kind}) INTO kinds FROM {rows};
+                IF kinds IS NULL THEN
+                    RETURN NULL;
+                END IF;
+                PERFORM pg_advisory_xact_lock({EVENT_LOCK});
+                INSERT INTO job_events (job_id, kind, time_us, job)
+                SELECT n.id, n.event_kind, n.update_us, {_event_values("n")}::text
+                FROM {rows};
+                PERFORM pg_notify('{CHANNEL}', kind) FROM unnest(kinds) AS kind;
+                RETURN NULL;
+            END
+            $$
+            """
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         6,
@@ -232,52 +258,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             "DROP TRIGGER job_events_append ON jobs",
             "DROP FUNCTION jobcontrol_append_job_event()",
-            f"""
-            CREATE FUNCTION jobcontrol_append_inserted_job_events() RETURNS trigger
-            LANGUAGE plpgsql AS $$
-            DECLARE
-                kinds text[];
-            BEGIN
-                SELECT array_agg(DISTINCT {_INSERTED_KIND}) INTO kinds FROM new_rows AS n;
-                IF kinds IS NULL THEN
-                    RETURN NULL;
-                END IF;
-                PERFORM pg_advisory_xact_lock({EVENT_LOCK});
-                INSERT INTO job_events (job_id, kind, time_us, job)
-                SELECT n.id, n.event_kind, n.update_us, {_event_values("n")}::text
-                FROM new_rows AS n;
-                PERFORM pg_notify('{CHANNEL}', kind) FROM unnest(kinds) AS kind;
-                RETURN NULL;
-            END
-            $$
-            """,
+            _append_events_function(
+                "jobcontrol_append_inserted_job_events", _INSERTED_KIND, "new_rows AS n"
+            ),
             """
             CREATE TRIGGER job_events_append_inserted AFTER INSERT ON jobs
             REFERENCING NEW TABLE AS new_rows
             FOR EACH STATEMENT EXECUTE FUNCTION jobcontrol_append_inserted_job_events()
             """,
-            f"""
-            CREATE FUNCTION jobcontrol_append_updated_job_events() RETURNS trigger
-            LANGUAGE plpgsql AS $$
-            DECLARE
-                kinds text[];
-            BEGIN
-                SELECT array_agg(DISTINCT {_NOTIFY_KIND}) INTO kinds
-                FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
-                WHERE n.version <> o.version;
-                IF kinds IS NULL THEN
-                    RETURN NULL;
-                END IF;
-                PERFORM pg_advisory_xact_lock({EVENT_LOCK});
-                INSERT INTO job_events (job_id, kind, time_us, job)
-                SELECT n.id, n.event_kind, n.update_us, {_event_values("n")}::text
-                FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
-                WHERE n.version <> o.version;
-                PERFORM pg_notify('{CHANNEL}', kind) FROM unnest(kinds) AS kind;
-                RETURN NULL;
-            END
-            $$
-            """,
+            _append_events_function(
+                "jobcontrol_append_updated_job_events",
+                _NOTIFY_KIND,
+                "new_rows AS n JOIN old_rows AS o ON o.id = n.id WHERE n.version <> o.version",
+            ),
             """
             CREATE TRIGGER job_events_append_updated AFTER UPDATE ON jobs
             REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
