@@ -80,7 +80,6 @@ import shutil
 import statistics
 import sys
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -89,7 +88,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench import (
     backends,
@@ -145,6 +143,8 @@ GOAL_PG_CLAIM_P50_MS = 10.0  # at 0 ms added RTT
 LATE = 0.005  # seconds: a bucket bound of the loop-lag histogram, the goal's p99
 # The store calls whose time the throughput table shows: a worker's cycle, and a submit.
 CALLS_TIMED = ("claim_jobs", "complete_jobs", "create_jobs")
+STORE_CALL_SECONDS = "jobcontrol_store_call_duration_seconds"
+LOOP_LAG = "jobcontrol_event_loop_lag_seconds"
 TAIL_MS = REMOTE_TAIL_INTERVAL * 1000
 
 
@@ -178,23 +178,9 @@ def shapes_of(stores: Sequence[str], rtts: Sequence[int]) -> list[Shape]:
 # ---- what the processes say about themselves --------------------------------------------
 
 
-def _metric_text(address: str) -> str:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        text: str = response.read().decode()
-        return text
-
-
-def loop_lag(address: str) -> dict[float, float]:
-    """The server's `jobcontrol_event_loop_lag_seconds` buckets: cumulative count by
-    upper bound (inf last)."""
-    buckets: dict[float, float] = {}
-    for family in text_string_to_metric_families(_metric_text(address)):
-        if family.name != "jobcontrol_event_loop_lag_seconds":
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_bucket"):
-                buckets[float(sample.labels["le"])] = sample.value
-    return dict(sorted(buckets.items()))
+def _add_buckets(total: dict[float, float], buckets: dict[float, float]) -> None:
+    for le, n in buckets.items():
+        total[le] = total.get(le, 0.0) + n
 
 
 def histogram_stats_ms(buckets: dict[float, float]) -> dict[str, float]:
@@ -279,18 +265,16 @@ class Cluster:
         requests = self.db.requests_so_far()
         calls: dict[str, float] = {}
         call_time: dict[str, dict[float, float]] = {}
-        for process in (*self.servers, *self.workers):
-            for op, n in process.store_calls().items():
-                calls[op] = calls.get(op, 0.0) + n
-            for op, buckets in process.store_call_buckets().items():
-                summed = call_time.setdefault(op, {})
-                for le, n in buckets.items():
-                    summed[le] = summed.get(le, 0.0) + n
         lag: dict[float, float] = {}
-        for server in self.servers:
-            assert server.metrics_address is not None
-            for le, n in loop_lag(server.metrics_address).items():
-                lag[le] = lag.get(le, 0.0) + n
+        for process in (*self.servers, *self.workers):
+            text = process.metrics_text()  # one scrape for every figure of the process
+            for op, n in procs.store_calls_in(text).items():
+                calls[op] = calls.get(op, 0.0) + n
+            timed = procs.histogram_buckets(text, STORE_CALL_SECONDS, "operation")
+            for op, buckets in timed.items():
+                _add_buckets(call_time.setdefault(op, {}), buckets)
+            if process in self.servers:
+                _add_buckets(lag, procs.histogram_buckets(text, LOOP_LAG).get("", {}))
         cpu = {MACHINE: machine_busy_seconds()}
         for name, pid in self.pids.items():
             with contextlib.suppress(FileNotFoundError, ProcessLookupError):

@@ -88,10 +88,15 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def store_calls(metrics_address: str) -> dict[str, float]:
-    """`jobcontrol_store_calls_total` by operation, from a /metrics endpoint."""
+def metrics_text(metrics_address: str) -> str:
+    """What a /metrics endpoint serves now."""
     with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
-        text = response.read().decode()
+        text: str = response.read().decode()
+        return text
+
+
+def store_calls_in(text: str) -> dict[str, float]:
+    """`jobcontrol_store_calls_total` by operation, from a /metrics text."""
     return {
         sample.labels["operation"]: sample.value
         for family in text_string_to_metric_families(text)
@@ -101,20 +106,25 @@ def store_calls(metrics_address: str) -> dict[str, float]:
     }
 
 
-def store_call_buckets(metrics_address: str) -> dict[str, dict[float, float]]:
-    """`jobcontrol_store_call_duration_seconds` by operation: cumulative count by bucket
-    upper bound (inf last)."""
-    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as response:
-        text = response.read().decode()
+def store_calls(metrics_address: str) -> dict[str, float]:
+    """`jobcontrol_store_calls_total` by operation, from a /metrics endpoint."""
+    return store_calls_in(metrics_text(metrics_address))
+
+
+def histogram_buckets(
+    text: str, name: str, label: str | None = None
+) -> dict[str, dict[float, float]]:
+    """Histogram `name`'s buckets from a /metrics text, by the value of `label` ("" for
+    a histogram without one): cumulative count by upper bound (inf last)."""
     found: dict[str, dict[float, float]] = {}
     for family in text_string_to_metric_families(text):
-        if family.name != "jobcontrol_store_call_duration_seconds":
+        if family.name != name:
             continue
         for sample in family.samples:
             if sample.name.endswith("_bucket"):
-                buckets = found.setdefault(sample.labels["operation"], {})
+                buckets = found.setdefault(sample.labels[label] if label else "", {})
                 buckets[float(sample.labels["le"])] = sample.value
-    return {op: dict(sorted(buckets.items())) for op, buckets in found.items()}
+    return {key: dict(sorted(buckets.items())) for key, buckets in found.items()}
 
 
 @dataclass
@@ -130,10 +140,10 @@ class Process:
             raise RuntimeError("the process was started without metrics")
         return store_calls(self.metrics_address)
 
-    def store_call_buckets(self) -> dict[str, dict[float, float]]:
+    def metrics_text(self) -> str:
         if self.metrics_address is None:
             raise RuntimeError("the process was started without metrics")
-        return store_call_buckets(self.metrics_address)
+        return metrics_text(self.metrics_address)
 
     @property
     def pid(self) -> int:
