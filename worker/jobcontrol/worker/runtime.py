@@ -2,7 +2,10 @@
 
 One loop claims as many jobs as there are free slots in one store call, and claims
 again at once when a slot frees; when nothing is claimable it polls with a cheap read
-every (jittered) poll interval and claims when the read finds work.
+every (jittered) poll interval and claims when the read finds work. A slot frees when
+its handler ends, not when the outcome is stored, so the next claim travels while the
+last outcomes wait for their (grouped) write: with a network between worker and store,
+a claim and a write in a row would leave the slots idle for two round trips a batch.
 Each job runs in its own task with a progress writer. Heartbeats renew the leases and
 carry cancellation back; a faster poll of the store's cancel requests (one indexed
 read for all of this worker's jobs) makes cancellation reach a handler within about
@@ -12,10 +15,11 @@ Successful results are written in groups (`completions.CompletionWriter`).
 No store failure stops the worker: every call site retries with capped, jittered
 backoff and logs one line when an episode of failures starts and one when it ends
 (`resilience`). A finished job's outcome is never dropped while its lease may still be
-held: the job keeps its slot and its place among the leases renewed by heartbeats, and
-the write is retried until it lands, the store says the lease is lost, the lease runs
-out, or the drain grace of a shutdown ends. Held outcomes are bounded by count (the
-slots: a worker full of unrecorded outcomes claims nothing) and by bytes
+held: the job keeps its place among the leases renewed by heartbeats, and the write is
+retried until it lands, the store says the lease is lost, the lease runs out, or the
+drain grace of a shutdown ends. Held outcomes are bounded by count (one more
+set of slots: a worker holding as many unrecorded outcomes as it has slots claims
+nothing, so it never holds leases on more than twice its slots) and by bytes
 (`MAX_UNRECORDED_BYTES`: past it the worker claims nothing until some are written);
 nothing is dropped to make room.
 """
@@ -74,7 +78,7 @@ MAX_UNRECORDED_BYTES = 64 * 1024 * 1024
 RECORD_RETRY = Backoff(base=0.1, cap=2.0)
 # A finished job whose outcome the store answers but keeps refusing (a bug, not an
 # outage) stops being renewed after this many lease periods, so it runs again elsewhere
-# instead of holding its slot forever.
+# instead of holding its lease forever.
 RECORD_PATIENCE_LEASES = 10
 
 
@@ -236,7 +240,7 @@ class Worker:
 
     async def _claim_once(self, stop: asyncio.Event) -> None:
         assert self.worker_id is not None
-        free = self._config.concurrency - len(self._running)
+        free = self._free_slots()
         if free <= 0 or self._unrecorded_bytes >= MAX_UNRECORDED_BYTES:
             await _first(stop.wait(), self._slot_freed_wait())
             return
@@ -260,6 +264,13 @@ class Worker:
         self._idle = len(jobs) < free
         if self._idle:
             await self._idle_wait(stop)
+
+    def _free_slots(self) -> int:
+        """Slots whose handler has ended, less what the outcomes still waiting for the
+        store take beyond their own bound of one more set of slots."""
+        concurrency = self._config.concurrency
+        handlers = sum(1 for r in self._running.values() if r.finished_at is None)
+        return min(concurrency - handlers, 2 * concurrency - len(self._running))
 
     async def _idle_wait(self, stop: asyncio.Event) -> None:
         """Until a slot frees or about a poll interval passes. The jitter spreads workers
@@ -313,6 +324,7 @@ class Worker:
             # it carries may be the last one, which must be stored before the outcome.
             await run.close_progress(writer)
             running.finished_at = time.monotonic()
+            self._slot_freed.set()
             await self._record_until_stored(running, outcome)
         finally:
             writer.cancel()
@@ -356,7 +368,7 @@ class Worker:
         """Write the outcome, retrying any store failure with backoff while the lease may
         still be held: until it lands, the store says the lease is lost, the lease runs
         out (heartbeats keep renewing it meanwhile), or a shutdown's drain grace ends.
-        The job keeps its slot all along, so held outcomes never outnumber the slots."""
+        Its lease is renewed all along; held outcomes never outnumber the slots."""
         job, run = running.job, running.run
         backoff = Backoff(base=RECORD_RETRY.base, cap=RECORD_RETRY.cap)
         tries = 0
