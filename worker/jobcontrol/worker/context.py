@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import enum
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
@@ -43,32 +42,44 @@ class StopReason(enum.Enum):
 
 class StopSignal:
     """Whether, and why, a handler should stop: set by the runtime (or a test
-    environment) from any thread, seen by sync handlers as a flag and by async ones as an
-    event on `loop`."""
+    environment) from any thread, seen by sync handlers as a flag and by async ones as a
+    future on `loop`. Made once per attempt, so it holds no lock: a flag written under
+    the GIL is seen by every thread."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._flag = threading.Event()
-        self._event = asyncio.Event()
+        self._stopped = False
+        self._future: asyncio.Future[None] = loop.create_future()
         self.reason: StopReason | None = None
 
     @property
     def is_set(self) -> bool:
-        return self._flag.is_set()
+        return self._stopped
+
+    @property
+    def future(self) -> asyncio.Future[None]:
+        """Done once a stop is requested. Wait for it with `asyncio.wait`, which never
+        cancels what it waits for; awaiting it from a task that is then cancelled would
+        cancel it for everyone."""
+        return self._future
 
     def request(self, reason: StopReason) -> None:
         """The first reason given is the one kept."""
         if self.reason is None:
             self.reason = reason
-        self._flag.set()
+        self._stopped = True
         if _running_loop() is self._loop:
-            self._event.set()
+            self._resolve()
         else:
             with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
-                self._loop.call_soon_threadsafe(self._event.set)
+                self._loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
 
     async def wait(self) -> None:
-        await self._event.wait()
+        await asyncio.shield(self._future)
 
 
 class JobContext:
@@ -113,10 +124,7 @@ class JobContext:
         self._max_attempts = max_attempts or job.max_attempts
         self._fetch_allow = fetch_allow or FetchAllowList()
         self._last_stage = job.progress.stage
-        self._logger = _JobLogger(
-            logging.getLogger(f"jobcontrol.handler.{job.type}"),
-            {"job_id": job.id, "job_type": job.type, "attempt": job.attempt},
-        )
+        self._logger: _JobLogger | None = None  # on first use: most handlers log nothing
 
     # ---- the job -------------------------------------------------------------------
 
@@ -154,6 +162,12 @@ class JobContext:
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        if self._logger is None:
+            job = self._job
+            self._logger = _JobLogger(
+                logging.getLogger(f"jobcontrol.handler.{job.type}"),
+                {"job_id": job.id, "job_type": job.type, "attempt": job.attempt},
+            )
         return self._logger
 
     # ---- progress ------------------------------------------------------------------
@@ -190,10 +204,7 @@ class JobContext:
 
     async def sleep(self, seconds: float) -> None:
         """Sleep, but raise JobCancelled at once if the job is stopped meanwhile."""
-        try:
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-        except TimeoutError:
-            return
+        await asyncio.wait((self._stop.future,), timeout=max(0.0, seconds))
         self.raise_if_cancelled()
 
 
@@ -235,6 +246,7 @@ class JobRun:
             fetch_allow=fetch_allow,
         )
         self._pending: Progress | None = None
+        self._writer: asyncio.Task[None] | None = None  # from the first update on
         self._progress_wakeup = asyncio.Event()
         self._last_write = 0.0
         self._writer_closing = False
@@ -254,8 +266,10 @@ class JobRun:
         """Ask the handler to stop."""
         self._stop.request(reason)
 
-    async def wait_stopped(self) -> None:
-        await self._stop.wait()
+    @property
+    def stopped(self) -> asyncio.Future[None]:
+        """Done once a stop is requested (`StopSignal.future`: never cancel it)."""
+        return self._stop.future
 
     def lose_lease(self) -> None:
         """The store no longer holds our lease: stop the handler and write nothing more."""
@@ -273,11 +287,16 @@ class JobRun:
     def _set_pending(self, progress: Progress) -> None:
         self._pending = progress
         self._progress_wakeup.set()
+        if self._writer is None and not self._writer_closing:
+            self._writer = self._loop.create_task(
+                self._write_progress(), name=f"progress-{self.job.id}"
+            )
 
-    async def write_progress(self) -> None:
-        """The writer task, until `close_progress`. A write in flight is never cut short
-        (the runtime stops the writer only between writes), so the last update cannot be
-        taken and then lost."""
+    async def _write_progress(self) -> None:
+        """The writer task, from the first update until `close_progress`; a job that
+        reports none has none. A write in flight is never cut short (the runtime stops
+        the writer only between writes), so the last update cannot be taken and then
+        lost."""
         interval = 1.0 / PROGRESS_WRITES_PER_SECOND
         while True:
             await self._progress_wakeup.wait()
@@ -303,13 +322,20 @@ class JobRun:
     def _closing(self) -> bool:
         return self._writer_closing
 
-    async def close_progress(self, writer: asyncio.Task[None]) -> None:
+    async def close_progress(self) -> None:
         """Stop the writer once its write in flight (if any) is done. What is still
         pending is written by `flush_progress`, before the job's outcome."""
         self._writer_closing = True
         self._writer_wakeup.set()
         self._progress_wakeup.set()
-        await asyncio.gather(writer, return_exceptions=True)
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    def cancel_progress(self) -> None:
+        """Stop the writer now, mid-write if need be (the job's task is ending)."""
+        self._writer_closing = True
+        if self._writer is not None:
+            self._writer.cancel()
 
     async def flush_progress(self) -> None:
         """Write the latest update, if any. A store error is raised, and the update stays

@@ -312,7 +312,6 @@ class Worker:
 
     async def _run_job(self, running: _Running) -> None:
         job, run = running.job, running.run
-        writer = asyncio.create_task(run.write_progress(), name=f"progress-{job.id}")
         _log_claimed(running)
         try:
             try:
@@ -322,12 +321,12 @@ class Worker:
                 outcome = Outcome(error=error)
             # Let a progress write in flight finish rather than cut it short: the update
             # it carries may be the last one, which must be stored before the outcome.
-            await run.close_progress(writer)
+            await run.close_progress()
             running.finished_at = time.monotonic()
             self._slot_freed.set()
             await self._record_until_stored(running, outcome)
         finally:
-            writer.cancel()
+            run.cancel_progress()
             self._unrecorded_bytes -= running.unrecorded_bytes
             running.unrecorded_bytes = 0
             self._running.pop(job.id, None)
@@ -340,29 +339,26 @@ class Worker:
         else:
             call = asyncio.to_thread(handler.function, run.context)
         handler_task = asyncio.ensure_future(call)
-        stopped = asyncio.create_task(run.wait_stopped())
-        timeout = _remaining(job, handler)
-        try:
-            done, _ = await asyncio.wait(
-                {handler_task, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-            if handler_task not in done:
-                if not done:
-                    run.request_stop(StopReason.TIMEOUT)
-                # Cooperative handlers see the stop flag; async ones are cancelled too.
-                handler_task.cancel()
-                await asyncio.wait({handler_task}, timeout=HANDLER_STOP_GRACE_SECONDS)
-                if handler_task.done() and not handler_task.cancelled():
-                    handler_task.exception()  # retrieved: its failure is the stop itself
-                return Outcome(stopped=run.stop_reason)
-            error = handler_task.exception()
-            if error is None:
-                return Outcome(result=handler_task.result() or {})
-            if run.stop_reason is not None or isinstance(error, JobCancelled):
-                return Outcome(stopped=run.stop_reason or StopReason.CANCEL_REQUESTED)
-            return Outcome(error=error)
-        finally:
-            stopped.cancel()
+        done, _ = await asyncio.wait(
+            {handler_task, run.stopped},
+            timeout=_remaining(job, handler),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if handler_task not in done:
+            if not done:
+                run.request_stop(StopReason.TIMEOUT)
+            # Cooperative handlers see the stop flag; async ones are cancelled too.
+            handler_task.cancel()
+            await asyncio.wait({handler_task}, timeout=HANDLER_STOP_GRACE_SECONDS)
+            if handler_task.done() and not handler_task.cancelled():
+                handler_task.exception()  # retrieved: its failure is the stop itself
+            return Outcome(stopped=run.stop_reason)
+        error = handler_task.exception()
+        if error is None:
+            return Outcome(result=handler_task.result() or {})
+        if run.stop_reason is not None or isinstance(error, JobCancelled):
+            return Outcome(stopped=run.stop_reason or StopReason.CANCEL_REQUESTED)
+        return Outcome(error=error)
 
     async def _record_until_stored(self, running: _Running, outcome: Outcome) -> None:
         """Write the outcome, retrying any store failure with backoff while the lease may
