@@ -68,6 +68,13 @@ def configure_from_args(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 
 def configure_logging(level: str, log_format: str) -> None:
+    # Neither format shows where a record was made, nor its thread or process: do not
+    # collect them for every record (the logging HOWTO, "Optimization"). A busy worker
+    # writes two records a job, and the caller's frame was the dearest part of each.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
