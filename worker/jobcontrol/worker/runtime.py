@@ -6,22 +6,23 @@ every (jittered) poll interval and claims when the read finds work. A slot frees
 its handler ends, not when the outcome is stored, so the next claim travels while the
 last outcomes wait for their (grouped) write: with a network between worker and store,
 a claim and a write in a row would leave the slots idle for two round trips a batch.
-Each job runs in its own task with a progress writer. Heartbeats renew the leases and
-carry cancellation back; a faster poll of the store's cancel requests (one indexed
-read for all of this worker's jobs) makes cancellation reach a handler within about
-the cancel poll interval. A job whose lease is lost stops without another write.
-Successful results are written in groups (`completions.CompletionWriter`).
+Each job runs in its own task (with a progress writer from its first update).
+Heartbeats renew the leases and carry cancellation back; a faster poll of the store's
+cancel requests (one indexed read for all of this worker's jobs) makes cancellation
+reach a handler within about the cancel poll interval. A job whose lease is lost stops
+without another write. Successful results are written in groups
+(`completions.CompletionWriter`).
 
 No store failure stops the worker: every call site retries with capped, jittered
 backoff and logs one line when an episode of failures starts and one when it ends
 (`resilience`). A finished job's outcome is never dropped while its lease may still be
 held: the job keeps its place among the leases renewed by heartbeats, and the write is
 retried until it lands, the store says the lease is lost, the lease runs out, or the
-drain grace of a shutdown ends. Held outcomes are bounded by count (one more
-set of slots: a worker holding as many unrecorded outcomes as it has slots claims
-nothing, so it never holds leases on more than twice its slots) and by bytes
-(`MAX_UNRECORDED_BYTES`: past it the worker claims nothing until some are written);
-nothing is dropped to make room.
+drain grace of a shutdown ends. Held outcomes are bounded by count (one more set of
+slots: a worker holding as many unrecorded outcomes as it has slots claims nothing, so
+it never holds leases on more than twice its slots) and by bytes (`MAX_UNRECORDED_BYTES`:
+past it the worker claims nothing until some are written); nothing is dropped to make
+room.
 """
 
 from __future__ import annotations
