@@ -70,7 +70,7 @@ PRUNE_PAUSE = 0.05
 AFTER_PRUNE_WINDOW = 30.0
 LEASE = timedelta(minutes=10)
 TABLES = ("jobs", "job_events")
-INDEXES = ("jobs_claim_order", "jobs_claimable", "jobs_by_state", "job_events_by_job")
+INDEXES = ("jobs_claimable", "jobs_by_state", "job_events_by_job")
 
 # When autovacuum comes to each table: a small fixed share of the table plus a floor,
 # instead of PostgreSQL's 20% (vacuum) and 20% of inserts (insert-triggered vacuum).
@@ -565,8 +565,7 @@ def rows_of(result: Result) -> dict[str, str]:
             out["jobs: max n_dead_tup (run)"] = f"{max(s.tables[table]['dead'] for s in run):,}"
         out[f"{table}: n_dead_tup end of run"] = f"{b['dead']:,}"
         out[f"{table}: size end of run"] = _mib(run_end.sizes[f"{table}.total"])
-    for index in ("jobs_claimable", "jobs_claim_order"):
-        out[f"{index}: max size (run)"] = _mib(max(s.sizes[index] for s in run))
+    out["jobs_claimable: max size (run)"] = _mib(max(s.sizes["jobs_claimable"] for s in run))
     out["prune: jobs, events deleted"] = f"{result.pruned_jobs:,}, {result.pruned_events:,}"
     out["prune: time"] = f"{result.prune_seconds:.1f} s"
     vacuum = result.vacuum_after_prune_s

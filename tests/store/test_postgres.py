@@ -332,7 +332,7 @@ async def test_a_database_with_the_per_row_trigger_is_migrated_to_the_statement_
             functions = conn.execute(
                 "SELECT proname FROM pg_proc WHERE proname LIKE 'jobcontrol%' ORDER BY 1"
             ).fetchall()
-            assert versions == [(6,), (7,), (8,)]
+            assert versions == [(6,), (7,), (8,), (9,)]
             assert triggers == [("job_events_append_inserted",), ("job_events_append_updated",)]
             assert functions == [
                 ("jobcontrol_append_inserted_job_events",),
@@ -390,3 +390,37 @@ async def test_a_heartbeat_or_completion_reads_its_own_jobs_not_every_running_on
         completions = dump_json([[j.id, j.lease_id, "{}"] for j in two])
         complete = {"completions": completions, "now_us": 1}
         assert _jobs_rows_read(conn, postgres_sql.COMPLETE_JOBS, complete) == 2
+
+
+async def test_the_claim_and_the_claimable_probe_walk_only_the_wanted_types(
+    store: PostgresJobStore, postgres_url: str
+):
+    """Behind a backlog of 1,000 pending jobs of another type, the probe of an idle
+    worker reads at most one row of its own type, and none when there is none; the
+    claim reads what it takes. Both walk `jobs_claimable` (migration 9 dropped
+    `jobs_claim_order`, which nothing read)."""
+    await store.create_jobs([JobSpec(type="other", priority=5) for _ in range(1000)])
+    await store.create_jobs([JobSpec(type="t") for _ in range(10)])
+    now_us = 2**53
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        indexes = {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes")}
+        assert "jobs_claimable" in indexes
+        assert "jobs_claim_order" not in indexes
+        for analyzed in (False, True):
+            if analyzed:
+                conn.execute("ANALYZE jobs")
+            for types, most in (('["t"]', 1), ('["none"]', 0), ('["none", "t"]', 1)):
+                probe = {"types": types, "now_us": now_us}
+                assert _jobs_rows_read(conn, postgres_sql.HAS_CLAIMABLE_JOBS, probe) <= most
+            claim = {
+                "worker_id": "w",
+                "types": '["t"]',
+                "limit": 5,
+                "now_us": now_us,
+                "lease_expire_us": now_us,
+            }
+            assert _jobs_rows_read(conn, postgres_sql.CLAIM_JOBS, claim) == 5
+    assert await store.has_claimable_jobs(types=["t"])
+    assert not await store.has_claimable_jobs(types=["none"])
+    claimed = await store.claim_jobs(worker_id="w", types=["t"], limit=5, lease_timeout=LEASE)
+    assert [job.type for job in claimed] == ["t"] * 5
