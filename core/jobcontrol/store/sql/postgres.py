@@ -378,13 +378,16 @@ RETURNING jobs.*
 # An idle worker's probe: one look into each wanted type's range of `jobs_claimable`,
 # as the claim walks it. Asked as one `type IN (...)` over pending jobs, the planner
 # walked every pending job (or the whole table), so a backlog of another type made
-# every idle poll of this one as slow as a scan of it.
+# every idle poll of this one as slow as a scan of it. The ORDER BY is the index's
+# own: without it, a planner that expects most rows to match takes a table scan, which
+# for a type with nothing pending reads every row.
 HAS_CLAIMABLE_JOBS = f"""
 SELECT EXISTS (
     SELECT 1 FROM {_elements("types")} AS wanted (type)
     CROSS JOIN LATERAL (
         SELECT 1 FROM jobs
         WHERE state = 'PENDING' AND type = wanted.type AND run_after_us <= :now_us
+        ORDER BY priority DESC, run_after_us, create_us, id
         LIMIT 1
     ) AS found
 ) AS claimable
