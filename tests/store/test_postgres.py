@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from jobcontrol.jobs import EventKind, JobSpec, Progress
+from jobcontrol.store.database import Tx
 from jobcontrol.store.listen import APPLICATION_NAME
 from jobcontrol.store.postgres import PostgresJobStore, _pyformat
 from jobcontrol.store.protocol import ChangeKind
@@ -435,3 +436,22 @@ async def test_the_claim_and_the_claimable_probe_walk_only_the_wanted_types(
     assert not await store.has_claimable_jobs(types=["none"])
     claimed = await store.claim_jobs(worker_id="w", types=["t"], limit=5, lease_timeout=LEASE)
     assert [job.type for job in claimed] == ["t"] * 5
+
+
+async def test_the_store_sessions_run_without_jit(store: PostgresJobStore, postgres_url: str):
+    """Both pools' sessions turn JIT off (a queue position behind a large backlog spent
+    half a second compiling); a poll-only store, which may sit behind a pooler whose
+    server sessions other clients share, leaves the server's setting alone."""
+
+    async def jit(tx: Tx) -> str:
+        (row,) = await tx.execute("SHOW jit")
+        return str(row["jit"])
+
+    assert await store._db.read(jit, small=True) == "off"  # on the event loop
+    assert await store._db.read(jit) == "off"  # on a driver thread
+    poll_only = await PostgresJobStore.open(postgres_url, poll_only=True)
+    try:
+        assert await poll_only._db.read(jit, small=True) == "on"
+        assert await poll_only._db.read(jit) == "on"
+    finally:
+        await poll_only.close()

@@ -15,6 +15,12 @@ BEGIN and COMMIT.
 
 `poll_only` is for a transaction-mode pooler such as PgBouncer: no LISTEN (it needs a
 session) and no server-side prepared statements (they live in one server session).
+
+Each session turns JIT compilation off. The store's statements are short, but one whose
+estimated cost passes `jit_above_cost` (a queue position behind a large backlog, once
+the table is analyzed) spent about half a second compiling a plan that ran in
+milliseconds. Behind a pooler a session setting would reach other clients' sessions, so
+there it is left to the role (`ALTER ROLE ... SET jit = off`, docs/ops.md).
 """
 
 from __future__ import annotations
@@ -122,10 +128,18 @@ class PostgresDatabase:
             "open": False,
         }
         self._pool = psycopg_pool.AsyncConnectionPool(
-            url, max_size=pool_size, name="jobcontrol", **both
+            url,
+            max_size=pool_size,
+            name="jobcontrol",
+            configure=None if poll_only else _configure,
+            **both,
         )
         self._blocking_pool = psycopg_pool.ConnectionPool(
-            url, max_size=threads, name="jobcontrol-threads", **both
+            url,
+            max_size=threads,
+            name="jobcontrol-threads",
+            configure=None if poll_only else _configure_blocking,
+            **both,
         )
         self._executor = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="jobcontrol-postgres"
@@ -223,6 +237,18 @@ class PostgresDatabase:
         await self._pool.close()
         await self._in_thread(self._blocking_pool.close)
         self._executor.shutdown(wait=True)
+
+
+# Run on each new pooled session (see the module docstring).
+_SESSION_SETTINGS = "SET jit = off"
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(_SESSION_SETTINGS)
+
+
+def _configure_blocking(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(_SESSION_SETTINGS)
 
 
 def _redacted(url: str) -> str:
