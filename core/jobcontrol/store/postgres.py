@@ -18,8 +18,8 @@ session) and no server-side prepared statements (they live in one server session
 
 Each session turns JIT compilation off. The store's statements are short, but one whose
 estimated cost passes `jit_above_cost` (a queue position behind a large backlog, once
-the table is analyzed) spent about half a second compiling a plan that ran in
-milliseconds. Behind a pooler a session setting would reach other clients' sessions, so
+the table is analyzed) spent most of half a second compiling a plan that then ran in
+under 50 ms. Behind a pooler a session setting would reach other clients' sessions, so
 there it is left to the role (`ALTER ROLE ... SET jit = off`, docs/ops.md).
 """
 
