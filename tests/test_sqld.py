@@ -87,6 +87,17 @@ def test_sqld_serves_hrana_and_keeps_the_database_in_one_sqlite_file(sqld: SqldP
     assert read_stopped(sqld) == [7]
 
 
+def test_every_sqld_we_start_serves_one_connection_at_a_time(sqld: SqldProcess) -> None:
+    """sqld 0.24 can stop accepting writes for good when connections queue to write
+    (docs/ops.md): the tests' sqld and `make cluster`'s both run one at a time."""
+    import scripts.cluster
+
+    arguments = Path(f"/proc/{sqld.pid}/cmdline").read_bytes().decode().split("\0")
+    at = arguments.index("--max-concurrent-connections")
+    assert arguments[at + 1] == "1"
+    assert scripts.cluster.SQLD_OPTIONS == tests.sqld.SQLD_OPTIONS
+
+
 def test_sqld_refuses_a_request_without_a_valid_token(sqld: SqldProcess, tmp_path: Path) -> None:
     assert sqld.token is not None
     assert sqld.jwt_key is not None
@@ -178,7 +189,8 @@ def test_the_proxy_passes_hrana_requests_and_counts_them_on_a_kept_alive_connect
     connection = http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
     try:
         for n in range(5):
-            body = json.dumps({"requests": [{"type": "execute", "stmt": insert(10 + n)}]}).encode()
+            requests = [{"type": "execute", "stmt": insert(10 + n)}, {"type": "close"}]
+            body = json.dumps({"requests": requests}).encode()
             headers = {"Authorization": f"Bearer {sqld.token}"}
             if n % 2:  # chunked bodies have no Content-Length: the framing must be followed
                 connection.request(

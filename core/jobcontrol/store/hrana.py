@@ -11,9 +11,9 @@ transaction sends BEGIN with its first statement and COMMIT as the last request.
 kept-alive connections, one per driver thread, serve a process's concurrent calls.
 
 Retries: a request that never reached the server, a statement refused because the
-database is busy, and a transaction rolled back before COMMIT are run again, within a
-budget. A write whose answer was lost may have been applied: it is reported as
-StoreUnavailable, never sent twice.
+database is busy (or sqld had no connection free for it), and a transaction rolled back
+before COMMIT are run again, within a budget. A write whose answer was lost may have
+been applied: it is reported as StoreUnavailable, never sent twice.
 """
 
 from __future__ import annotations
@@ -106,6 +106,10 @@ class _Session(Session):  # type: ignore[misc]
             # The server answered without running the request.
             self._reset_stream()
             message = raw.decode(errors="replace").strip()[:500]
+            if response.status == 429:
+                # sqld had no connection free for us within its wait (1 s by default):
+                # busy, like a locked database, and run again on the same budget.
+                raise _Busy(f"HTTP 429: {message}")
             raise _Unreachable(
                 f"HTTP {response.status}: {message}",
                 maybe_applied=False,
