@@ -38,8 +38,9 @@ from bench import backends, report
 from bench.report import Headline
 from bench.stats import Figures
 from jobcontrol.jobs import JobSpec
-from jobcontrol.store import StoreConfig, open_store, sql
+from jobcontrol.store import StoreConfig, open_store
 from jobcontrol.store.protocol import MAX_BATCH_SIZE
+from jobcontrol.store.sql import sqlite as sql
 
 PAIRS = 2_000
 PREFILL = 2_500

@@ -15,6 +15,7 @@ import pytest
 from jobcontrol.errors import StoreUnavailable
 from jobcontrol.jobs import EventKind, JobError, JobSpec, JobState
 from jobcontrol.store.schema import MIGRATIONS
+from jobcontrol.store.sql import sqlite as sqlite_sql
 from jobcontrol.store.sql.sqlite import CREATE_MIGRATIONS_TABLE
 from jobcontrol.store.sqlite import SqliteDatabase, SqliteJobStore
 
@@ -196,3 +197,58 @@ async def test_a_quick_call_waits_for_the_thread_even_if_the_caller_before_gave_
         assert await db.write(thread_name, small=True) == threading.current_thread().name
     finally:
         await db.close()
+
+
+def _vm_steps(conn: sqlite3.Connection, sql: str, params: dict[str, object]) -> int:
+    """How many virtual-machine steps SQLite takes to run `sql`: it grows with the rows a
+    statement walks, without reading a clock."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, 1)
+    try:
+        conn.execute(sql, params).fetchall()
+    finally:
+        conn.set_progress_handler(None, 1)
+    return steps
+
+
+async def test_the_claim_and_the_claimable_probe_do_not_walk_a_backlog_of_another_type(
+    tmp_path: Path,
+):
+    """Pending jobs of a type no worker asks for (a backlog of renders while the render
+    workers are down) must not slow the claims of other types: each looks only into the
+    wanted types' range of jobs_claimable. The old walk over every pending job in claim
+    order took ~50 ms per claim, under the write lock, behind 100,000 of them."""
+    path = tmp_path / "jobs.db"
+    store = await SqliteJobStore.open(path)
+    try:
+        await store.create_jobs([JobSpec(type="audio") for _ in range(5)])
+        steps: dict[int, dict[str, int]] = {}
+        for backlog in (1_000, 2_000):
+            await store.create_jobs([JobSpec(type="render") for _ in range(1_000)])
+            with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+                params = {"types": '["audio", "video"]', "now_us": 2**62, "limit": 8}
+                claim = {**params, "worker_id": "w", "lease_expire_us": 2**62}
+                conn.execute("BEGIN")  # the claim is rolled back: it only has to run
+                claim_steps = _vm_steps(conn, sqlite_sql.CLAIM_JOBS, claim)
+                conn.execute("ROLLBACK")
+                steps[backlog] = {
+                    "claim": claim_steps,
+                    "probe": _vm_steps(conn, sqlite_sql.HAS_CLAIMABLE_JOBS, params),
+                    "probe, nothing pending": _vm_steps(
+                        conn, sqlite_sql.HAS_CLAIMABLE_JOBS, {**params, "types": '["video"]'}
+                    ),
+                }
+        (audio,) = await store.claim_jobs(
+            worker_id="w", types=["audio", "video"], limit=1, lease_timeout=timedelta(minutes=1)
+        )
+    finally:
+        await store.close()
+    assert steps[1_000] == steps[2_000], steps
+    assert max(steps[2_000].values()) < 5_000, steps
+    assert audio.type == "audio"

@@ -65,26 +65,31 @@ UPDATE jobs SET
     version = version + 1,
     event_kind = 'STARTED'
 WHERE id IN (
-    -- Walk pending jobs in claim order and stop at the limit: no sort, whatever the
-    -- number of types asked for (the planner would pick jobs_by_state and sort).
-    SELECT id FROM jobs INDEXED BY jobs_claim_order
-    WHERE state = 'PENDING'
-      AND type IN (SELECT value FROM json_each(:types))
-      AND run_after_us <= :now_us
-    ORDER BY priority DESC, run_after_us, create_us, id
+    -- The best `limit` of each wanted type, each read in claim order from that type's
+    -- range of jobs_claimable, then the best `limit` of those: a backlog of a type not
+    -- asked for is never walked, and a large one of a wanted type is not sorted.
+    SELECT j.id FROM json_each(:types) AS wanted
+    JOIN jobs AS j ON j.id IN (
+        SELECT id FROM jobs INDEXED BY jobs_claimable
+        WHERE state = 'PENDING' AND type = wanted.value AND run_after_us <= :now_us
+        ORDER BY priority DESC, run_after_us, create_us, id
+        LIMIT :limit
+    )
+    ORDER BY j.priority DESC, j.run_after_us, j.create_us, j.id
     LIMIT :limit
 )
 RETURNING *
 """
 
 # Is there anything to claim? A read, so idle workers polling often never take the write
-# lock; the same walk as the claim's.
+# lock; it looks into each wanted type's range of jobs_claimable, as the claim does.
 HAS_CLAIMABLE_JOBS = """
 SELECT EXISTS (
-    SELECT 1 FROM jobs INDEXED BY jobs_claim_order
-    WHERE state = 'PENDING'
-      AND type IN (SELECT value FROM json_each(:types))
-      AND run_after_us <= :now_us
+    SELECT 1 FROM json_each(:types) AS wanted
+    WHERE EXISTS (
+        SELECT 1 FROM jobs INDEXED BY jobs_claimable
+        WHERE state = 'PENDING' AND type = wanted.value AND run_after_us <= :now_us
+    )
 ) AS claimable
 """
 
