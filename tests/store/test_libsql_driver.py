@@ -1,22 +1,26 @@
-"""What only the remote libSQL driver meets: another client holding sqld's write lock.
+"""What only the remote libSQL driver meets: another client holding sqld's connection
+and its write lock in an open transaction.
 
-sqld does not answer a write that finds the lock taken with SQLITE_BUSY: it holds the
-statement while the other transaction runs, for up to 5 s, and then rolls that
-transaction back and lets the waiting statement have the lock ("Transaction timed
-out" to the holder). A driver that gives up on a request sooner, or reports the wait as
-a failure, turns every long transaction elsewhere into StoreUnavailable here.
+Our sqld serves one connection at a time (docs/ops.md), so that client's stream holds
+the only one: sqld turns every other request away with HTTP 429 after waiting 1 s, until
+the stream ends, by COMMIT, by close, or by sqld expiring it after 10 s idle (which
+rolls its transaction back). A driver that reports the 429 as a failure, or gives up
+sooner, turns every long transaction elsewhere into StoreUnavailable here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import urllib.error
 from datetime import timedelta
+
+import pytest
 
 from jobcontrol.jobs import JobSpec, JobState
 from jobcontrol.store.libsql import LibsqlJobStore
 from tests.sqld import SqldProcess, hrana_pipeline
 
-DEADLINE = 60.0  # far past sqld's 5 s: reaching it means the driver hung
+DEADLINE = 60.0  # far past sqld's 10 s stream expiry: reaching it means the driver hung
 
 
 def execute(sql: str, **named: str) -> dict[str, object]:
@@ -50,15 +54,17 @@ async def test_a_write_waits_out_another_clients_transaction_instead_of_failing(
         )
         done = await asyncio.wait_for(completion, DEADLINE)
         assert done.state is JobState.SUCCEEDED
-        # The completion had to wait for the lock: sqld took it from the holder.
-        commit = hrana_pipeline(
-            sqld.url,
-            [execute("COMMIT"), {"type": "close"}],
-            token=sqld.token,
-            baton=holder["baton"],
-        )
-        assert commit["results"][0]["type"] == "error", commit
-        assert commit["results"][0]["error"]["code"] == "TRANSACTION_TIMEOUT", commit
+        # The holder's stream had sqld's only connection (one at a time, docs/ops.md), so
+        # sqld turned the completion away (429) until it expired that idle stream (10 s),
+        # rolling its transaction back; the store ran the completion again meanwhile.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            hrana_pipeline(
+                sqld.url,
+                [execute("COMMIT"), {"type": "close"}],
+                token=sqld.token,
+                baton=holder["baton"],
+            )
+        assert "STREAM_EXPIRED" in refused.value.read().decode()
         stored = await store.get_job(job.id)
         assert stored.state is JobState.SUCCEEDED
         assert stored.result == {"ok": True}

@@ -249,6 +249,9 @@ async def test_the_claim_and_the_claimable_probe_do_not_walk_a_backlog_of_anothe
         )
     finally:
         await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+    assert "jobs_claim_order" not in indexes  # migration 10: nothing reads it now
     assert steps[1_000] == steps[2_000], steps
     assert max(steps[2_000].values()) < 5_000, steps
     assert audio.type == "audio"

@@ -295,6 +295,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    # Versions are shared with PostgreSQL's list (sql/postgres.py), which took 7 to 9.
+    Migration(
+        10,
+        "drop jobs_claim_order: claims read each type's range of jobs_claimable",
+        ("DROP INDEX IF EXISTS jobs_claim_order",),
+    ),
 )
 
 
