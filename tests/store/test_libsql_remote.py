@@ -26,8 +26,7 @@ from jobcontrol.jobs import EventKind, JobSpec, JobState, Progress
 from jobcontrol.store.libsql import LibsqlJobStore
 from jobcontrol.store.protocol import JobFilter
 from tests.conftest import StartDelayProxy
-from tests.polling import wait_until_async
-from tests.sqld import SqldProcess, hrana_pipeline
+from tests.sqld import SqldProcess
 
 T = TypeVar("T")
 
@@ -109,37 +108,6 @@ async def test_while_sqld_is_paused_calls_fail_as_unavailable_and_then_the_store
     assert sorted(kept) == sorted([before.id, after.id])
     # The paused write's answer was lost, so it may have landed: once at most.
     assert len([job for job in page.jobs if job.type == "lost"]) <= 1
-
-
-async def test_a_write_sqld_turns_away_for_want_of_a_connection_waits_for_one(
-    sqld: SqldProcess, delay_proxy: StartDelayProxy
-) -> None:
-    """Our sqld serves one connection at a time (docs/ops.md). A request that finds it
-    taken for longer than sqld waits (1 s) is answered 429: the database is busy, not
-    gone, so the store runs the write again for as long as it waits on a locked
-    database, well past its budget for requests that never arrive (0.2 s here)."""
-    proxy = delay_proxy(sqld.url, rtt=0.001)  # counts the store's requests
-    store = await open_store(proxy.url, sqld.token, retry_for=0.2)
-    try:
-        await within(store.create_job(JobSpec(type="t")), DEADLINE, "a first write")
-        begin = [{"type": "execute", "stmt": {"sql": "BEGIN"}}]
-        held = hrana_pipeline(sqld.url, begin, token=sqld.token)  # the only connection
-        try:
-            before = proxy.requests
-            write = asyncio.create_task(store.create_job(JobSpec(type="waited")))
-            await wait_until_async(
-                lambda: write.done() or proxy.requests >= before + 2,
-                timeout=DEADLINE,
-                what="the store to be turned away twice",
-            )
-            assert not write.done(), write.exception()
-        finally:
-            close = [{"type": "close"}]
-            hrana_pipeline(sqld.url, close, token=sqld.token, baton=held["baton"])
-        job = (await within(write, DEADLINE, "the write once the connection is free")).job
-        assert job.type == "waited"
-    finally:
-        await store.close()
 
 
 async def test_after_sqld_is_killed_and_restarted_the_store_writes_again_without_reopening(
