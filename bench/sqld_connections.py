@@ -11,7 +11,7 @@ connection at a time costs.
 Each run starts a fresh sqld per variant (the variants alternate, the first one rotating
 from run to run) and then: PROCESSES claimer processes (spawned), each with its own
 store, claim up to CLAIM_LIMIT jobs at a time and complete them in one batch, as a
-worker does; this process submits JOBS jobs in batches of BATCH while a reader lists
+worker does; this process submits `--jobs` jobs in batches of BATCH while a reader lists
 pending jobs (what GetJob, dashboards and queue positions cost sqld) and times each
 list. A run ends when every job has SUCCEEDED, or as stalled when no job finished for
 STALL seconds (writes time out after 10 s in the driver).
@@ -119,9 +119,8 @@ async def one_run(url: str, jobs: int) -> dict[str, float]:
         left, stalled = jobs, False
         try:
             for first in range(0, jobs, BATCH):
-                specs = [
-                    JobSpec(type=JOB_TYPE, payload={"n": n}) for n in range(first, first + BATCH)
-                ]
+                last = min(first + BATCH, jobs)
+                specs = [JobSpec(type=JOB_TYPE, payload={"n": n}) for n in range(first, last)]
                 await store.create_jobs(specs)
         except StoreUnavailable:  # the submit timed out: sqld no longer takes writes
             stalled = True

@@ -281,7 +281,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     # No statement here reads `jobs_claim_order`: the claim and the claimable probe
     # walk one type's range of `jobs_claimable`. Yet every submit wrote an entry to it
     # (131 of a job's 4,421 bytes of WAL) and every claim left a dead one for vacuum.
-    # SQLite's claim still uses its own.
+    # SQLite's claim later moved to `jobs_claimable` too, and its migration 10 drops it.
     Migration(
         9,
         "drop jobs_claim_order, which no PostgreSQL statement reads",
