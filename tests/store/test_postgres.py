@@ -333,7 +333,7 @@ async def test_a_database_with_the_per_row_trigger_is_migrated_to_the_statement_
             functions = conn.execute(
                 "SELECT proname FROM pg_proc WHERE proname LIKE 'jobcontrol%' ORDER BY 1"
             ).fetchall()
-            assert versions == [(6,), (7,), (8,), (9,)]
+            assert versions == [(6,), (7,), (8,), (9,), (11,)]
             assert triggers == [("job_events_append_inserted",), ("job_events_append_updated",)]
             assert functions == [
                 ("jobcontrol_append_inserted_job_events",),
@@ -455,3 +455,35 @@ async def test_the_store_sessions_run_without_jit(store: PostgresJobStore, postg
         assert await poll_only._db.read(jit) == "on"
     finally:
         await poll_only.close()
+
+
+async def test_the_event_trigger_never_joins_a_batch_by_nested_loop(
+    store: PostgresJobStore, postgres_url: str
+):
+    """plpgsql plans the trigger's statements when it first fires in a session, from that
+    statement's row counts. A session whose first update was one row (an idle worker's
+    claim) must not keep a nested loop for its later batches: that compares every old
+    row with every new one, 64 x 64 for a claim of 64. The plans are read back through
+    auto_explain, as notices."""
+    created = await store.create_jobs([JobSpec(type="t") for _ in range(65)])
+    ids = [submitted.job.id for submitted in created]
+    plans: list[str] = []
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+        conn.execute("LOAD 'auto_explain'")
+        conn.execute("SET auto_explain.log_min_duration = 0")
+        conn.execute("SET auto_explain.log_nested_statements = on")
+        conn.execute("SET auto_explain.log_level = notice")
+        _bump(conn, ids[0])
+        plans.clear()
+        conn.execute(
+            "UPDATE jobs SET version = version + 1, event_kind = 'PROGRESS' WHERE id = ANY(%s)",
+            (ids[1:],),
+        )
+    joins = [plan for plan in plans if "old_rows" in plan]
+    assert len(joins) == 2  # the kinds to notify, and the events' INSERT
+    for plan in joins:
+        assert "Hash Join" in plan
+        assert "Nested Loop" not in plan
+    last = await store.last_sequence()
+    assert [e.job.id for e in await store.list_events(after_sequence=last - 64)] == ids[1:]

@@ -287,6 +287,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         "drop jobs_claim_order, which no PostgreSQL statement reads",
         ("DROP INDEX IF EXISTS jobs_claim_order",),
     ),
+    # The UPDATE trigger's two statements join the old and new rows. plpgsql plans each
+    # once per session, when the trigger first fires, from that statement's row counts:
+    # a session whose first update was one row (an idle worker's claim, a heartbeat)
+    # kept a nested loop, so every later batch of 64 compared 64 x 64 pairs, unpacking
+    # 31 columns of the old row for each: the largest share of the database's CPU in a
+    # busy cluster (BENCHMARKS.md). Without nested loops it is a hash join, whatever
+    # the counts.
+    Migration(
+        11,
+        "the event trigger joins old and new rows by hash, never by nested loop",
+        ("ALTER FUNCTION jobcontrol_append_updated_job_events() SET enable_nestloop = off",),
+    ),
 )
 
 _TERMINAL = "('SUCCEEDED', 'FAILED', 'CANCELLED')"
