@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from jobcontrol.jobs import EventKind, JobSpec, Progress
+from jobcontrol.store.core import utc_now
 from jobcontrol.store.database import Tx
 from jobcontrol.store.listen import APPLICATION_NAME
 from jobcontrol.store.postgres import PostgresJobStore, _pyformat
@@ -333,7 +334,7 @@ async def test_a_database_with_the_per_row_trigger_is_migrated_to_the_statement_
             functions = conn.execute(
                 "SELECT proname FROM pg_proc WHERE proname LIKE 'jobcontrol%' ORDER BY 1"
             ).fetchall()
-            assert versions == [(6,), (7,), (8,), (9,), (11,)]
+            assert versions == [(6,), (7,), (8,), (9,), (11,), (12,)]
             assert triggers == [("job_events_append_inserted",), ("job_events_append_updated",)]
             assert functions == [
                 ("jobcontrol_append_inserted_job_events",),
@@ -487,3 +488,48 @@ async def test_the_event_trigger_never_joins_a_batch_by_nested_loop(
         assert "Nested Loop" not in plan
     last = await store.last_sequence()
     assert [e.job.id for e in await store.list_events(after_sequence=last - 64)] == ids[1:]
+
+
+async def test_a_claim_reads_only_the_jobs_it_takes_before_the_table_is_analyzed(
+    store: PostgresJobStore, postgres_url: str
+):
+    """A new deployment's `jobs` has no statistics yet: the claim of 64 must still reach
+    its rows by id, not read all 2,000 to hash-join them."""
+    for _ in range(2):
+        await store.create_jobs([JobSpec(type="t") for _ in range(1000)])
+    now_us = 2**53
+    claim = {
+        "worker_id": "w",
+        "types": '["t"]',
+        "limit": 64,
+        "now_us": now_us,
+        "lease_expire_us": now_us,
+    }
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert _jobs_rows_read(conn, postgres_sql.CLAIM_JOBS, claim, filtered_too=True) == 64
+
+
+async def test_only_running_jobs_with_a_deadline_are_in_the_deadline_index(
+    store: PostgresJobStore, postgres_url: str
+):
+    """Each claim writes an entry to every index of running jobs: the reaper's deadline
+    index holds only the jobs that have a deadline, and still finds the one past it."""
+    await store.create_jobs([JobSpec(type="t") for _ in range(50)])
+    await store.create_job(JobSpec(type="t", timeout=timedelta(minutes=1), priority=1))
+    hours = timedelta(hours=2)
+    claimed = await store.claim_jobs(worker_id="w", types=["t"], limit=51, lease_timeout=hours)
+    assert len(claimed) == 51
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        ((entries,),) = conn.execute(
+            "SELECT count(*) FROM bt_page_items('jobs_deadline', 1)"
+        ).fetchall()
+        assert entries == 1
+        indexes = {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes")}
+        assert "jobs_by_worker" not in indexes
+    later = await PostgresJobStore.open(postgres_url, clock=lambda: utc_now() + hours / 2)
+    try:
+        reaped = await later.reap()
+    finally:
+        await later.close()
+    assert reaped.retried + reaped.failed == [claimed[0].id]  # past its deadline

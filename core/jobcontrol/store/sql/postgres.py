@@ -299,6 +299,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the event trigger joins old and new rows by hash, never by nested loop",
         ("ALTER FUNCTION jobcontrol_append_updated_job_events() SET enable_nestloop = off",),
     ),
+    # Every claim wrote an entry to each index of running jobs. Two of them bought
+    # nothing: `jobs_deadline` held the jobs without a deadline too, which the reaper's
+    # `deadline_us < :now_us` never finds; `jobs_by_worker` served only the list of
+    # workers, which asks for every worker's running jobs at once and reads all running
+    # jobs either way.
+    Migration(
+        12,
+        "index only jobs with a deadline; drop the per-worker index of running jobs",
+        (
+            "DROP INDEX IF EXISTS jobs_by_worker",
+            "DROP INDEX IF EXISTS jobs_deadline",
+            "CREATE INDEX jobs_deadline ON jobs (deadline_us)"
+            " WHERE state = 'RUNNING' AND deadline_us IS NOT NULL",
+        ),
+    ),
 )
 
 _TERMINAL = "('SUCCEEDED', 'FAILED', 'CANCELLED')"
@@ -353,7 +368,9 @@ INSERT_JOBS = (
 # Each of the worker's types is walked in its own range of `jobs_claimable`, which
 # stops at the limit, and the best of those are taken: one walk in claim order over
 # every pending job would step over the jobs of types this worker does not run, and
-# a table not yet analyzed got a plan that sorted every pending row.
+# a table not yet analyzed got a plan that sorted every pending row. The picked ids are
+# named as an array too, as the completions name theirs (`_ids_of`): joined only, a
+# table not yet analyzed was read whole to hash-join 64 rows.
 # Mirrors `jobcontrol.jobs.start`.
 CLAIM_JOBS = f"""
 WITH picked AS (
@@ -383,7 +400,7 @@ UPDATE jobs SET
     version = version + 1,
     event_kind = 'STARTED'
 FROM picked
-WHERE jobs.id = picked.id
+WHERE jobs.id = ANY (ARRAY(SELECT id FROM picked)) AND jobs.id = picked.id
 RETURNING jobs.*
 """
 
