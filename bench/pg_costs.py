@@ -4,16 +4,20 @@
   a thread (`run_in_executor`, as the store did before), against psycopg's asyncio pool
   awaited on the event loop (as it does now). One row and 64 rows, one caller and four
   at once; the figures are wall time and this process's CPU time per call.
-- `triggers`: the store's own operations on a database migrated to 7 (the event trigger
-  of migration 6: per row, an advisory-lock call, an insert and a notify) against one
-  migrated to 8 (per statement, from transition tables). Wall time per call and the
-  database backends' CPU time per call, read from /proc (so this must run on the
-  database's machine).
+- `triggers`: the store's own operations on databases migrated up to each of
+  `--versions` (default 7, 9 and the newest): 7 has the event trigger of migration 6
+  (per row: an advisory-lock call, an insert and a notify), 8 and 9 the statement
+  triggers reading transition tables, 11 joins their old and new rows by hash, 12 has
+  two fewer indexes of running jobs. The one-row calls come first, as in a worker's
+  session (idle claims before batches), since plpgsql plans a trigger's statements
+  when it first fires in a session. Wall time per call and the database backends' CPU
+  time per call, read from /proc (so this must run on the database's machine).
 
 Each part runs its variants alternately, `--runs` times, in one throwaway PostgreSQL 15
 cluster (`tests.postgres.PostgresCluster`), and prints medians.
 
-Run: `.venv/bin/python -m bench.pg_costs [--runs N] [--part driver|triggers|both]`.
+Run: `.venv/bin/python -m bench.pg_costs [--runs N] [--part driver|triggers|both]
+[--versions 7,9,12]`.
 """
 
 from __future__ import annotations
@@ -123,7 +127,7 @@ def backends_cpu(cluster: PostgresCluster, dbname: str) -> float:
 
 
 async def triggers_run(cluster: PostgresCluster, dbname: str, through: int) -> Figures:
-    """The store's operations on a database migrated up to `through` (7 or 8)."""
+    """The store's operations on a database migrated up to `through`."""
     url = cluster.create_database(dbname)
     every = postgres_sql.MIGRATIONS
     postgres_sql.MIGRATIONS = tuple(m for m in every if m.version <= through)
@@ -180,12 +184,12 @@ async def triggers_run(cluster: PostgresCluster, dbname: str, through: int) -> F
 
     try:
         await timed("submit, per job (batches of 1,000)", 20_000, submit)
-        await timed("claim of 64, per job", 6400, claim_64)
-        await timed("complete of 64, per job", 6400, complete_64)
         await timed("claim of 1", 1000, claim_1)
         await timed("report_progress", 1000, progress)
         await timed("heartbeat of 1 job (no event)", 1000, heartbeat)
         await timed("cancel_job of a running job", 500, cancel)
+        await timed("claim of 64, per job", 6400, claim_64)
+        await timed("complete of 64, per job", 6400, complete_64)
     finally:
         await store.close()
     return found
@@ -208,11 +212,32 @@ def _table(title: str, runs: Sequence[Figures], variants: Sequence[str], what: s
     )
 
 
+def _versions(text: str) -> list[int]:
+    known = {m.version for m in postgres_sql.MIGRATIONS}
+    try:
+        versions = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if unknown := [v for v in versions if v not in known]:
+        raise argparse.ArgumentTypeError(
+            f"no PostgreSQL migration {unknown}; known: {sorted(known)}"
+        )
+    return versions
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pg_costs", description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--part", choices=("driver", "triggers", "both"), default="both")
+    newest = postgres_sql.MIGRATIONS[-1].version
+    parser.add_argument(
+        "--versions",
+        type=_versions,
+        default=f"7,9,{newest}",
+        help="schema versions the triggers part compares (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    versions: list[int] = args.versions
     with PostgresCluster() as cluster:
         if args.part in ("driver", "both"):
             runs = [asyncio.run(driver_run(cluster.url())) for _ in range(args.runs)]
@@ -225,23 +250,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         if args.part in ("triggers", "both"):
-            per_row: list[Figures] = []
-            per_statement: list[Figures] = []
+            variants = [f"migrated to {v}" for v in versions]
+            merged: list[Figures] = []
             for run in range(args.runs):
-                per_row.append(asyncio.run(triggers_run(cluster, f"m7_{run}", 7)))
-                per_statement.append(asyncio.run(triggers_run(cluster, f"m8_{run}", 8)))
-            merged = [
-                {
-                    **{f"{k}|events per row (7)": v for k, v in a.items()},
-                    **{f"{k}|events per statement (8)": v for k, v in b.items()},
-                }
-                for a, b in zip(per_row, per_statement, strict=True)
-            ]
+                figures: Figures = {}
+                for version, variant in zip(versions, variants, strict=True):
+                    found = asyncio.run(triggers_run(cluster, f"m{version}_{run}", version))
+                    figures.update({f"{k}|{variant}": v for k, v in found.items()})
+                merged.append(figures)
             print(
                 _table(
-                    "Store calls on PostgreSQL: the event trigger per row or per statement",
+                    "Store calls on PostgreSQL, by schema version",
                     merged,
-                    ("events per row (7)", "events per statement (8)"),
+                    variants,
                     "backends' CPU",
                 )
             )
