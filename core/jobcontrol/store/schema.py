@@ -295,7 +295,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
-    # Versions are shared with PostgreSQL's list (sql/postgres.py), which took 7 to 9.
+    # Versions are shared with PostgreSQL's list (sql/postgres.py), which took 7 to 9, 11
+    # and 12: the next on either is 13.
     Migration(
         10,
         "drop jobs_claim_order: claims read each type's range of jobs_claimable",
