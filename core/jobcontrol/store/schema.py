@@ -295,14 +295,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
-    # Versions are shared with PostgreSQL's list (sql/postgres.py), which took 7 to 9, 11
-    # and 12: the next on either is 13.
+    # Versions are shared with PostgreSQL's list (sql/postgres.py), which took 7 to 9 and
+    # 11 to 13: the next on either is 14.
     Migration(
         10,
         "drop jobs_claim_order: claims read each type's range of jobs_claimable",
         ("DROP INDEX IF EXISTS jobs_claim_order",),
     ),
 )
+
+
+async def lacks_migrations(tx: Tx) -> bool:
+    """Whether the database lacks a migration of its dialect. Read first, outside the
+    migrations' transaction, so that a process starting on an up-to-date database takes
+    no lock (on PostgreSQL that lock is the event lock, exclusive: waiting for it stalls
+    every writer of events queued behind it)."""
+    (row,) = await tx.execute(tx.sql.MIGRATIONS_TABLE_PRESENT)
+    if not row["present"]:
+        return True
+    done = {row["version"] for row in await tx.execute("SELECT version FROM schema_migrations")}
+    return any(migration.version not in done for migration in tx.sql.MIGRATIONS)
 
 
 async def apply_migrations(tx: Tx, *, now_us: int) -> list[int]:
