@@ -8,17 +8,16 @@
   `--versions` (default 7, 9 and the newest): 7 has the event trigger of migration 6
   (per row: an advisory-lock call, an insert and a notify), 8 and 9 the statement
   triggers reading transition tables, 11 joins their old and new rows by hash, 12 has
-  two fewer indexes of running jobs, 13 takes the event lock shared. The one-row calls
-  come first, as in a worker's session (idle claims before batches), since plpgsql
-  plans a trigger's statements when it first fires in a session. Wall time per call
-  and the database backends' CPU time per call, read from /proc (so this must run on
-  the database's machine).
+  two fewer indexes of running jobs. The one-row calls come first, as in a worker's
+  session (idle claims before batches), since plpgsql plans a trigger's statements
+  when it first fires in a session. Wall time per call and the database backends' CPU
+  time per call, read from /proc (so this must run on the database's machine).
 
 Each part runs its variants alternately, `--runs` times, in one throwaway PostgreSQL 15
 cluster (`tests.postgres.PostgresCluster`), and prints medians.
 
 Run: `.venv/bin/python -m bench.pg_costs [--runs N] [--part driver|triggers|both]
-[--versions 7,9,13]`.
+[--versions 7,9,12]`.
 """
 
 from __future__ import annotations

@@ -8,13 +8,11 @@ across round trips.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self, TypeVar
@@ -25,14 +23,12 @@ from jobcontrol.errors import (
     InvalidArgument,
     JobNotFound,
     LeaseLost,
-    StoreUnavailable,
     WorkerNotFound,
 )
 from jobcontrol.ids import new_id, parse_id
 from jobcontrol.jobs import Job, JobError, JobEvent, JobSpec, JobState, Progress
 from jobcontrol.retry import DEFAULT_RETRY_POLICY, RetryPolicy
 from jobcontrol.store.database import Conflict, Database, Row, Tx
-from jobcontrol.store.horizon import SettledSequence
 from jobcontrol.store.paging import (
     PageCursor,
     decode_token,
@@ -95,10 +91,6 @@ MAX_ARGUMENT_BYTES = 2 * 1024 * 1024
 PROGRESS_DECIMALS = 4
 # A job row's JSON besides its payload, labels and idempotency key, at most.
 ROW_BYTES = 1024
-# How often, and how long, a process's first look at the event feed waits for the
-# writers it found in flight (a commit takes milliseconds; one open longer is stuck).
-FIRST_LOOK_POLL = 0.002
-FIRST_LOOK_TIMEOUT = 10.0
 
 
 def utc_now() -> datetime:
@@ -159,9 +151,6 @@ class SqlJobStore:
         self._clock = clock
         self._retry_policy = retry_policy
         self._limits = limits
-        self._settled = SettledSequence()
-        # Looks at the feed are recorded in the order they were taken: one at a time.
-        self._looking = asyncio.Lock()
 
     @property
     def changes(self) -> StoreChanges | None:
@@ -654,32 +643,11 @@ class SqlJobStore:
         if job_id is not None:
             params["job_id"] = parse_id(job_id)
 
-        if job_id is not None:
-            # A job's own events commit in its sequence order on every store: a change
-            # of the job waits for the row until the change before it has committed.
+        async def read(tx: Tx) -> list[JobEvent]:
+            statement = tx.sql.SELECT_EVENTS if job_id is None else tx.sql.SELECT_JOB_EVENTS
+            return [event_from_row(row) for row in await tx.execute(statement, params)]
 
-            async def read_job(tx: Tx) -> list[JobEvent]:
-                return [
-                    event_from_row(row)
-                    for row in await tx.execute(tx.sql.SELECT_JOB_EVENTS, params)
-                ]
-
-            return await self._db.read(read_job)
-
-        async def read(tx: Tx) -> tuple[tuple[int, list[str]] | None, list[JobEvent]]:
-            if tx.sql.EVENTS_COMMIT_IN_ORDER:
-                rows = await tx.execute(tx.sql.SELECT_EVENTS, params)
-                return None, [event_from_row(row) for row in rows]
-            look = await _look_at_feed(tx)
-            through = self._settled.peek(*look)
-            rows = await tx.execute(tx.sql.SELECT_EVENTS, {**params, "through_seq": through})
-            return look, [event_from_row(row) for row in rows]
-
-        async with self._looking:
-            look, events = await self._db.read(read)
-            if look is not None:
-                self._settled.observe(*look)
-        return events
+        return await self._db.read(read)
 
     async def list_events_of_jobs(
         self,
@@ -708,32 +676,13 @@ class SqlJobStore:
         return await self._db.read(read)
 
     async def last_sequence(self, *, job_id: str | None = None) -> int:
-        if job_id is None:
-            return await self._settled_sequence()
+        params = {} if job_id is None else {"job_id": parse_id(job_id)}
 
         async def last(tx: Tx) -> int:
-            rows = await tx.execute(tx.sql.LAST_JOB_SEQUENCE, {"job_id": parse_id(job_id)})
-            return int(rows[0]["seq"])
+            statement = tx.sql.LAST_SEQUENCE if job_id is None else tx.sql.LAST_JOB_SEQUENCE
+            return int((await tx.execute(statement, params))[0]["seq"])
 
-        return await self._db.read(last)
-
-    async def _settled_sequence(self) -> int:
-        """The feed's settled sequence (`horizon`). The first look of this process that
-        finds writers in flight waits them out: a tailer starting from 0 would replay
-        the whole feed, and one starting from the newest would skip theirs."""
-        deadline = time.monotonic() + FIRST_LOOK_TIMEOUT
-        while True:
-            async with self._looking:
-                look = await self._db.read(_look_at_feed, small=True)
-                settled = self._settled.observe(*look)
-            if self._settled.known:
-                return settled
-            if time.monotonic() > deadline:
-                raise StoreUnavailable(
-                    f"writers of job events have kept their transactions open for over "
-                    f"{FIRST_LOOK_TIMEOUT:.0f}s; the event feed cannot be read past them"
-                )
-            await asyncio.sleep(FIRST_LOOK_POLL)
+        return await self._db.read(last, small=job_id is None)
 
     async def latest_events(self, job_ids: Sequence[str]) -> dict[str, JobEvent]:
         ids = sorted({parse_id(job_id) for job_id in job_ids})
@@ -836,12 +785,6 @@ class SqlJobStore:
 def _text_bytes(spec: JobSpec, payload: str) -> int:
     """The free text a submission puts in its row, in UTF-8 bytes at most."""
     return 4 * (len(payload) + len(dump_json(spec.labels)) + len(spec.idempotency_key or ""))
-
-
-async def _look_at_feed(tx: Tx) -> tuple[int, list[str]]:
-    """The last sequence drawn and the writers of events in flight (`horizon`)."""
-    (row,) = await tx.execute(tx.sql.EVENT_HORIZON)
-    return int(row["drawn"]), list(json.loads(row["writers"]))
 
 
 async def _load(tx: Tx, job_id: str) -> tuple[Job, int]:

@@ -237,9 +237,7 @@ class JobStore(Protocol):
         ...
 
     async def last_sequence(self, *, job_id: str | None = None) -> int:
-        """How far the event feed may be read: every event up to this sequence is
-        readable, or never will be (on PostgreSQL, where events commit out of order, it
-        may pass numbers that rolled-back writes drew). For one job: its newest event's."""
+        """The highest sequence issued (for one job: of its events)."""
         ...
 
     async def latest_events(self, job_ids: Sequence[str]) -> dict[str, JobEvent]:

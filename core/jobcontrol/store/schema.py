@@ -295,8 +295,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
-    # Versions are shared with PostgreSQL's list (sql/postgres.py), which took 7 to 9 and
-    # 11 to 13: the next on either is 14.
+    # Versions are shared with PostgreSQL's list (sql/postgres.py), which took 7 to 9, 11
+    # and 12: the next on either is 13.
     Migration(
         10,
         "drop jobs_claim_order: claims read each type's range of jobs_claimable",
@@ -308,8 +308,8 @@ MIGRATIONS: tuple[Migration, ...] = (
 async def lacks_migrations(tx: Tx) -> bool:
     """Whether the database lacks a migration of its dialect. Read first, outside the
     migrations' transaction, so that a process starting on an up-to-date database takes
-    no lock (on PostgreSQL that lock is the event lock, exclusive: waiting for it stalls
-    every writer of events queued behind it)."""
+    no lock: on PostgreSQL that is the event lock, and every writer of events queues
+    behind a starter waiting for it."""
     (row,) = await tx.execute(tx.sql.MIGRATIONS_TABLE_PRESENT)
     if not row["present"]:
         return True

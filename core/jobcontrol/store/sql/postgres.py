@@ -6,14 +6,15 @@ so each statement's text is fixed whatever the number of ids or types, and the s
 prepares it once per connection. Parameters in a context that gives them no type (`IS
 NULL`, a CASE) carry a cast.
 
-The event feed is gapless although events need not commit in sequence order.
-PostgreSQL's sequences are not commit-ordered: a transaction can draw N, commit after
-N+1's did, and a tailer already past N+1 would never read N. So every writer of events
-holds the event lock, shared, from before it draws a sequence until it commits, and a
-reader goes only up to the settled sequence (`EVENT_HORIZON`, `horizon.SettledSequence`):
-the last sequence drawn, once every transaction that held the lock when it was read has
-ended. Writers never wait for each other, as they did while the lock was exclusive
-(migrations 6 to 12: one commit at a time, its WAL flush included).
+The event feed is gapless because events commit in sequence order: the triggers that
+append events first take one transaction-level advisory lock, so a sequence number
+is drawn only after every earlier event's transaction has committed (or rolled back),
+and a reader that has seen sequence N has seen everything below it. PostgreSQL's own
+sequences are not commit-ordered: without the lock, a transaction could draw N, commit
+after N+1's did, and a tailer already past N+1 would never read it. The lock is held
+from the statement that writes the events to its commit; the store's writes are one
+statement each, so that is one commit at a time (fsync included), the same order the
+SQLite store's single writer imposes.
 
 The same triggers notify channel `jobcontrol` with what changed: `pending` (a job is
 claimable), `cancel` (a running job's cancellation was requested) or `event`. PostgreSQL
@@ -82,22 +83,15 @@ _NOTIFY_KIND = """CASE
     ELSE 'event'
 END"""
 _INSERTED_KIND = "CASE WHEN n.state = 'PENDING' THEN 'pending' ELSE 'event' END"
-# The rows of an UPDATE that changed a job's version: those that take an event.
-_UPDATED_ROWS = "new_rows AS n JOIN old_rows AS o ON o.id = n.id WHERE n.version <> o.version"
 
 
-def _append_events_function(
-    name: str, kind: str, rows: str, *, shared: bool = False, settings: str = ""
-) -> str:
+def _append_events_function(name: str, kind: str, rows: str) -> str:
     """A statement trigger's function (migration 8): the events of the changed `rows`
     (`n` the row after the change), under the event lock, and one notification per
-    distinct `kind`; nothing, not even the lock, when no row changed. `shared` (migration
-    13) replaces the function with one that takes the lock shared."""
-    create = "CREATE OR REPLACE FUNCTION" if shared else "CREATE FUNCTION"
-    lock = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    distinct `kind`; nothing, not even the lock, when no row changed."""
     return f"""
-            {create} {name}() RETURNS trigger
-            LANGUAGE plpgsql {settings} AS $$
+            CREATE FUNCTION {name}() RETURNS trigger
+            LANGUAGE plpgsql AS $$
             DECLARE
                 kinds text[];
             BEGIN
@@ -105,7 +99,7 @@ def _append_events_function(
                 IF kinds IS NULL THEN
                     RETURN NULL;
                 END IF;
-                PERFORM {lock}({EVENT_LOCK});
+                PERFORM pg_advisory_xact_lock({EVENT_LOCK});
                 INSERT INTO job_events (job_id, kind, time_us, job)
                 SELECT n.id, n.event_kind, n.update_us, {_event_values("n")}::text
                 FROM {rows};
@@ -198,8 +192,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
             "CREATE INDEX workers_by_state ON workers (state, heartbeat_us)",
-            # The highest sequence retention has deleted (the newest sequence committed,
-            # which readers went up to before migration 13, needed it).
+            # The highest sequence retention has deleted (see LAST_SEQUENCE).
             "CREATE TABLE job_events_pruned (through_seq bigint NOT NULL)",
             "INSERT INTO job_events_pruned VALUES (0)",
             f"""
@@ -276,7 +269,9 @@ MIGRATIONS: tuple[Migration, ...] = (
             FOR EACH STATEMENT EXECUTE FUNCTION jobcontrol_append_inserted_job_events()
             """,
             _append_events_function(
-                "jobcontrol_append_updated_job_events", _NOTIFY_KIND, _UPDATED_ROWS
+                "jobcontrol_append_updated_job_events",
+                _NOTIFY_KIND,
+                "new_rows AS n JOIN old_rows AS o ON o.id = n.id WHERE n.version <> o.version",
             ),
             """
             CREATE TRIGGER job_events_append_updated AFTER UPDATE ON jobs
@@ -321,48 +316,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             " WHERE state = 'RUNNING' AND deadline_us IS NOT NULL",
         ),
     ),
-    # Writers of events stop waiting for each other (see the module docstring): the
-    # exclusive lock held each writer from its events to the end of its commit, WAL
-    # flush included, and a submit of 1,000 jobs held every claim and completion for as
-    # long. Readers now go up to the settled sequence instead of the newest one. A
-    # server of an older version, still running while a newer one migrates, reads up
-    # to the newest sequence and may skip an event: upgrade every server together.
-    Migration(
-        13,
-        "writers of events share the event lock; readers stop at the settled sequence",
-        (
-            _append_events_function(
-                "jobcontrol_append_inserted_job_events",
-                _INSERTED_KIND,
-                "new_rows AS n",
-                shared=True,
-            ),
-            _append_events_function(
-                "jobcontrol_append_updated_job_events",
-                _NOTIFY_KIND,
-                _UPDATED_ROWS,
-                shared=True,
-                settings="SET enable_nestloop = off",  # migration 11's, kept
-            ),
-            f"""
-            CREATE FUNCTION jobcontrol_event_horizon(OUT drawn bigint, OUT writers text)
-            LANGUAGE plpgsql AS $$
-            BEGIN
-                drawn := coalesce(pg_sequence_last_value(
-                    pg_get_serial_sequence('job_events', 'seq')::regclass), 0);
-                SELECT coalesce(json_agg(l.virtualtransaction), '[]')::text INTO writers
-                FROM pg_locks AS l
-                WHERE l.locktype = 'advisory' AND l.granted
-                    AND l.database = (SELECT oid FROM pg_database
-                                      WHERE datname = current_database())
-                    AND l.classid = {EVENT_LOCK >> 32}
-                    AND l.objid = {EVENT_LOCK & 0xFFFFFFFF}
-                    AND l.objsubid = 1;
-            END
-            $$
-            """,
-        ),
-    ),
 )
 
 _TERMINAL = "('SUCCEEDED', 'FAILED', 'CANCELLED')"
@@ -387,6 +340,7 @@ INSERT_JOBS_COLUMNS = sqlite.INSERT_JOBS_COLUMNS
 UPDATE_JOB = sqlite.UPDATE_JOB
 REPORT_PROGRESS = sqlite.REPORT_PROGRESS
 REAPABLE_JOBS = sqlite.REAPABLE_JOBS
+SELECT_EVENTS = sqlite.SELECT_EVENTS
 SELECT_JOB_EVENTS = sqlite.SELECT_JOB_EVENTS
 COUNT_JOBS_BY_STATE = sqlite.COUNT_JOBS_BY_STATE
 LAST_JOB_SEQUENCE = sqlite.LAST_JOB_SEQUENCE
@@ -560,20 +514,15 @@ JOIN (
 ) AS latest ON e.seq = latest.seq
 """
 
-# Events commit in any order here: readers of the feed go only up to the settled
-# sequence (the module docstring, `horizon.SettledSequence`).
-EVENTS_COMMIT_IN_ORDER = False
-
-# The last sequence drawn, then the transactions that hold the event lock, in this order
-# (the function runs its statements one after the other; the order is what makes the
-# settled sequence safe). `job_events_pruned`, which the newest committed sequence
-# needed before migration 13, is still kept up to date for servers of older versions.
-EVENT_HORIZON = "SELECT drawn, writers FROM jobcontrol_event_horizon()"
-
-# The feed in order, up to a settled sequence.
-SELECT_EVENTS = """
-SELECT seq, job_id, kind, time_us, job FROM job_events
-WHERE seq > :after_seq AND seq <= :through_seq ORDER BY seq LIMIT :limit
+# The highest sequence committed, even if retention deleted that event since. Not the
+# identity's last value: that may be a number drawn by a transaction still in flight,
+# and a reader that went up to it would skip that event. Events commit in order, so
+# everything up to the highest committed is there to read.
+LAST_SEQUENCE = """
+SELECT greatest(
+    (SELECT coalesce(max(seq), 0) FROM job_events),
+    (SELECT through_seq FROM job_events_pruned)
+) AS seq
 """
 
 DELETE_EVENTS_OF_JOBS = f"""

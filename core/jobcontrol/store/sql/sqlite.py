@@ -230,6 +230,7 @@ WHERE job_id IN (SELECT value FROM json_each(:ids))
 ORDER BY seq LIMIT :limit
 """
 
+# The highest sequence ever issued, even if retention pruned that event since.
 # The newest event of each given job: a job's snapshot together with its sequence.
 LATEST_JOB_EVENTS = """
 SELECT e.seq, e.job_id, e.kind, e.time_us, e.job FROM job_events AS e
@@ -242,15 +243,8 @@ JOIN (
 
 COUNT_JOBS_BY_STATE = "SELECT state, count(*) AS jobs FROM jobs GROUP BY state"
 
-# One writer at a time: events commit in sequence order, so every sequence issued is
-# settled and a reader of the feed may go up to the newest.
-EVENTS_COMMIT_IN_ORDER = True
-
-# The highest sequence ever issued, even if retention pruned that event since, and no
-# writers in flight (the PostgreSQL statement of this name says why it has some).
-EVENT_HORIZON = (
-    "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'job_events'), 0) AS drawn,"
-    " '[]' AS writers"
+LAST_SEQUENCE = (
+    "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'job_events'), 0) AS seq"
 )
 
 LAST_JOB_SEQUENCE = "SELECT coalesce(max(seq), 0) AS seq FROM job_events WHERE job_id = :job_id"
