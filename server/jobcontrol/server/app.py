@@ -214,6 +214,18 @@ async def serve(
         primary=config.replica is None or config.replica.primary,
     )
     await housekeeper.check_health()  # health answers SERVING from the first call
+    worker_stop, worker_stop_now = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        """The first signal stops the server (the in-process worker drains meanwhile);
+        a second one ends that drain at once, as it does for `jobcontrol-worker`."""
+        (worker_stop_now if stop.is_set() else stop).set()
+
+    # Handled before the server says it listens: a SIGTERM right after that line (from a
+    # supervisor or a test) stops it gracefully instead of killing it outright.
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
     await server.start()
     if http is not None:
         http.start(http_app(calls, tokens, config.http_cors_origins), config.tls)
@@ -251,19 +263,9 @@ async def serve(
         on_listening(port)
     housekeeper.start()
     lag_sampler = asyncio.create_task(metrics.sample_loop_lag(), name="loop-lag")
-    worker_stop, worker_stop_now = asyncio.Event(), asyncio.Event()
     worker_task = (
         _start_worker(store, config, worker_stop, worker_stop_now) if config.with_worker else None
     )
-
-    def on_signal() -> None:
-        """The first signal stops the server (the in-process worker drains meanwhile);
-        a second one ends that drain at once, as it does for `jobcontrol-worker`."""
-        (worker_stop_now if stop.is_set() else stop).set()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal)
     try:
         await stop.wait()
         log.info("shutting down: ending streams, finishing calls in flight")
