@@ -12,9 +12,11 @@ there since PostgreSQL's protocol is not HTTP), and `postgres-poll`, the same wi
 JOB_STORE_POLL_ONLY=1 (no LISTEN: what the pushed wake-ups are worth). Within a run the
 stores take turns.
 
-Each run starts, for each store and added round trip (RTT) in turn, a fresh database
-(for sqld: a fresh sqld and proxy, `backends.serve`, the proxy counting every HTTP
-request), then:
+Each run starts, for each store and added round trip (RTT) in turn, with the disk
+flushed (`os.sync`: a SQLite run leaves some 120 MB of dirty pages, which the kernel
+would write back in the middle of the next store's run, where PostgreSQL flushes its
+WAL at every commit), a fresh database (for sqld: a fresh sqld and proxy,
+`backends.serve`, the proxy counting every HTTP request), then:
 
 - calibration, before any server or worker starts: this process's own store through
   the same proxy calls each store operation a few times alone: HTTP requests per call
@@ -52,7 +54,8 @@ bucket upper bounds (0.5, 1, 2, 5, 10, 25, 50, 100, 250 ms, 1 s, 5 s) over both 
 samples pooled. A control process (`loop_canary.py`: a bare asyncio loop sleeping 20 ms
 at a time) records its own lateness meanwhile, exactly: what the machine alone (CPU
 contention, scheduling) costs an event loop. The benchmark's own reads (is every job
-claimed, finished?) go straight to sqld, not through the proxy, and are not counted.
+claimed, finished?) go straight to sqld, not through the proxy, and are not counted; on
+PostgreSQL they go through one connection kept for the run (`backends.Database.reader`).
 
 Figures are medians over runs (min-max); percentiles pool one run's samples. Nothing
 is asserted: the table shows each figure beside its goal.
@@ -728,6 +731,7 @@ async def _phases(c: Cluster, how: Settings, profile: str | None) -> RunResult:
 def one_run(directory: Path, shape: Shape, how: Settings, profile: str | None = None) -> RunResult:
     """A fresh database of `shape.store` (for sqld, a fresh sqld and proxy) at
     `shape.rtt_ms`: calibration, then the cluster's phases."""
+    os.sync()  # see the module docstring
     print(f" {shape.label}: calibration", end="", flush=True)
     backend, rtt = BACKEND[shape.store], shape.rtt_ms / 1000
     poll_only = shape.store == "postgres-poll"
