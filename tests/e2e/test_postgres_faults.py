@@ -486,9 +486,9 @@ def listen_sessions(cluster: PostgresCluster, dbname: str) -> int:
 
 def test_behind_pgbouncer_poll_only_jobs_run_watchers_see_progress_and_cancel_works(
     tmp_path: Path,
-    start_worker: StartWorker,
     postgres_url: str,
     pgbouncer: PgBouncer,
+    start_worker: StartWorker,
     store: SyncStore,
 ) -> None:
     dbname = database_name(postgres_url)
@@ -552,8 +552,8 @@ def test_behind_pgbouncer_poll_only_jobs_run_watchers_see_progress_and_cancel_wo
 def test_behind_pgbouncer_without_poll_only_prepared_statements_break(
     tmp_path: Path,
     postgres_url: str,
-    start_worker: StartWorker,
     pgbouncer: PgBouncer,
+    start_worker: StartWorker,
 ) -> None:
     """The misconfiguration the flag exists for: psycopg prepares a statement on the
     server after its fifth run on a connection, and in transaction mode the next
