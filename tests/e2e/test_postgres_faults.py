@@ -482,6 +482,9 @@ def listen_sessions(cluster: PostgresCluster, dbname: str) -> int:
 
 
 # ---- 4. PgBouncer in transaction mode, poll-only ------------------------------------
+# These tests ask for `pgbouncer` before `start_worker`: fixtures are torn down in the
+# reverse order, so the worker stops while PgBouncer still answers. The other way round,
+# a stopping worker spent its 10 s connect timeout trying to record that it stopped.
 
 
 def test_behind_pgbouncer_poll_only_jobs_run_watchers_see_progress_and_cancel_works(
