@@ -119,11 +119,30 @@ def test_submit_watch_follows_a_job_to_success_and_exits_zero(worker_server: Ser
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("submitted job ")
-    assert " SNAPSHOT " in lines[1]
+    assert " SUBMITTED PENDING " in lines[1]  # the job's story from its first event
     assert any(" PROGRESS RUNNING " in line and "sleeping" in line for line in lines)
     assert " SUCCEEDED SUCCEEDED 100%" in lines[-2]
     assert re.fullmatch(r"job \S+ SUCCEEDED after [\d.]+s: \{.*\}", lines[-1]), lines[-1]
     assert "\x1b[" not in result.stdout  # not a terminal: no escape codes
+
+
+def test_submit_watch_of_a_job_an_earlier_submission_made_starts_from_its_snapshot(
+    worker_server: ServerProcess,
+):
+    """The same idempotency key returns the first job, whose history may be long: the
+    watch shows where it stands, not every event it ever had."""
+    key = f"twice-{uuid.uuid4()}"
+    command = ("submit", "demo.sleep", "--payload", QUICK_JOB, "--idempotency-key", key, "--watch")
+    first = jobctl(*command, address=worker_server.address)
+    again = jobctl(*command, address=worker_server.address)
+
+    assert first.returncode == 0, first.stderr
+    assert " SUBMITTED PENDING " in first.stdout.splitlines()[1]
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[0] == first.stdout.splitlines()[0]  # "submitted job <the same id>"
+    assert " SNAPSHOT SUCCEEDED " in lines[1], lines
+    assert len(lines) == 3, lines  # the snapshot, then how it ended
 
 
 def test_a_failed_job_exits_one_and_says_why(worker_server: ServerProcess):
@@ -171,7 +190,7 @@ def test_watch_json_prints_one_proto3_json_object_per_event(worker_server: Serve
     assert result.returncode == 0, result.stderr
     job_id = result.stderr.removeprefix("submitted job ").strip()
     events = [json.loads(line) for line in result.stdout.splitlines()]  # nothing but JSON
-    assert events[0]["kind"] == "EVENT_KIND_SNAPSHOT"
+    assert events[0]["kind"] == "EVENT_KIND_SUBMITTED"
     assert events[-1]["kind"] == "EVENT_KIND_SUCCEEDED"
     assert events[-1]["job"]["state"] == "JOB_STATE_SUCCEEDED"
     assert events[-1]["job"]["maxAttempts"] == 3  # lowerCamelCase names

@@ -292,7 +292,11 @@ def _submit(client: JobControlClient, args: argparse.Namespace) -> int:
     if args.watch:
         print(f"submitted job {job.id}", file=sys.stderr if args.json else sys.stdout)
         warned = bool(job.warnings)
-        return _follow(client, job.id, as_json=args.json, after_sequence=None, warned=warned)
+        # A new job's story from its first event: a snapshot would hide what happened
+        # before the watch began (a first attempt that already failed and was retried).
+        # A job an earlier submission made may have a long history: its snapshot.
+        after = 0 if job.created else None
+        return _follow(client, job.id, as_json=args.json, after_sequence=after, warned=warned)
     if args.json:
         render.dump_json(convert.job_to_json(job))
     else:
