@@ -149,8 +149,8 @@ class Database:
     proxy: ProxyProcess | None = None
     postgres: PostgresCluster | None = None
     # postgres: the benchmark's own connection, kept for its reads. A connection per read
-    # cost the database a backend's start and exit, some 8 ms of its CPU, and a
-    # benchmark polling every 100 ms took that from the store it measured.
+    # cost the database a backend's start and exit each time, CPU that a benchmark
+    # polling for its end took from the store it measured (BENCHMARKS.md).
     reader: psycopg.Connection[Any] | None = None
 
     @property

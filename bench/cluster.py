@@ -13,10 +13,10 @@ JOB_STORE_POLL_ONLY=1 (no LISTEN: what the pushed wake-ups are worth). Within a 
 stores take turns.
 
 Each run starts, for each store and added round trip (RTT) in turn, with the disk
-flushed (`os.sync`: a SQLite run leaves some 120 MB of dirty pages, which the kernel
-would write back in the middle of the next store's run, where PostgreSQL flushes its
-WAL at every commit), a fresh database (for sqld: a fresh sqld and proxy,
-`backends.serve`, the proxy counting every HTTP request), then:
+flushed (`os.sync`: the pages a store's run left dirty would otherwise be written back
+in the middle of the next store's run, where PostgreSQL flushes its WAL at every
+commit), a fresh database (for sqld: a fresh sqld and proxy, `backends.serve`, the
+proxy counting every HTTP request), then:
 
 - calibration, before any server or worker starts: this process's own store through
   the same proxy calls each store operation a few times alone: HTTP requests per call
