@@ -311,10 +311,13 @@ async def lacks_migrations(tx: Tx) -> bool:
     no lock: on PostgreSQL that is the event lock, and every writer of events queues
     behind a starter waiting for it."""
     (row,) = await tx.execute(tx.sql.MIGRATIONS_TABLE_PRESENT)
-    if not row["present"]:
-        return True
+    return not row["present"] or bool(await _missing_migrations(tx))
+
+
+async def _missing_migrations(tx: Tx) -> list[Migration]:
+    """The dialect's migrations `schema_migrations` does not list, in order."""
     done = {row["version"] for row in await tx.execute("SELECT version FROM schema_migrations")}
-    return any(migration.version not in done for migration in tx.sql.MIGRATIONS)
+    return [migration for migration in tx.sql.MIGRATIONS if migration.version not in done]
 
 
 async def apply_migrations(tx: Tx, *, now_us: int) -> list[int]:
@@ -323,11 +326,8 @@ async def apply_migrations(tx: Tx, *, now_us: int) -> list[int]:
     for statement in tx.sql.BEFORE_MIGRATIONS:
         await tx.execute(statement)
     await tx.execute(tx.sql.CREATE_MIGRATIONS_TABLE)
-    done = {row["version"] for row in await tx.execute("SELECT version FROM schema_migrations")}
     applied = []
-    for migration in tx.sql.MIGRATIONS:
-        if migration.version in done:
-            continue
+    for migration in await _missing_migrations(tx):
         for statement in migration.statements:
             await tx.execute(statement)
         await tx.execute(
